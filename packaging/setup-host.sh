@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Prepares a Debian/Ubuntu host for rootless ucri. Idempotent; uses sudo when
+# not run as root.
+#
+#   packaging/setup-host.sh                 run-time packages, devices, ranges for $SUDO_USER/$USER
+#   packaging/setup-host.sh --user NAME     also create NAME (if missing) with subuid/subgid ranges
+#   packaging/setup-host.sh --test          also test/build packages and the test users
+#                                           ucri-test (with ranges) and ucri-nosubid (without)
+set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+RUNTIME_PACKAGES=(uidmap fuse-overlayfs fuse3 slirp4netns passt crun runc conmon
+  containernetworking-plugins iptables catatonit util-linux procps iproute2)
+TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc
+  ca-certificates curl)
+RANGE_SIZE=65536
+
+log() { printf 'setup-host: %s\n' "$*" >&2; }
+
+install_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+open_devices() {
+  # Distributions ship these 0666; minimal images sometimes do not.
+  for dev in /dev/fuse /dev/net/tun; do
+    if [ -e "$dev" ]; then
+      $SUDO chmod 0666 "$dev"
+    else
+      log "warning: $dev does not exist on this host"
+    fi
+  done
+}
+
+# First id after every range already handed out in FILE (at least 100000).
+next_free_start() {
+  awk -F: 'BEGIN { m = 100000 } NF >= 3 && $2 + $3 > m { m = $2 + $3 } END { print m }' "$1" 2>/dev/null || echo 100000
+}
+
+has_range() { # FILE NAME UID
+  grep -qE "^($2|$3):" "$1" 2>/dev/null
+}
+
+grant_ranges() { # NAME
+  local name=$1 uid
+  uid=$(id -u "$name")
+  $SUDO touch /etc/subuid /etc/subgid
+  if ! has_range /etc/subuid "$name" "$uid"; then
+    local s; s=$(next_free_start /etc/subuid)
+    $SUDO usermod --add-subuids "$s-$((s + RANGE_SIZE - 1))" "$name"
+    log "granted subuids $s-$((s + RANGE_SIZE - 1)) to $name"
+  fi
+  if ! has_range /etc/subgid "$name" "$uid"; then
+    local s; s=$(next_free_start /etc/subgid)
+    $SUDO usermod --add-subgids "$s-$((s + RANGE_SIZE - 1))" "$name"
+    log "granted subgids $s-$((s + RANGE_SIZE - 1)) to $name"
+  fi
+}
+
+revoke_ranges() { # NAME
+  local name=$1 uid
+  uid=$(id -u "$name")
+  for f in /etc/subuid /etc/subgid; do
+    [ -f "$f" ] && $SUDO sed -i -E "/^($name|$uid):/d" "$f"
+  done
+}
+
+ensure_user() { # NAME
+  local name=$1
+  if ! id -u "$name" >/dev/null 2>&1; then
+    $SUDO useradd --create-home --shell /bin/bash "$name"
+    log "created user $name"
+  fi
+  local uid; uid=$(id -u "$name")
+  $SUDO mkdir -p "/run/user/$uid"
+  $SUDO chown "$name:$(id -gn "$name")" "/run/user/$uid"
+  $SUDO chmod 0700 "/run/user/$uid"
+}
+
+main() {
+  local users=() test=0
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --user) users+=("$2"); shift 2 ;;
+      --test) test=1; shift ;;
+      -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+      *) log "unknown argument: $1"; exit 2 ;;
+    esac
+  done
+  install_packages "${RUNTIME_PACKAGES[@]}"
+  [ "$test" -eq 1 ] && install_packages "${TEST_PACKAGES[@]}"
+  open_devices
+  local invoking="${SUDO_USER:-$(id -un)}"
+  [ "$invoking" != root ] && users+=("$invoking")
+  for u in "${users[@]}"; do
+    ensure_user "$u"
+    grant_ranges "$u"
+  done
+  if [ "$test" -eq 1 ]; then
+    ensure_user ucri-test
+    grant_ranges ucri-test
+    ensure_user ucri-nosubid
+    revoke_ranges ucri-nosubid
+  fi
+  log "done"
+}
+
+main "$@"

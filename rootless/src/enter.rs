@@ -1,0 +1,94 @@
+//! Running processes and threads inside namespaces ucri owns.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::sched::CloneFlags;
+
+use crate::holder::HolderRecord;
+use crate::syscall;
+
+/// A set of namespaces to enter, opened ahead of time (user first, then
+/// mount, then network, as the kernel requires).
+#[derive(Debug, Default)]
+pub struct Namespaces {
+    entries: Vec<(File, CloneFlags)>,
+}
+
+impl Namespaces {
+    /// The holder's user and mount namespaces.
+    pub fn of_holder(holder: &HolderRecord) -> std::io::Result<Namespaces> {
+        Namespaces::default()
+            .with(&holder.ns_path("user"), CloneFlags::CLONE_NEWUSER)?
+            .with(&holder.ns_path("mnt"), CloneFlags::CLONE_NEWNS)
+    }
+
+    /// Adds the namespace at `path` (an nsfs file, pinned or under /proc).
+    pub fn with(mut self, path: &Path, kind: CloneFlags) -> std::io::Result<Namespaces> {
+        let file = File::open(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("opening namespace {}: {e}", path.display()),
+            )
+        })?;
+        self.entries.push((file, kind));
+        Ok(self)
+    }
+
+    /// Makes `cmd` enter these namespaces before it execs, then return to
+    /// the caller's working directory (or `/` when that does not exist there).
+    ///
+    /// The `Namespaces` must outlive the spawn. Joining a user namespace
+    /// needs a single-threaded spawner; network and mount alone do not.
+    pub fn apply_to(&self, cmd: &mut Command) {
+        let fds: Vec<(i32, CloneFlags)> = self
+            .entries
+            .iter()
+            .map(|(f, k)| (f.as_raw_fd(), *k))
+            .collect();
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok());
+        syscall::before_exec(cmd, move || {
+            for (fd, kind) in &fds {
+                syscall::setns_raw(*fd, *kind)?;
+            }
+            let back = cwd.as_deref().map(nix::unistd::chdir);
+            if !matches!(back, Some(Ok(()))) {
+                nix::unistd::chdir("/")?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `work` on a fresh thread that has joined the network namespace
+/// pinned at `netns`; the caller's thread is untouched.
+pub fn run_in_netns_thread<T, F>(netns: &Path, work: F) -> std::io::Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let ns = File::open(netns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                Ok(work())
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    })
+}
+
+/// A command that will run inside the network namespace pinned at `netns`.
+/// Keep the returned guard alive until the command is spawned.
+pub fn command_in_netns(cmd: &mut Command, netns: &Path) -> std::io::Result<Namespaces> {
+    let ns = Namespaces::default().with(netns, CloneFlags::CLONE_NEWNET)?;
+    ns.apply_to(cmd);
+    Ok(ns)
+}

@@ -1,0 +1,111 @@
+//! The per-user runtime directory (`$XDG_RUNTIME_DIR/ucri`) and what lives in it.
+
+use std::fs::{DirBuilder, File};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The runtime directory of one user's ucri.
+#[derive(Debug, Clone)]
+pub struct RuntimeDir {
+    root: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Wraps `root` (not created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RuntimeDir { root: root.into() }
+    }
+
+    /// Creates the directory, private to the user (0700).
+    pub fn create(&self) -> std::io::Result<()> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The daemon lock, held for as long as a daemon runs.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("ucri.lock")
+    }
+
+    /// The pid of the serving daemon process.
+    pub fn daemon_pid_file(&self) -> PathBuf {
+        self.root.join("daemon.pid")
+    }
+
+    /// The holder's pid and namespace identities.
+    pub fn holder_file(&self) -> PathBuf {
+        self.root.join("holder.json")
+    }
+
+    /// Where the holder's stderr goes.
+    pub fn holder_log(&self) -> PathBuf {
+        self.root.join("holder.log")
+    }
+}
+
+/// Writes `data` to `path` atomically: a temp file in the same directory,
+/// fsync, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes `path`, treating "already gone" as success.
+pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("state.json");
+        write_atomic(&target, b"one").expect("write");
+        write_atomic(&target, b"two").expect("rewrite");
+        assert_eq!(std::fs::read(&target).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn runtime_dir_is_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rd = RuntimeDir::new(dir.path().join("a/ucri"));
+        rd.create().expect("create");
+        let mode = std::fs::metadata(rd.path())
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,118 @@
+//! The only module of this crate allowed to use `unsafe`: adopting inherited
+//! descriptors and running code between `fork` and `execve`.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Adopts a descriptor number inherited across `execve`.
+///
+/// Only for numbers the parent passed on purpose (in a `_UCRI_*_FD`
+/// variable) that nothing else in this process owns.
+pub fn file_from_inherited_fd(fd: RawFd) -> File {
+    // SAFETY: the descriptor was inherited from the parent for this one use and
+    // is owned by nothing else in this process; the File becomes its only owner.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+/// Runs `hook` in the child after `fork` and before `execve`.
+///
+/// `hook` must only make system calls and touch memory it owns: when the
+/// spawning process has several threads it must not allocate or lock.
+pub fn before_exec<F>(cmd: &mut Command, hook: F)
+where
+    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
+{
+    // SAFETY: callers pass hooks that follow the contract above (setns,
+    // unshare, prctl, fcntl, read/write on pipes); allocating hooks are used
+    // only from single-threaded processes (the parent before any thread exists).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// The two sides of [`fork`].
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(nix::unistd::Pid),
+    /// In the child.
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// Only for single-threaded callers (the parent before any thread exists):
+/// the child then may allocate freely before it execs or exits.
+pub fn fork() -> io::Result<Forked> {
+    assert_single_threaded()?;
+    // SAFETY: the process has exactly one thread (checked above), so no lock
+    // can be held by a thread that does not exist in the child.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Fails unless the calling process has exactly one thread, which `fork`
+/// without exec and `setns(CLONE_NEWUSER)` require.
+pub fn assert_single_threaded() -> io::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match threads {
+        Some(1) => Ok(()),
+        other => Err(io::Error::other(format!(
+            "namespace set-up needs a single-threaded process, found {other:?} threads"
+        ))),
+    }
+}
+
+/// `setns(2)` on a raw descriptor, usable between fork and exec.
+pub fn setns_raw(fd: RawFd, flags: nix::sched::CloneFlags) -> io::Result<()> {
+    // SAFETY: setns only reads its integer arguments; a bad descriptor gives EBADF.
+    let rc = unsafe { libc::setns(fd, flags.bits()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Clears `FD_CLOEXEC` on a raw descriptor so it survives `execve`.
+pub fn keep_across_exec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl(F_SETFD) only changes the descriptor flags of `fd`.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ends the calling (forked) process at once, without running destructors
+/// that belong to the parent's state.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// True when `path` carries the extended attribute `name` (e.g. file
+/// capabilities in `security.capability`).
+pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(path), Ok(name)) = (
+        std::ffi::CString::new(path.as_os_str().as_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the
+    // call; a zero size with a null buffer only asks for the value's length.
+    let rc = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    rc >= 0
+}

@@ -1,0 +1,181 @@
+//! `ucri daemon`: choose how to enter namespaces, then serve CRI.
+
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio_stream::wrappers::UnixListenerStream;
+use ucri_rootless::launch::{self, ChildReporter, DaemonLock, LaunchSpec, Mode};
+use ucri_rootless::rundir::{remove_if_exists, write_atomic, RuntimeDir};
+
+use crate::config::Config;
+use crate::cri::image::CriImageService;
+use crate::cri::runtime::CriRuntimeService;
+
+/// Runs `ucri daemon` from the host side; returns the exit code.
+///
+/// Must be called before any thread exists.
+pub fn run(config: Config) -> anyhow::Result<i32> {
+    match launch::detect_mode() {
+        Mode::Rootless => run_rootless_parent(config),
+        Mode::NestedRoot => {
+            tracing::info!("already root inside a user namespace: skipping the rootless bootstrap");
+            run_in_process(config, "nested-root")
+        }
+        Mode::HostRoot if config.daemon.allow_root => {
+            tracing::warn!("running as real root on the host (--allow-root): no user namespace");
+            run_in_process(config, "host-root")
+        }
+        Mode::HostRoot => bail!(
+            "ucri is a rootless runtime and refuses to run as real root on the host: \
+             start it as an ordinary user, or pass --allow-root"
+        ),
+    }
+}
+
+fn run_rootless_parent(config: Config) -> anyhow::Result<i32> {
+    let spec = LaunchSpec {
+        runtime_dir: RuntimeDir::new(&config.daemon.runtime_dir),
+        socket: config.daemon.socket.clone(),
+        payload: serde_json::to_value(&config).context("serializing the configuration")?,
+    };
+    Ok(launch::run_parent(spec)?)
+}
+
+/// Serves in this very process (no bootstrap): lock, socket, private mounts.
+fn run_in_process(config: Config, mode: &'static str) -> anyhow::Result<i32> {
+    let dir = RuntimeDir::new(&config.daemon.runtime_dir);
+    dir.create()
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    let lock = DaemonLock::acquire(&dir)?;
+    let result = (|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .context("unshare(CLONE_NEWNS) for the daemon's private mount namespace")?;
+        ucri_rootless::mounts::prepare_mount_namespace()?;
+        let listener = launch::bind_socket(&config.daemon.socket)?;
+        write_atomic(
+            &dir.daemon_pid_file(),
+            std::process::id().to_string().as_bytes(),
+        )?;
+        serve(listener, Arc::new(config.clone()), mode, None)
+    })();
+    let _ = remove_if_exists(&dir.daemon_pid_file());
+    let _ = remove_if_exists(&config.daemon.socket);
+    lock.release();
+    result.map(|()| 0)
+}
+
+/// The serving child's main, inside the holder's namespaces. Returns the exit code.
+pub fn run_child() -> i32 {
+    let ctx = match launch::child_handshake() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("ucri: {e}");
+            return 1;
+        }
+    };
+    let config: Config = match serde_json::from_value(ctx.payload) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.reporter
+                .failed(&format!("bad configuration from the parent: {e}"));
+            return 1;
+        }
+    };
+    crate::logging::init(&config.daemon.log_level);
+    if let Err(e) = prepare_child_process() {
+        ctx.reporter.failed(&format!("{e:#}"));
+        return 1;
+    }
+    let _lock = ctx.lock;
+    match serve(
+        ctx.listener,
+        Arc::new(config),
+        "rootless",
+        Some(ctx.reporter),
+    ) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    }
+}
+
+fn prepare_child_process() -> anyhow::Result<()> {
+    ucri_rootless::mounts::prepare_mount_namespace()?;
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    Ok(())
+}
+
+/// Runs the CRI server on `listener` until SIGTERM/SIGINT, then drains
+/// in-flight RPCs for up to the configured grace period.
+fn serve(
+    listener: UnixListener,
+    config: Arc<Config>,
+    mode: &'static str,
+    reporter: Option<ChildReporter>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ucri-worker")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve_async(listener, config, mode, reporter))
+}
+
+async fn serve_async(
+    listener: UnixListener,
+    config: Arc<Config>,
+    mode: &'static str,
+    reporter: Option<ChildReporter>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
+    let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
+    let runtime_service = CriRuntimeService::new(config.clone(), mode);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(RuntimeServiceServer::new(runtime_service))
+        .add_service(ImageServiceServer::new(CriImageService))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    if let Some(reporter) = reporter {
+        reporter.serving();
+    }
+    tracing::info!(socket = %config.daemon.socket.display(), mode, "serving CRI v1");
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("CRI server"),
+        sig = termination_signal() => tracing::info!(signal = sig, "shutting down: draining in-flight RPCs"),
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.context("CRI server")?,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "in-flight RPCs did not finish in time; exiting anyway"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending::<&'static str>().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

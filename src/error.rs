@@ -1,0 +1,71 @@
+//! The service-layer error, and its one mapping to gRPC status codes.
+
+/// Errors the CRI services return.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    /// The RPC is part of CRI v1 but not implemented by this build.
+    #[error("{rpc} is not implemented by ucri yet")]
+    Unimplemented {
+        /// The RPC name.
+        rpc: &'static str,
+    },
+    /// A referenced object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The object already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in a state that allows the request.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Anything else; a bug or an environment failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CriError> for tonic::Status {
+    fn from(err: CriError) -> tonic::Status {
+        let message = err.to_string();
+        match err {
+            CriError::Unimplemented { .. } => tonic::Status::unimplemented(message),
+            CriError::NotFound(_) => tonic::Status::not_found(message),
+            CriError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            CriError::AlreadyExists(_) => tonic::Status::already_exists(message),
+            CriError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            CriError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_variant_has_its_code() {
+        let cases = [
+            (CriError::Unimplemented { rpc: "Exec" }, Code::Unimplemented),
+            (CriError::NotFound("x".into()), Code::NotFound),
+            (CriError::InvalidArgument("x".into()), Code::InvalidArgument),
+            (CriError::AlreadyExists("x".into()), Code::AlreadyExists),
+            (
+                CriError::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (CriError::Internal("x".into()), Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(tonic::Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn unimplemented_names_the_rpc() {
+        let status = tonic::Status::from(CriError::Unimplemented { rpc: "PullImage" });
+        assert_eq!(status.message(), "PullImage is not implemented by ucri yet");
+    }
+}

@@ -1,0 +1,452 @@
+//! The individual prerequisite checks of `ucri info`.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ucri_rootless::launch::{detect_mode, Mode};
+use ucri_rootless::subid;
+use ucri_rootless::which;
+
+use super::{Check, Verdict};
+use crate::config::{Config, Uplink};
+
+/// Every check, in report order.
+pub fn all(config: &Config) -> Vec<Check> {
+    let mut checks = vec![kernel(), mode(config), user_namespaces()];
+    checks.extend(subids());
+    checks.extend(["newuidmap", "newgidmap"].map(id_map_helper));
+    checks.push(device("dev_fuse", "/dev/fuse", "fuse-overlayfs"));
+    checks.push(device(
+        "dev_net_tun",
+        "/dev/net/tun",
+        "slirp4netns and pasta",
+    ));
+    checks.push(overlay_in_userns(config));
+    checks.push(fuse_overlayfs());
+    checks.push(cgroups());
+    checks.extend(oci_runtimes(config));
+    checks.push(conmon(config));
+    checks.extend(uplinks(config));
+    checks.push(cni_plugins(config));
+    checks.push(iptables());
+    checks.push(runtime_dir(config));
+    checks
+}
+
+fn kernel() -> Check {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let version: Vec<u32> = release
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if version.as_slice() >= [5, 11].as_slice() {
+        Check::ok("kernel", release)
+    } else {
+        Check::bad(
+            "kernel",
+            Verdict::Warning,
+            format!("{release}: older than 5.11, no overlayfs in user namespaces"),
+            "upgrade the kernel to 5.11 or newer (fuse-overlayfs is used meanwhile)",
+        )
+    }
+}
+
+fn mode(config: &Config) -> Check {
+    match detect_mode() {
+        Mode::Rootless => Check::ok("mode", "rootless: ucri enters its own user namespace"),
+        Mode::NestedRoot => Check::ok("mode", "root inside a user namespace: no bootstrap needed"),
+        Mode::HostRoot if config.daemon.allow_root => Check::ok("mode", "real root (--allow-root)"),
+        Mode::HostRoot => Check::bad(
+            "mode",
+            Verdict::Error,
+            "running as real root on the host",
+            "run ucri as an ordinary user (or pass --allow-root)",
+        ),
+    }
+}
+
+fn read_sysctl(path: &str) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn user_namespaces() -> Check {
+    let max = read_sysctl("/proc/sys/user/max_user_namespaces").unwrap_or(0);
+    let clone = read_sysctl("/proc/sys/kernel/unprivileged_userns_clone");
+    let apparmor = read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
+    if max == 0 {
+        Check::bad(
+            "user_namespaces",
+            Verdict::Error,
+            "user.max_user_namespaces is 0",
+            "sudo sysctl -w user.max_user_namespaces=28633",
+        )
+    } else if clone == Some(0) {
+        Check::bad(
+            "user_namespaces",
+            Verdict::Error,
+            "kernel.unprivileged_userns_clone is 0",
+            "sudo sysctl -w kernel.unprivileged_userns_clone=1",
+        )
+    } else if apparmor == Some(1) {
+        Check::bad(
+            "user_namespaces",
+            Verdict::Error,
+            "AppArmor restricts unprivileged user namespaces",
+            "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
+        )
+    } else {
+        Check::ok("user_namespaces", format!("enabled (max {max})"))
+    }
+}
+
+fn current_user() -> (String, u32, u32) {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    (name, uid.as_raw(), nix::unistd::getgid().as_raw())
+}
+
+fn subids() -> Vec<Check> {
+    let (name, uid, gid) = current_user();
+    [
+        ("subuid", subid::SUBUID_FILE, uid),
+        ("subgid", subid::SUBGID_FILE, gid),
+    ]
+    .into_iter()
+    .map(|(check, file, id)| subid_check(check, file, &name, id))
+    .collect()
+}
+
+fn subid_check(check: &str, file: &str, name: &str, id: u32) -> Check {
+    if detect_mode() != Mode::Rootless {
+        return Check::ok(check, "not needed: already root");
+    }
+    match subid::ranges_for(Path::new(file), name, id) {
+        Ok(ranges) if !ranges.is_empty() => {
+            let list: Vec<String> = ranges
+                .iter()
+                .map(|r| format!("{}:{}", r.start, r.count))
+                .collect();
+            let total = subid::total(&ranges);
+            if total < 65536 {
+                Check::bad(
+                    check,
+                    Verdict::Warning,
+                    format!("{} ({total} ids; images may need 65536)", list.join(", ")),
+                    format!("sudo usermod --add-{check}s 100000-165535 {name}"),
+                )
+            } else {
+                Check::ok(check, format!("{} ({total} ids)", list.join(", ")))
+            }
+        }
+        Ok(_) => Check::bad(
+            check,
+            Verdict::Error,
+            format!("no range for {name} in {file}: only a single-id user namespace is possible"),
+            format!("sudo usermod --add-{check}s 100000-165535 {name}"),
+        ),
+        Err(e) => Check::bad(
+            check,
+            Verdict::Error,
+            e.to_string(),
+            format!("make {file} readable"),
+        ),
+    }
+}
+
+fn id_map_helper(program: &'static str) -> Check {
+    let Some(path) = which(program) else {
+        return Check::bad(
+            program,
+            Verdict::Error,
+            "not installed",
+            "sudo apt-get install uidmap",
+        );
+    };
+    let meta = std::fs::metadata(&path);
+    let setuid = meta
+        .as_ref()
+        .map(|m| m.uid() == 0 && m.permissions().mode() & 0o4000 != 0)
+        .unwrap_or(false);
+    let caps = ucri_rootless::syscall::has_xattr(&path, "security.capability");
+    match (setuid, caps) {
+        (true, _) => Check::ok(program, format!("{} (setuid root)", path.display())),
+        (_, true) => Check::ok(program, format!("{} (file capabilities)", path.display())),
+        _ => Check::bad(
+            program,
+            Verdict::Error,
+            format!(
+                "{} is neither setuid root nor has file capabilities",
+                path.display()
+            ),
+            format!("sudo chmod u+s {}", path.display()),
+        ),
+    }
+}
+
+fn device(name: &str, path: &str, used_by: &str) -> Check {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => Check::ok(name, format!("{path} is read-write for this user")),
+        Err(e) => Check::bad(
+            name,
+            Verdict::Error,
+            format!("cannot open {path} read-write ({e}); {used_by} cannot work"),
+            format!("sudo chmod 0666 {path}"),
+        ),
+    }
+}
+
+fn overlay_in_userns(config: &Config) -> Check {
+    if detect_mode() == Mode::HostRoot {
+        return Check::ok("overlay_userns", "not needed: real root");
+    }
+    let exe = PathBuf::from("/proc/self/exe");
+    match ucri_storage::probe::probe_overlay_in_userns(&exe, &config.daemon.data_dir) {
+        Ok(()) => Check::ok(
+            "overlay_userns",
+            "kernel overlayfs mounts in a user namespace (userxattr)",
+        ),
+        Err(e) => Check::bad(
+            "overlay_userns",
+            Verdict::Warning,
+            format!("kernel overlayfs unusable in a user namespace: {e}"),
+            "use kernel 5.11+ (fuse-overlayfs or vfs is used meanwhile)",
+        ),
+    }
+}
+
+fn fuse_overlayfs() -> Check {
+    match which("fuse-overlayfs").map(|p| (version_of(&p, "--version"), p)) {
+        Some((Ok(v), p)) => Check::ok("fuse_overlayfs", format!("{} ({v})", p.display())),
+        Some((Err(e), p)) => Check::bad(
+            "fuse_overlayfs",
+            Verdict::Warning,
+            format!("{} does not run: {e}", p.display()),
+            "sudo apt-get install --reinstall fuse-overlayfs fuse3",
+        ),
+        None => Check::bad(
+            "fuse_overlayfs",
+            Verdict::Warning,
+            "not installed (needed where kernel overlay in a user namespace is unavailable)",
+            "sudo apt-get install fuse-overlayfs fuse3",
+        ),
+    }
+}
+
+fn cgroups() -> Check {
+    let fix = "boot with systemd.unified_cgroup_hierarchy=1 and run ucri in a systemd user \
+               session with Delegate=yes; until then limits are not applied";
+    if ucri_rootless::mounts::is_hybrid_cgroup_host() {
+        Check::bad(
+            "cgroups",
+            Verdict::Warning,
+            "cgroup v1 hybrid (cgroup2 at /sys/fs/cgroup/unified, hidden from the OCI runtime); \
+             no delegated subtree: resource limits are not applied, stats come from /proc",
+            fix,
+        )
+    } else if std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
+        cgroup_v2_delegation(fix)
+    } else {
+        Check::bad(
+            "cgroups",
+            Verdict::Warning,
+            "cgroup v1: no delegated subtree, resource limits are not applied",
+            fix,
+        )
+    }
+}
+
+fn cgroup_v2_delegation(fix: &str) -> Check {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/");
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let writable = nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok();
+    if writable {
+        Check::ok(
+            "cgroups",
+            format!("cgroup v2, delegated: {}", dir.display()),
+        )
+    } else {
+        Check::bad(
+            "cgroups",
+            Verdict::Warning,
+            format!("cgroup v2, {} is not delegated to this user", dir.display()),
+            fix,
+        )
+    }
+}
+
+fn oci_runtimes(config: &Config) -> Vec<Check> {
+    let runtime = &config.runtime;
+    runtime
+        .runtimes
+        .iter()
+        .map(|(name, handler)| {
+            let severity = if *name == runtime.default_runtime {
+                Verdict::Error
+            } else {
+                Verdict::Warning
+            };
+            binary_check(
+                &format!("oci_runtime.{name}"),
+                &handler.path,
+                severity,
+                name,
+            )
+        })
+        .collect()
+}
+
+fn conmon(config: &Config) -> Check {
+    binary_check("conmon", &config.runtime.conmon, Verdict::Error, "conmon")
+}
+
+fn uplinks(config: &Config) -> Vec<Check> {
+    [
+        (Uplink::Slirp4netns, "slirp4netns", "slirp4netns"),
+        (Uplink::Pasta, "pasta", "passt"),
+    ]
+    .into_iter()
+    .map(|(kind, program, package)| {
+        let severity = if config.network.uplink == kind {
+            Verdict::Error
+        } else {
+            Verdict::Warning
+        };
+        binary_check(
+            &format!("uplink.{program}"),
+            Path::new(program),
+            severity,
+            package,
+        )
+    })
+    .collect()
+}
+
+fn binary_check(name: &str, program: &Path, missing: Verdict, package: &str) -> Check {
+    let Some(path) = which(&program.to_string_lossy()) else {
+        return Check::bad(
+            name,
+            missing,
+            format!("{} not found", program.display()),
+            format!("sudo apt-get install {package}"),
+        );
+    };
+    match version_of(&path, "--version") {
+        Ok(v) => Check::ok(name, format!("{} ({v})", path.display())),
+        Err(e) => Check::bad(
+            name,
+            missing,
+            format!("{} does not run: {e}", path.display()),
+            format!("sudo apt-get install --reinstall {package}"),
+        ),
+    }
+}
+
+/// First line of `program ARG`'s output, or its error with stderr.
+fn version_of(program: &Path, arg: &str) -> Result<String, String> {
+    let out = Command::new(program)
+        .arg(arg)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .lines()
+    .next()
+    .unwrap_or("")
+    .trim()
+    .to_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn cni_plugins(config: &Config) -> Check {
+    let dirs = &config.network.cni_plugin_dirs;
+    let found = ucri_net::discover::find_plugins(dirs, &ucri_net::discover::REQUIRED_CNI_PLUGINS);
+    let missing: Vec<&str> = found
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let dir_list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    if missing.is_empty() {
+        Check::ok(
+            "cni_plugins",
+            format!("{} in {}", found.len(), dir_list.join(":")),
+        )
+    } else {
+        Check::bad(
+            "cni_plugins",
+            Verdict::Error,
+            format!("missing {} in {}", missing.join(", "), dir_list.join(":")),
+            "sudo apt-get install containernetworking-plugins",
+        )
+    }
+}
+
+fn iptables() -> Check {
+    match which("iptables").map(|p| version_of(&p, "--version")) {
+        Some(Ok(v)) if v.contains("nf_tables") => Check::ok("iptables", v),
+        Some(Ok(v)) => Check::ok(
+            "iptables",
+            format!("{v} (legacy backend: ucri points XTABLES_LOCKFILE at a writable path)"),
+        ),
+        Some(Err(e)) => Check::bad(
+            "iptables",
+            Verdict::Warning,
+            e,
+            "sudo apt-get install --reinstall iptables",
+        ),
+        None => Check::bad(
+            "iptables",
+            Verdict::Warning,
+            "not installed: CNI masquerade and portmap cannot work",
+            "sudo apt-get install iptables",
+        ),
+    }
+}
+
+fn runtime_dir(config: &Config) -> Check {
+    let dir = &config.daemon.runtime_dir;
+    let parent = dir.parent().unwrap_or(dir);
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").is_some();
+    if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Check::bad(
+            "runtime_dir",
+            Verdict::Error,
+            format!("{} is not writable", parent.display()),
+            "set XDG_RUNTIME_DIR to a directory you own (e.g. `loginctl enable-linger $USER`)",
+        );
+    }
+    if xdg {
+        Check::ok("runtime_dir", dir.display().to_string())
+    } else {
+        Check::bad(
+            "runtime_dir",
+            Verdict::Warning,
+            format!("XDG_RUNTIME_DIR is not set; using {}", dir.display()),
+            "log in through a session manager, or export XDG_RUNTIME_DIR=/run/user/$(id -u)",
+        )
+    }
+}

@@ -1,0 +1,92 @@
+//! The `ucri` binary: daemon, CLI and the hidden roles it re-executes itself as.
+
+mod cli;
+mod config;
+mod cri;
+mod ctl;
+mod daemon;
+mod error;
+mod info;
+mod logging;
+mod nsenter;
+mod system;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{Cli, Command, Overrides, SystemAction};
+use crate::config::{Config, UserDirs};
+
+fn main() -> ExitCode {
+    if let Some(code) = run_hidden_role() {
+        return exit_code(code);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => exit_code(code),
+        Err(e) => {
+            eprintln!("ucri: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The roles ucri re-executes itself as; they run before argument parsing.
+fn run_hidden_role() -> Option<i32> {
+    let role = std::env::args().nth(1)?;
+    match role.as_str() {
+        ucri_rootless::holder::HOLDER_ARG => ucri_rootless::holder::run_holder(),
+        ucri_rootless::launch::CHILD_ARG => Some(daemon::run_child()),
+        ucri_storage::probe::PROBE_ARG => Some(ucri_storage::probe::run_probe_role()),
+        _ => None,
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = load_config(&cli.overrides)?;
+    logging::init(&config.daemon.log_level);
+    match cli.command {
+        Command::Daemon => daemon::run(config),
+        Command::Info { json } => info::run(&config, json),
+        Command::Config => {
+            print!("{}", config.to_toml());
+            Ok(0)
+        }
+        Command::Nsenter { command } => nsenter::run(&config, command),
+        Command::System {
+            action: SystemAction::Reset { force },
+        } => system::reset(&config, force),
+        Command::Ctl(args) => ctl::run(&config, args),
+    }
+}
+
+/// Defaults, files and drop-ins, then flag/env overrides.
+fn load_config(o: &Overrides) -> anyhow::Result<Config> {
+    let dirs = UserDirs::discover()?;
+    let main_file = o
+        .config
+        .clone()
+        .unwrap_or_else(|| dirs.config_dir.join("ucri.toml"));
+    let mut config = Config::load(&dirs, &main_file).context("loading configuration")?;
+    if let Some(dir) = &o.runtime_dir {
+        config.daemon.runtime_dir = dir.clone();
+        config.daemon.socket = dir.join("ucri.sock");
+    }
+    if let Some(socket) = &o.socket {
+        config.daemon.socket = socket.clone();
+    }
+    if let Some(dir) = &o.data_dir {
+        config.daemon.data_dir = dir.clone();
+    }
+    if let Some(level) = &o.log_level {
+        config.daemon.log_level = level.clone();
+    }
+    config.daemon.allow_root |= o.allow_root;
+    Ok(config)
+}
