@@ -354,30 +354,61 @@ fn binary_check(name: &str, program: &Path, missing: Verdict, package: &str) -> 
     }
 }
 
-/// First line of `program ARG`'s output, or its error with stderr.
+/// The version line of `program ARG` (tools print it on stdout or stderr,
+/// sometimes among other lines), or its error with stderr.
 fn version_of(program: &Path, arg: &str) -> Result<String, String> {
     let out = Command::new(program)
         .arg(arg)
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
-        &out.stderr
-    } else {
-        &out.stdout
-    })
-    .lines()
-    .next()
-    .unwrap_or("")
-    .trim()
-    .to_owned();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{}: {}", out.status, stderr.trim()));
+    }
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(pick_version_line(&text, program))
+}
+
+/// Prefers a line naming the program and a version, then any version line.
+fn pick_version_line(text: &str, program: &Path) -> String {
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let has_version = |l: &&&str| l.to_lowercase().contains("version");
+    lines
+        .iter()
+        .filter(has_version)
+        .find(|l| l.contains(name.as_ref()))
+        .or_else(|| lines.iter().find(has_version))
+        .or_else(|| lines.first())
+        .map(|l| l.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_line_prefers_the_program_own_line() {
+        let text = "fusermount3 version: 3.14.0\nfuse-overlayfs: version 1.10\nFUSE library version 3.14.0\n";
+        let line = pick_version_line(text, Path::new("/usr/bin/fuse-overlayfs"));
+        assert_eq!(line, "fuse-overlayfs: version 1.10");
+        assert_eq!(
+            pick_version_line("\ncrun version 1.8.1\ncommit: x", Path::new("crun")),
+            "crun version 1.8.1"
+        );
+        assert_eq!(pick_version_line("v2.1\n", Path::new("x")), "v2.1");
     }
 }
 
