@@ -395,23 +395,6 @@ fn pick_version_line(text: &str, program: &Path) -> String {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_line_prefers_the_program_own_line() {
-        let text = "fusermount3 version: 3.14.0\nfuse-overlayfs: version 1.10\nFUSE library version 3.14.0\n";
-        let line = pick_version_line(text, Path::new("/usr/bin/fuse-overlayfs"));
-        assert_eq!(line, "fuse-overlayfs: version 1.10");
-        assert_eq!(
-            pick_version_line("\ncrun version 1.8.1\ncommit: x", Path::new("crun")),
-            "crun version 1.8.1"
-        );
-        assert_eq!(pick_version_line("v2.1\n", Path::new("x")), "v2.1");
-    }
-}
-
 fn cni_plugins(config: &Config) -> Check {
     let dirs = &config.network.cni_plugin_dirs;
     let found = ucri_net::discover::find_plugins(dirs, &ucri_net::discover::REQUIRED_CNI_PLUGINS);
@@ -479,5 +462,22 @@ fn runtime_dir(config: &Config) -> Check {
             format!("XDG_RUNTIME_DIR is not set; using {}", dir.display()),
             "log in through a session manager, or export XDG_RUNTIME_DIR=/run/user/$(id -u)",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_line_prefers_the_program_own_line() {
+        let text = "fusermount3 version: 3.14.0\nfuse-overlayfs: version 1.10\nFUSE library version 3.14.0\n";
+        let line = pick_version_line(text, Path::new("/usr/bin/fuse-overlayfs"));
+        assert_eq!(line, "fuse-overlayfs: version 1.10");
+        assert_eq!(
+            pick_version_line("\ncrun version 1.8.1\ncommit: x", Path::new("crun")),
+            "crun version 1.8.1"
+        );
+        assert_eq!(pick_version_line("v2.1\n", Path::new("x")), "v2.1");
     }
 }
