@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{StatusRequest, VersionRequest};
+use k8s_cri::v1::{
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest, StatusRequest, VersionRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
@@ -32,23 +36,79 @@ pub enum CtlCommand {
     Version,
     /// Show the runtime's status conditions and configuration.
     Info,
+    /// Pull an image.
+    Pull {
+        /// The image reference.
+        image: String,
+        /// Registry credentials as `USER:PASSWORD`.
+        #[arg(long)]
+        creds: Option<String>,
+    },
+    /// List images.
+    Images {
+        /// Only this image.
+        image: Option<String>,
+        /// Only print image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show an image's status (JSON).
+    Inspecti {
+        /// The image reference or ID.
+        image: String,
+    },
+    /// Remove images.
+    Rmi {
+        /// Image references or IDs.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show the image filesystem usage (JSON).
+    Imagefsinfo,
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import {
+        /// The file or directory.
+        path: PathBuf,
+    },
 }
 
 /// Runs a client command; returns the exit code.
 pub fn run(config: &Config, args: CtlArgs) -> anyhow::Result<i32> {
-    let socket = endpoint_path(args.runtime_endpoint.as_deref(), config)?;
+    let CtlArgs {
+        runtime_endpoint,
+        timeout,
+        command,
+    } = args;
+    if let CtlCommand::Import { path } = &command {
+        return import(config, path);
+    }
+    let socket = endpoint_path(runtime_endpoint.as_deref(), config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let channel = connect(&socket, std::time::Duration::from_secs(args.timeout)).await?;
-        let mut client = RuntimeServiceClient::new(channel);
-        match args.command {
-            CtlCommand::Version => print_version(&mut client).await,
-            CtlCommand::Info => print_info(&mut client).await,
-        }
+        let channel = connect(&socket, std::time::Duration::from_secs(timeout)).await?;
+        run_cri(channel, command).await
     })?;
     Ok(0)
+}
+
+async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {
+    let mut client = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+    match command {
+        CtlCommand::Version => print_version(&mut client).await,
+        CtlCommand::Info => print_info(&mut client).await,
+        CtlCommand::Pull { image, creds } => pull(&mut images, image, creds).await,
+        CtlCommand::Images { image, quiet } => list_images(&mut images, image, quiet).await,
+        CtlCommand::Inspecti { image } => inspect_image(&mut images, image).await,
+        CtlCommand::Rmi { images: names } => remove_images(&mut images, names).await,
+        CtlCommand::Imagefsinfo => image_fs_info(&mut images).await,
+        CtlCommand::Import { path } => Err(anyhow!(
+            "import of {} goes through the admin socket",
+            path.display()
+        )),
+    }
 }
 
 fn endpoint_path(endpoint: Option<&str>, config: &Config) -> anyhow::Result<PathBuf> {
@@ -109,4 +169,166 @@ async fn print_info(client: &mut RuntimeServiceClient<Channel>) -> anyhow::Resul
     let out = serde_json::json!({ "status": resp.status, "runtimeHandlers": resp.runtime_handlers, "info": info });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+fn spec(image: String) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image,
+        ..Default::default()
+    })
+}
+
+async fn pull(
+    client: &mut ImageServiceClient<Channel>,
+    image: String,
+    creds: Option<String>,
+) -> anyhow::Result<()> {
+    let auth = creds.map(|c| {
+        let (username, password) = c.split_once(':').unwrap_or((&c, ""));
+        AuthConfig {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            ..Default::default()
+        }
+    });
+    let request = PullImageRequest {
+        image: spec(image.clone()),
+        auth,
+        sandbox_config: None,
+    };
+    let reply = client.pull_image(request).await?.into_inner();
+    println!("Image is up to date for {}", reply.image_ref);
+    Ok(())
+}
+
+async fn list_images(
+    client: &mut ImageServiceClient<Channel>,
+    image: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let filter = image.map(|i| ImageFilter { image: spec(i) });
+    let images = client
+        .list_images(ListImagesRequest { filter })
+        .await?
+        .into_inner()
+        .images;
+    if quiet {
+        images.iter().for_each(|i| println!("{}", i.id));
+        return Ok(());
+    }
+    println!(
+        "{:<50} {:<20} {:<15} {:>10}",
+        "IMAGE", "TAG", "IMAGE ID", "SIZE"
+    );
+    for image in &images {
+        let id = image
+            .id
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(13)
+            .collect::<String>();
+        let names: Vec<(String, String)> = match image.repo_tags.is_empty() {
+            true => vec![("<none>".into(), "<none>".into())],
+            false => image.repo_tags.iter().map(|t| split_tag(t)).collect(),
+        };
+        for (repo, tag) in names {
+            println!(
+                "{repo:<50} {tag:<20} {id:<15} {:>10}",
+                human_size(image.size)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn split_tag(tagged: &str) -> (String, String) {
+    let slash = tagged.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match tagged[slash..].rfind(':') {
+        Some(i) => (
+            tagged[..slash + i].to_owned(),
+            tagged[slash + i + 1..].to_owned(),
+        ),
+        None => (tagged.to_owned(), "<none>".to_owned()),
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < units.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.3}{}", units[unit])
+}
+
+async fn inspect_image(
+    client: &mut ImageServiceClient<Channel>,
+    image: String,
+) -> anyhow::Result<()> {
+    let request = ImageStatusRequest {
+        image: spec(image.clone()),
+        verbose: true,
+    };
+    let reply = client.image_status(request).await?.into_inner();
+    let status = reply
+        .image
+        .ok_or_else(|| anyhow!("no such image: {image}"))?;
+    let info: serde_json::Value = reply
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str(i).ok())
+        .unwrap_or_default();
+    let out = serde_json::json!({ "status": status, "info": info });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn remove_images(
+    client: &mut ImageServiceClient<Channel>,
+    images: Vec<String>,
+) -> anyhow::Result<()> {
+    for image in images {
+        client
+            .remove_image(RemoveImageRequest {
+                image: spec(image.clone()),
+            })
+            .await
+            .with_context(|| format!("removing {image}"))?;
+        println!("Deleted: {image}");
+    }
+    Ok(())
+}
+
+async fn image_fs_info(client: &mut ImageServiceClient<Channel>) -> anyhow::Result<()> {
+    let reply = client
+        .image_fs_info(ImageFsInfoRequest {})
+        .await?
+        .into_inner();
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(())
+}
+
+fn import(config: &Config, path: &std::path::Path) -> anyhow::Result<i32> {
+    use crate::admin::{AdminRequest, AdminResponse};
+    let path = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = AdminRequest::Import { path };
+    match runtime.block_on(crate::admin::call(&config.daemon.runtime_dir, &request))? {
+        AdminResponse::Imported { images } => {
+            for image in images {
+                let names = if image.repo_tags.is_empty() {
+                    "<none>".to_owned()
+                } else {
+                    image.repo_tags.join(", ")
+                };
+                println!("Imported {} {names}", image.id);
+            }
+            Ok(0)
+        }
+        AdminResponse::Error { code, message } => Err(anyhow!("import failed ({code}): {message}")),
+    }
 }

@@ -14,6 +14,7 @@ use ucri_rootless::rundir::{remove_if_exists, write_atomic, RuntimeDir};
 use crate::config::Config;
 use crate::cri::image::CriImageService;
 use crate::cri::runtime::CriRuntimeService;
+use crate::image::Images;
 
 /// Runs `ucri daemon` from the host side; returns the exit code.
 ///
@@ -137,14 +138,20 @@ async fn serve_async(
     let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
     let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
     let runtime_service = CriRuntimeService::new(config.clone(), mode);
+    let images = open_images(&config).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(RuntimeServiceServer::new(runtime_service))
-        .add_service(ImageServiceServer::new(CriImageService))
+        .add_service(ImageServiceServer::new(CriImageService::new(
+            images.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
+    let admin =
+        crate::admin::bind(&config.daemon.runtime_dir).context("binding the admin socket")?;
+    let admin_task = tokio::spawn(crate::admin::serve(admin, images.clone()));
     if let Some(reporter) = reporter {
         reporter.serving();
     }
@@ -162,8 +169,21 @@ async fn serve_async(
             "in-flight RPCs did not finish in time; exiting anyway"
         ),
     }
+    admin_task.abort();
+    let _ = std::fs::remove_file(crate::admin::socket_path(&config.daemon.runtime_dir));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the image store under the data dir (blocking work: recovery may
+/// remove content an interrupted pull left behind).
+async fn open_images(config: &Config) -> anyhow::Result<Arc<Images>> {
+    let root = config.daemon.data_dir.join("storage");
+    let home = directories::BaseDirs::new()
+        .map(|b| b.home_dir().to_owned())
+        .unwrap_or_else(|| std::path::PathBuf::from("/"));
+    let images = tokio::task::spawn_blocking(move || Images::open(root, home)).await??;
+    Ok(Arc::new(images))
 }
 
 async fn termination_signal() -> &'static str {

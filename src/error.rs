@@ -21,9 +21,38 @@ pub enum CriError {
     /// The system is not in a state that allows the request.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Credentials are missing or wrong.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (e.g. a blocked registry).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A remote dependency (a registry) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Content is corrupt (a digest mismatch).
+    #[error("{0}")]
+    DataLoss(String),
     /// Anything else; a bug or an environment failure.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::image::ImageError> for CriError {
+    fn from(err: crate::image::ImageError) -> CriError {
+        use crate::image::ImageError as E;
+        let message = err.to_string();
+        match err {
+            E::InvalidArgument(_) => CriError::InvalidArgument(message),
+            E::NotFound(_) => CriError::NotFound(message),
+            E::Unauthenticated(_) => CriError::Unauthenticated(message),
+            E::PermissionDenied(_) => CriError::PermissionDenied(message),
+            E::Unavailable(_) => CriError::Unavailable(message),
+            E::Corrupt(_) => CriError::DataLoss(message),
+            E::InUse(_) | E::Config(_) => CriError::FailedPrecondition(message),
+            E::Store(_) => CriError::Internal(message),
+        }
+    }
 }
 
 impl From<CriError> for tonic::Status {
@@ -35,6 +64,10 @@ impl From<CriError> for tonic::Status {
             CriError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             CriError::AlreadyExists(_) => tonic::Status::already_exists(message),
             CriError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            CriError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            CriError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            CriError::Unavailable(_) => tonic::Status::unavailable(message),
+            CriError::DataLoss(_) => tonic::Status::data_loss(message),
             CriError::Internal(_) => tonic::Status::internal(message),
         }
     }
@@ -56,6 +89,13 @@ mod tests {
                 CriError::FailedPrecondition("x".into()),
                 Code::FailedPrecondition,
             ),
+            (CriError::Unauthenticated("x".into()), Code::Unauthenticated),
+            (
+                CriError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
+            (CriError::Unavailable("x".into()), Code::Unavailable),
+            (CriError::DataLoss("x".into()), Code::DataLoss),
             (CriError::Internal("x".into()), Code::Internal),
         ];
         for (err, code) in cases {

@@ -1,11 +1,13 @@
 //! The `ucri` binary: daemon, CLI and the hidden roles it re-executes itself as.
 
+mod admin;
 mod cli;
 mod config;
 mod cri;
 mod ctl;
 mod daemon;
 mod error;
+mod image;
 mod info;
 mod logging;
 mod nsenter;

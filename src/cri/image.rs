@@ -1,22 +1,158 @@
-//! The CRI ImageService. Pulling and storing images is its own issue; until
-//! it lands every RPC answers `Unimplemented`.
+//! The CRI ImageService: thin handlers over [`crate::image::Images`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use ucri_storage::store::ImageRecord;
 
 use super::cri_service;
+use crate::error::CriError;
+use crate::image::auth::RequestAuth;
+use crate::image::Images;
 
 /// The ImageService implementation.
-#[derive(Debug, Default)]
-pub struct CriImageService;
+#[derive(Debug)]
+pub struct CriImageService {
+    images: Arc<Images>,
+}
+
+impl CriImageService {
+    /// A service over `images`.
+    pub fn new(images: Arc<Images>) -> Self {
+        CriImageService { images }
+    }
+}
+
+fn image_spec(spec: Option<&ImageSpec>) -> Result<&str, CriError> {
+    match spec.map(|s| s.image.as_str()) {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(CriError::InvalidArgument("image spec is empty".into())),
+    }
+}
+
+/// The CRI view of an image record.
+pub fn to_cri(record: &ImageRecord) -> Image {
+    let (uid, username) = split_user(&record.user);
+    Image {
+        id: record.id.to_string(),
+        repo_tags: record.repo_tags.clone(),
+        repo_digests: record.repo_digests.clone(),
+        size: record.size,
+        uid: uid.map(|value| Int64Value { value }),
+        username,
+        spec: Some(ImageSpec {
+            image: record.id.to_string(),
+            ..Default::default()
+        }),
+        pinned: record.pinned,
+    }
+}
+
+/// `User` of an image config: a numeric uid (before any `:group`) or a name.
+fn split_user(user: &str) -> (Option<i64>, String) {
+    let name = user.split(':').next().unwrap_or("");
+    match name.parse::<i64>() {
+        Ok(uid) => (Some(uid), String::new()),
+        Err(_) => (None, name.to_owned()),
+    }
+}
+
+fn verbose_info(images: &Images, record: &ImageRecord) -> HashMap<String, String> {
+    let config = images
+        .store()
+        .read_blob(&record.id)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .unwrap_or_default();
+    let info = serde_json::json!({
+        "imageSpec": config,
+        "manifestDigest": record.manifest_digest.to_string(),
+        "layers": record.layers,
+    });
+    HashMap::from([("info".to_owned(), info.to_string())])
+}
+
+fn request_auth(auth: Option<AuthConfig>) -> Option<RequestAuth> {
+    auth.map(|a| RequestAuth {
+        username: a.username,
+        password: a.password,
+        auth: a.auth,
+        server_address: a.server_address,
+        identity_token: a.identity_token,
+        registry_token: a.registry_token,
+    })
+}
 
 cri_service! {
-    impl ImageService for CriImageService {}
-    unimplemented {
-        list_images(ListImagesRequest) -> ListImagesResponse = "ListImages";
-        image_status(ImageStatusRequest) -> ImageStatusResponse = "ImageStatus";
-        pull_image(PullImageRequest) -> PullImageResponse = "PullImage";
-        remove_image(RemoveImageRequest) -> RemoveImageResponse = "RemoveImage";
-        image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse = "ImageFsInfo";
+    impl ImageService for CriImageService {
+        async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+            let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image);
+            let images = match filter.filter(|f| !f.is_empty()) {
+                Some(spec) => self.images.lookup(&spec).map(|(r, _)| vec![r]).unwrap_or_default(),
+                None => self.images.list(),
+            };
+            Ok(Response::new(ListImagesResponse { images: images.iter().map(to_cri).collect() }))
+        }
+
+        async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {
+            let request = request.into_inner();
+            let spec = image_spec(request.image.as_ref())?;
+            let found = self.images.lookup(spec).map(|(r, _)| r);
+            let info = match (&found, request.verbose) {
+                (Some(r), true) => verbose_info(&self.images, r),
+                _ => HashMap::new(),
+            };
+            Ok(Response::new(ImageStatusResponse { image: found.as_ref().map(to_cri), info }))
+        }
+
+        async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+            let request = request.into_inner();
+            let spec = image_spec(request.image.as_ref())?.to_owned();
+            let auth = request_auth(request.auth);
+            let span = tracing::info_span!("pull", image = %spec);
+            let record = self.images.pull(&spec, auth).instrument(span).await.map_err(CriError::from)?;
+            Ok(Response::new(PullImageResponse { image_ref: record.id.to_string() }))
+        }
+
+        async fn remove_image(&self, request: Request<RemoveImageRequest>) -> Result<Response<RemoveImageResponse>, Status> {
+            let request = request.into_inner();
+            let spec = image_spec(request.image.as_ref())?;
+            self.images.remove(spec).await.map_err(CriError::from)?;
+            Ok(Response::new(RemoveImageResponse {}))
+        }
+
+        async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
+            let usage = self.images.usage();
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            let fs = FilesystemUsage {
+                timestamp,
+                fs_id: Some(FilesystemIdentifier { mountpoint: self.images.store().root().display().to_string() }),
+                used_bytes: Some(UInt64Value { value: usage.bytes }),
+                inodes_used: Some(UInt64Value { value: usage.inodes }),
+            };
+            Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
+        }
+    }
+    unimplemented {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_split_into_uid_or_name() {
+        assert_eq!(split_user("1000:1000"), (Some(1000), String::new()));
+        assert_eq!(split_user("0"), (Some(0), String::new()));
+        assert_eq!(split_user("app"), (None, "app".to_owned()));
+        assert_eq!(split_user("app:staff"), (None, "app".to_owned()));
+        assert_eq!(split_user(""), (None, String::new()));
     }
 }

@@ -3,6 +3,8 @@
 //! root) in a private sandbox of directories, and talks CRI to it.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,299 @@
+//! The image domain: pulling into the store, looking images up by id, tag
+//! or digest, removing them, and accounting for the disk they use.
+
+pub mod auth;
+mod import;
+mod pull;
+pub mod reference;
+pub mod registries;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::Instrument;
+use ucri_storage::digest::Digest;
+use ucri_storage::store::{ImageRecord, Store, StoreError, Usage};
+
+use self::auth::{AuthFiles, RequestAuth};
+use self::registries::{CandidateError, RegistriesConf, RegistriesError};
+
+/// Errors of the image domain.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Malformed or unresolvable reference.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The image (or a manifest/blob of it) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The registry wants (other) credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The registry is blocked, or refused these credentials.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The registry cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Content does not match its digest.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The image is used by a container.
+    #[error("{0}")]
+    InUse(String),
+    /// Configuration files are broken.
+    #[error("{0}")]
+    Config(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CandidateError> for ImageError {
+    fn from(e: CandidateError) -> ImageError {
+        match e {
+            CandidateError::Reference(r) => ImageError::InvalidArgument(r.to_string()),
+            CandidateError::Registries(r) => r.into(),
+        }
+    }
+}
+
+impl From<RegistriesError> for ImageError {
+    fn from(e: RegistriesError) -> ImageError {
+        match e {
+            RegistriesError::Blocked { .. } => ImageError::PermissionDenied(e.to_string()),
+            RegistriesError::Unresolvable { .. } => ImageError::InvalidArgument(e.to_string()),
+            RegistriesError::Invalid { .. } => ImageError::Config(e.to_string()),
+        }
+    }
+}
+
+/// How a lookup matched an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matched {
+    /// By image id (or id prefix).
+    Id,
+    /// By this `repo:tag`.
+    Tag(String),
+    /// By this `repo@digest`.
+    Digest(String),
+}
+
+/// Async locks by key, so one blob or layer is fetched/unpacked once.
+#[derive(Debug, Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// The image store with its index and pull machinery.
+#[derive(Debug)]
+pub struct Images {
+    store: Arc<Store>,
+    index: RwLock<BTreeMap<Digest, ImageRecord>>,
+    locks: KeyedLocks,
+    /// Pulls hold it shared; garbage collection exclusively.
+    gc: tokio::sync::RwLock<()>,
+    config_home: PathBuf,
+    home: PathBuf,
+}
+
+impl Images {
+    /// Opens the store under `root`, loads the records and removes content
+    /// that no image references (left by an interrupted pull).
+    pub fn open(root: PathBuf, home: PathBuf) -> Result<Images, ImageError> {
+        let store = Store::open(root)?;
+        let records = store.load_images()?;
+        let removed = store.collect_garbage(&records)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed content left by interrupted pulls");
+        }
+        let index = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Ok(Images {
+            store: Arc::new(store),
+            index: RwLock::new(index),
+            locks: KeyedLocks::default(),
+            gc: tokio::sync::RwLock::new(()),
+            config_home: home.join(".config"),
+            home,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn registries(&self) -> Result<RegistriesConf, ImageError> {
+        Ok(RegistriesConf::load(&self.config_home)?)
+    }
+
+    fn auth_files(&self) -> AuthFiles {
+        AuthFiles::standard(&self.home)
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Digest, ImageRecord>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Digest, ImageRecord>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        self.read_index().values().cloned().collect()
+    }
+
+    /// Finds a local image by id, id prefix, `repo:tag` or `repo@digest`
+    /// (short names resolve as for pulls, plus Docker Hub).
+    pub fn lookup(&self, spec: &str) -> Option<(ImageRecord, Matched)> {
+        let index = self.read_index();
+        let registries = self.registries().unwrap_or_default();
+        for name in registries.local_candidates(spec) {
+            if let Some(digest) = &name.digest {
+                let wanted = name.with_digest(digest);
+                if let Some(r) = index.values().find(|r| r.repo_digests.contains(&wanted)) {
+                    return Some((r.clone(), Matched::Digest(wanted)));
+                }
+            } else if let Some(tagged) = name.tagged() {
+                if let Some(r) = index.values().find(|r| r.repo_tags.contains(&tagged)) {
+                    return Some((r.clone(), Matched::Tag(tagged)));
+                }
+            }
+        }
+        lookup_by_id(&index, spec).map(|r| (r.clone(), Matched::Id))
+    }
+
+    /// Pulls `spec` (with the request's credentials, if any) on a task of
+    /// its own: a client that hangs up does not cancel it half-way.
+    pub async fn pull(
+        self: &Arc<Self>,
+        spec: &str,
+        auth: Option<RequestAuth>,
+    ) -> Result<ImageRecord, ImageError> {
+        let images = self.clone();
+        let spec = spec.to_owned();
+        let task = tokio::spawn(
+            async move { images.pull_now(&spec, auth.as_ref()).await }.in_current_span(),
+        );
+        task.await.map_err(|e| {
+            ImageError::Store(StoreError::Io {
+                context: "pull task".into(),
+                source: std::io::Error::other(e),
+            })
+        })?
+    }
+
+    async fn pull_now(
+        &self,
+        spec: &str,
+        auth: Option<&RequestAuth>,
+    ) -> Result<ImageRecord, ImageError> {
+        let registries = self.registries()?;
+        let candidates = registries.candidates(spec)?;
+        let searched = registries.is_search(spec);
+        let result = self
+            .pull_candidates(spec, &candidates, searched, auth)
+            .await;
+        if result.is_err() {
+            self.collect_garbage().await?;
+        }
+        result
+    }
+
+    /// Removes what `spec` names: a tag of an image with several names only
+    /// loses that name; otherwise the image goes, with content nothing else
+    /// uses. Removing an absent image succeeds (CRI says it is idempotent).
+    pub async fn remove(&self, spec: &str) -> Result<(), ImageError> {
+        let Some((image, matched)) = self.lookup(spec) else {
+            return Ok(());
+        };
+        let names = image.repo_tags.len() + image.repo_digests.len();
+        match matched {
+            Matched::Tag(tag) if names > 1 && image.repo_tags.len() > 1 => self.untag(&image, &tag),
+            _ => {
+                self.store.delete_image(&image.id)?;
+                self.write_index().remove(&image.id);
+                self.collect_garbage().await
+            }
+        }
+    }
+
+    fn untag(&self, image: &ImageRecord, tag: &str) -> Result<(), ImageError> {
+        let mut updated = image.clone();
+        updated.repo_tags.retain(|t| t != tag);
+        self.store.save_image(&updated)?;
+        self.write_index().insert(updated.id.clone(), updated);
+        Ok(())
+    }
+
+    /// Records a pulled image under its names, moving tags from images
+    /// that had them.
+    fn add(&self, mut record: ImageRecord) -> Result<ImageRecord, ImageError> {
+        let mut index = self.write_index();
+        if let Some(existing) = index.get(&record.id) {
+            merge_names(&mut record, existing);
+            record.stored_at = existing.stored_at;
+        }
+        for other in index.values_mut().filter(|r| r.id != record.id) {
+            let before = other.repo_tags.len();
+            other.repo_tags.retain(|t| !record.repo_tags.contains(t));
+            if other.repo_tags.len() != before {
+                self.store.save_image(other)?;
+            }
+        }
+        self.store.save_image(&record)?;
+        index.insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn collect_garbage(&self) -> Result<(), ImageError> {
+        let _exclusive = self.gc.write().await;
+        let keep = self.list();
+        self.store.collect_garbage(&keep)?;
+        Ok(())
+    }
+
+    /// Disk use of the store.
+    pub fn usage(&self) -> Usage {
+        self.store.usage()
+    }
+}
+
+fn merge_names(record: &mut ImageRecord, existing: &ImageRecord) {
+    for t in &existing.repo_tags {
+        if !record.repo_tags.contains(t) {
+            record.repo_tags.push(t.clone());
+        }
+    }
+    for d in &existing.repo_digests {
+        if !record.repo_digests.contains(d) {
+            record.repo_digests.push(d.clone());
+        }
+    }
+}
+
+fn lookup_by_id<'a>(
+    index: &'a BTreeMap<Digest, ImageRecord>,
+    spec: &str,
+) -> Option<&'a ImageRecord> {
+    let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
+    if hex.len() < 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut matches = index.values().filter(|r| r.id.hex().starts_with(hex));
+    let first = matches.next()?;
+    matches.next().is_none().then_some(first)
+}

@@ -1,0 +1,532 @@
+//! Pulling over the OCI distribution API with `oci-client`: manifests
+//! (Docker v2 schema 2, OCI, indexes and manifest lists resolved to
+//! linux/<host arch>), blobs streamed to disk and verified by digest and size,
+//! layers fetched concurrently and unpacked as each arrives.
+
+use std::io::Write;
+
+use futures::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use ucri_storage::digest::{chain_ids, Digest};
+use ucri_storage::store::{ImageLayer, ImageRecord, StoreError};
+use ucri_storage::unpack::UnpackError;
+
+use super::auth::{self, RequestAuth};
+use super::reference::ImageName;
+use super::registries::Endpoint;
+use super::{ImageError, Images};
+
+/// Layers downloaded at once per pull.
+const CONCURRENT_LAYERS: usize = 3;
+
+const ACCEPTED_MANIFESTS: [&str; 4] = [
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+#[derive(Debug, Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageConfig {
+    #[serde(default)]
+    config: Option<RunConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunConfig {
+    #[serde(rename = "User", default)]
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+impl Images {
+    /// Tries each candidate name, each through its endpoints (mirrors
+    /// first). `searched` candidates come from the search registries: when
+    /// none works the error names them all.
+    pub(super) async fn pull_candidates(
+        &self,
+        spec: &str,
+        candidates: &[ImageName],
+        searched: bool,
+        auth: Option<&RequestAuth>,
+    ) -> Result<ImageRecord, ImageError> {
+        let mut failures = Vec::new();
+        for name in candidates {
+            match self.pull_name(name, auth).await {
+                Ok(record) => return Ok(record),
+                Err(e) if !searched => return Err(e),
+                Err(
+                    e @ (ImageError::NotFound(_)
+                    | ImageError::Unavailable(_)
+                    | ImageError::Unauthenticated(_)),
+                ) => failures.push(format!("{name}: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ImageError::InvalidArgument(format!(
+            "short name {spec:?} did not resolve to a pullable image; tried {}",
+            failures.join("; ")
+        )))
+    }
+
+    async fn pull_name(
+        &self,
+        name: &ImageName,
+        auth: Option<&RequestAuth>,
+    ) -> Result<ImageRecord, ImageError> {
+        let endpoints = self.registries()?.endpoints(name)?;
+        let files = self.auth_files();
+        let mut last = None;
+        for endpoint in &endpoints {
+            let credentials = auth::resolve(auth, &files, &endpoint.name);
+            match self.pull_endpoint(name, endpoint, credentials).await {
+                Ok(record) => return Ok(record),
+                Err(e) if endpoint.mirror => {
+                    tracing::info!(mirror = %endpoint.name, %e, "mirror failed; trying the next endpoint");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::NotFound(format!("no endpoint for {name}"))))
+    }
+
+    async fn pull_endpoint(
+        &self,
+        original: &ImageName,
+        endpoint: &Endpoint,
+        auth: RegistryAuth,
+    ) -> Result<ImageRecord, ImageError> {
+        let _shared = self.gc.read().await;
+        let session = Session::open(endpoint, auth).await?;
+        let (manifest_digest, manifest) = session.manifest().await?;
+        let config_desc = manifest.config.as_ref().ok_or_else(|| {
+            ImageError::Corrupt(format!("{}: manifest has no config", endpoint.name))
+        })?;
+        let config_digest = parse_digest(&config_desc.digest)?;
+        let config_bytes = session.small_blob(&config_digest).await?;
+        self.store
+            .write_blob(&config_bytes, Some(&config_digest))
+            .map_err(store_error)?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| ImageError::Corrupt(format!("image config {config_digest}: {e}")))?;
+        let layers = image_layers(&manifest, &config)?;
+        // Every layer task runs to its end before the first error is
+        // reported, so nothing is cancelled half-way.
+        let fetches: Vec<_> = layers
+            .iter()
+            .map(|l| self.ensure_layer(&session, l))
+            .collect();
+        let results: Vec<Result<(), ImageError>> = futures::stream::iter(fetches)
+            .buffer_unordered(CONCURRENT_LAYERS)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let record = ImageRecord {
+            id: config_digest,
+            repo_tags: original.tagged().into_iter().collect(),
+            repo_digests: vec![original.with_digest(&manifest_digest)],
+            manifest_digest,
+            size: 0,
+            layers,
+            stored_at: now_nanos(),
+            pinned: false,
+            user: config.config.and_then(|c| c.user).unwrap_or_default(),
+        };
+        let record = self.with_size(record);
+        tracing::info!(image = %original, id = %record.id, "pulled");
+        self.add(record)
+    }
+
+    fn with_size(&self, mut record: ImageRecord) -> ImageRecord {
+        record.size = super::import::layer_sizes(&self.store, &record.layers);
+        record
+    }
+
+    /// Downloads (once) and unpacks (once) one layer.
+    async fn ensure_layer(&self, session: &Session, layer: &ImageLayer) -> Result<(), ImageError> {
+        let _layer_lock = self.locks.lock(&format!("layer:{}", layer.chain_id)).await;
+        if self.store.has_layer(&layer.chain_id) {
+            return Ok(());
+        }
+        {
+            let _blob_lock = self.locks.lock(&format!("blob:{}", layer.blob)).await;
+            if !self.store.has_blob(&layer.blob) {
+                self.download(session, &layer.blob, layer.size).await?;
+            }
+        }
+        let layer = layer.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.unpack_layer(
+                &layer.blob,
+                &layer.media_type,
+                &layer.diff_id,
+                &layer.chain_id,
+            )
+        })
+        .await
+        .map_err(|e| {
+            ImageError::Store(StoreError::Io {
+                context: "unpack task".into(),
+                source: std::io::Error::other(e),
+            })
+        })?
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn download(
+        &self,
+        session: &Session,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), ImageError> {
+        let tmp = TempFile(self.store.temp_path("download"));
+        self.download_to(session, digest, size, &tmp.0).await
+    }
+
+    async fn download_to(
+        &self,
+        session: &Session,
+        digest: &Digest,
+        size: u64,
+        tmp: &std::path::Path,
+    ) -> Result<(), ImageError> {
+        let mut writer = self.store.blob_writer(tmp).map_err(store_error)?;
+        let digest_text = digest.to_string();
+        let mut stream = session
+            .client
+            .pull_blob_stream(&session.reference, digest_text.as_str())
+            .await
+            .map_err(|e| registry_error(&session.reference, e))?;
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = chunk.map_err(|e| stream_error(digest, e))?;
+            writer.write_all(&chunk).map_err(|e| {
+                store_error(StoreError::Io {
+                    context: format!("writing {digest}"),
+                    source: e,
+                })
+            })?;
+        }
+        self.store
+            .commit_blob(writer, tmp, Some(digest), Some(size))
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// A temp file removed when dropped (a committed one was renamed away), so
+/// that even a cancelled download leaves nothing in `tmp/`.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One connection to one endpoint, with the protocol that worked.
+struct Session {
+    client: Client,
+    reference: Reference,
+    auth: RegistryAuth,
+}
+
+impl Session {
+    /// Connects; insecure endpoints try HTTPS without verification first,
+    /// then plain HTTP (as Docker does for insecure registries).
+    async fn open(endpoint: &Endpoint, auth: RegistryAuth) -> Result<Session, ImageError> {
+        let reference = oci_reference(&endpoint.name);
+        let protocols: &[ClientProtocol] = if endpoint.insecure {
+            &[ClientProtocol::Https, ClientProtocol::Http]
+        } else {
+            &[ClientProtocol::Https]
+        };
+        let mut last = None;
+        for protocol in protocols {
+            let client = make_client(protocol.clone(), endpoint.insecure);
+            let probe = client
+                .auth(&reference, &auth, oci_client::RegistryOperation::Pull)
+                .await;
+            match probe {
+                Err(OciDistributionError::RequestError(e)) => last = Some(e.to_string()),
+                Err(e) => return Err(registry_error(&reference, e)),
+                Ok(_) => {
+                    return Ok(Session {
+                        client,
+                        reference,
+                        auth,
+                    })
+                }
+            }
+        }
+        Err(ImageError::Unavailable(format!(
+            "cannot reach registry {}: {}",
+            endpoint.name.registry,
+            last.unwrap_or_default()
+        )))
+    }
+
+    /// The platform manifest: an index or list is resolved to linux/<arch>.
+    async fn manifest(&self) -> Result<(Digest, Manifest), ImageError> {
+        let (digest, manifest) = self.raw_manifest(&self.reference).await?;
+        if manifest.manifests.is_empty() {
+            return Ok((digest, manifest));
+        }
+        let chosen = choose_platform(&manifest.manifests)?;
+        let by_digest = self.reference.clone_with_digest(chosen.digest.clone());
+        self.raw_manifest(&by_digest).await
+    }
+
+    async fn raw_manifest(&self, reference: &Reference) -> Result<(Digest, Manifest), ImageError> {
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|e| registry_error(reference, e))?;
+        let digest = Digest::of(&bytes);
+        if let Some(wanted) = reference.digest() {
+            if wanted != digest.to_string() {
+                return Err(ImageError::Corrupt(format!(
+                    "manifest of {reference}: got {digest}, asked for {wanted}"
+                )));
+            }
+        }
+        let manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::Corrupt(format!("manifest of {reference}: {e}")))?;
+        Ok((digest, manifest))
+    }
+
+    /// A small blob (a config) in memory, verified.
+    async fn small_blob(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+        let mut out = Vec::new();
+        let text = digest.to_string();
+        self.client
+            .pull_blob(&self.reference, text.as_str(), &mut out)
+            .await
+            .map_err(|e| registry_error(&self.reference, e))?;
+        let got = Digest::of(&out);
+        if &got != digest {
+            return Err(ImageError::Corrupt(format!(
+                "blob {digest} from {}: content hashes to {got}",
+                self.reference
+            )));
+        }
+        Ok(out)
+    }
+}
+
+fn make_client(protocol: ClientProtocol, insecure: bool) -> Client {
+    Client::new(ClientConfig {
+        protocol,
+        accept_invalid_certificates: insecure,
+        platform_resolver: None,
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    })
+}
+
+fn oci_reference(name: &ImageName) -> Reference {
+    match (&name.tag, &name.digest) {
+        (_, Some(d)) => Reference::with_digest(
+            name.registry.clone(),
+            name.repository.clone(),
+            d.to_string(),
+        ),
+        (Some(t), None) => {
+            Reference::with_tag(name.registry.clone(), name.repository.clone(), t.clone())
+        }
+        (None, None) => Reference::with_tag(
+            name.registry.clone(),
+            name.repository.clone(),
+            "latest".into(),
+        ),
+    }
+}
+
+/// The OCI platform name of the host's architecture.
+fn host_platform() -> (&'static str, Option<&'static str>) {
+    match std::env::consts::ARCH {
+        "x86_64" => ("amd64", None),
+        "aarch64" => ("arm64", Some("v8")),
+        "arm" => ("arm", Some("v7")),
+        "x86" => ("386", None),
+        "powerpc64" => ("ppc64le", None),
+        other => (other, None),
+    }
+}
+
+fn choose_platform(entries: &[Descriptor]) -> Result<&Descriptor, ImageError> {
+    let (arch, variant) = host_platform();
+    let linux_arch = |d: &&Descriptor| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+    };
+    let exact = entries.iter().filter(linux_arch).find(|d| {
+        let v = d.platform.as_ref().and_then(|p| p.variant.as_deref());
+        v.is_none() || v == variant
+    });
+    exact
+        .or_else(|| entries.iter().find(linux_arch))
+        .ok_or_else(|| {
+            let available: Vec<String> = entries
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
+            ImageError::NotFound(format!(
+                "no linux/{arch} image in the index (it has: {})",
+                available.join(", ")
+            ))
+        })
+}
+
+fn image_layers(manifest: &Manifest, config: &ImageConfig) -> Result<Vec<ImageLayer>, ImageError> {
+    let diff_ids: Vec<Digest> = config
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| parse_digest(d))
+        .collect::<Result<_, _>>()?;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(ImageError::Corrupt(format!(
+            "manifest has {} layers but the config lists {} diff IDs",
+            manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    let chains = chain_ids(&diff_ids);
+    manifest
+        .layers
+        .iter()
+        .zip(diff_ids.into_iter().zip(chains))
+        .map(|(desc, (diff_id, chain_id))| {
+            Ok(ImageLayer {
+                blob: parse_digest(&desc.digest)?,
+                media_type: desc.media_type.clone(),
+                size: u64::try_from(desc.size)
+                    .map_err(|_| ImageError::Corrupt("negative layer size".into()))?,
+                diff_id,
+                chain_id,
+            })
+        })
+        .collect()
+}
+
+/// A failed blob stream: `oci-client` reports digest mismatches as an
+/// `io::Error` wrapping its `DigestError`.
+fn stream_error(digest: &Digest, e: std::io::Error) -> ImageError {
+    let context = format!("downloading {digest}: {e}");
+    let is_digest = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>());
+    if is_digest {
+        ImageError::Corrupt(context)
+    } else {
+        ImageError::Unavailable(context)
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ImageError> {
+    s.parse()
+        .map_err(|e: ucri_storage::digest::BadDigest| ImageError::Corrupt(e.to_string()))
+}
+
+/// Now, in Unix nanoseconds.
+pub(super) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Store failures: content mismatches are corruption, crafted layers are
+/// invalid images, the rest internal.
+pub(super) fn store_error(e: StoreError) -> ImageError {
+    match e {
+        StoreError::Mismatch { .. } => ImageError::Corrupt(e.to_string()),
+        StoreError::Unpack(u @ UnpackError::Escape { .. }) => {
+            ImageError::InvalidArgument(u.to_string())
+        }
+        StoreError::Unpack(u @ UnpackError::UnmappedOwner { .. }) => {
+            ImageError::Config(u.to_string())
+        }
+        other => ImageError::Store(other),
+    }
+}
+
+/// Maps a distribution error to the image error kinds.
+fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError {
+    let context = format!("{reference}: {e}");
+    match &e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => ImageError::Unauthenticated(context),
+        OciDistributionError::ImageManifestNotFoundError(_) => ImageError::NotFound(context),
+        OciDistributionError::ServerError { code, .. } => match code {
+            401 => ImageError::Unauthenticated(context),
+            403 => ImageError::PermissionDenied(context),
+            404 => ImageError::NotFound(context),
+            _ => ImageError::Unavailable(context),
+        },
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|err| format!("{:?}", err.code))
+                .collect();
+            let has = |c: &str| codes.iter().any(|x| x.eq_ignore_ascii_case(c));
+            if has("Unauthorized") {
+                ImageError::Unauthenticated(context)
+            } else if has("Denied") {
+                ImageError::PermissionDenied(context)
+            } else if has("ManifestUnknown") || has("NameUnknown") || has("BlobUnknown") {
+                ImageError::NotFound(context)
+            } else {
+                ImageError::Unavailable(context)
+            }
+        }
+        OciDistributionError::RequestError(_) => ImageError::Unavailable(context),
+        OciDistributionError::DigestError(_) => ImageError::Corrupt(context),
+        _ => ImageError::Unavailable(context),
+    }
+}

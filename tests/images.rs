@@ -1,0 +1,620 @@
+//! The CRI ImageService against a real registry (Debian's docker-registry)
+//! and the project's test images, with the daemon running rootless.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::registry::{image_info, TestRegistry};
+use common::*;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{
+    AuthConfig, Image, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest,
+};
+use tonic::Code;
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+async fn images(sb: &Sandbox) -> ImageServiceClient<tonic::transport::Channel> {
+    ImageServiceClient::new(connect(&sb.socket()).await.expect("connect"))
+}
+
+fn pull_with(sb: &Sandbox, image: &str, auth: Option<AuthConfig>) -> Result<String, tonic::Status> {
+    block_on(async {
+        let request = PullImageRequest {
+            image: spec(image),
+            auth,
+            sandbox_config: None,
+        };
+        images(sb)
+            .await
+            .pull_image(request)
+            .await
+            .map(|r| r.into_inner().image_ref)
+    })
+}
+
+fn pull(sb: &Sandbox, image: &str) -> Result<String, tonic::Status> {
+    pull_with(sb, image, None)
+}
+
+fn status(sb: &Sandbox, image: &str) -> Option<Image> {
+    block_on(async {
+        let request = ImageStatusRequest {
+            image: spec(image),
+            verbose: false,
+        };
+        images(sb)
+            .await
+            .image_status(request)
+            .await
+            .expect("ImageStatus")
+            .into_inner()
+            .image
+    })
+}
+
+fn list(sb: &Sandbox) -> Vec<Image> {
+    block_on(async {
+        images(sb)
+            .await
+            .list_images(ListImagesRequest { filter: None })
+            .await
+            .expect("ListImages")
+            .into_inner()
+            .images
+    })
+}
+
+fn remove(sb: &Sandbox, image: &str) -> Result<(), tonic::Status> {
+    block_on(async {
+        images(sb)
+            .await
+            .remove_image(RemoveImageRequest { image: spec(image) })
+            .await
+            .map(|_| ())
+    })
+}
+
+fn store(sb: &Sandbox) -> PathBuf {
+    sb.data_dir().join("storage")
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_store_empty(sb: &Sandbox) {
+    for dir in ["images", "layers", "blobs/sha256", "tmp"] {
+        let left = entries(&store(sb).join(dir));
+        assert!(left.is_empty(), "{dir} should be empty, has {left:?}");
+    }
+}
+
+fn write_registries_conf(sb: &Sandbox, text: &str) {
+    sb.write_user_file(&sb.home().join(".config/containers/registries.conf"), text);
+}
+
+fn daemon_with_registry(name: &str, auth: Option<(&str, &str)>) -> (Sandbox, Daemon, TestRegistry) {
+    let registry = TestRegistry::start(auth);
+    let mut sb = Sandbox::new(name);
+    let daemon = sb.start_daemon();
+    (sb, daemon, registry)
+}
+
+#[test]
+fn pull_by_tag_and_digest_then_status_list_and_fs_info() {
+    let (sb, _d, reg) = daemon_with_registry("pull", None);
+    reg.push_test_image("busybox", "latest", "test/busybox:latest");
+    let info = image_info("busybox", "latest");
+    let id = pull(&sb, &reg.image("test/busybox:latest")).expect("pull by tag");
+    assert_eq!(id, info["config"].as_str().expect("config digest"));
+
+    let image = status(&sb, &reg.image("test/busybox:latest")).expect("status by tag");
+    assert_eq!(image.id, id);
+    assert_eq!(image.repo_tags, vec![reg.image("test/busybox:latest")]);
+    let manifest = info["digest"].as_str().expect("manifest digest");
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{}@{manifest}", reg.image("test/busybox"))]
+    );
+    assert!(image.size > 1_000_000, "unpacked size {}", image.size);
+    assert_eq!(image.uid.map(|u| u.value), Some(0));
+    assert_eq!(status(&sb, &id).expect("status by id").id, id);
+    assert_eq!(status(&sb, &id[7..19]).expect("status by id prefix").id, id);
+    assert!(
+        status(&sb, &reg.image("test/other:latest")).is_none(),
+        "unknown image is None, not an error"
+    );
+
+    let by_digest = format!("{}@{manifest}", reg.image("test/busybox"));
+    assert_eq!(pull(&sb, &by_digest).expect("pull by digest"), id);
+    assert_eq!(status(&sb, &by_digest).expect("status by digest").id, id);
+    assert_eq!(list(&sb).len(), 1);
+
+    let fs = block_on(async {
+        images(&sb)
+            .await
+            .image_fs_info(ImageFsInfoRequest {})
+            .await
+            .expect("fs info")
+            .into_inner()
+    });
+    let usage = &fs.image_filesystems[0];
+    assert!(usage.used_bytes.as_ref().expect("bytes").value > 1_000_000);
+    assert!(usage.inodes_used.as_ref().expect("inodes").value > 20);
+    assert_eq!(
+        usage.fs_id.as_ref().expect("fs id").mountpoint,
+        store(&sb).display().to_string()
+    );
+}
+
+#[test]
+fn layers_keep_owners_links_whiteouts_and_opaque_dirs() {
+    let (sb, _d, reg) = daemon_with_registry("layers", None);
+    reg.push_test_image("busybox", "latest", "test/busybox:latest");
+    pull(&sb, &reg.image("test/busybox:latest")).expect("pull");
+    let info = image_info("busybox", "latest");
+    let diffs: Vec<PathBuf> = chain_dirs(info)
+        .into_iter()
+        .map(|c| store(&sb).join("layers").join(c).join("diff"))
+        .collect();
+    let owned = std::fs::metadata(diffs[1].join("home/app/owned.txt")).expect("owned.txt");
+    let base = subuid_base(&sb.user.name);
+    // Inside, 0 is the user and 1.. the subordinate range: uid 1000 is base + 999.
+    assert_eq!(
+        (owned.uid(), owned.gid()),
+        (base + 999, base + 999),
+        "uid 1000 maps into the subuid range"
+    );
+    assert_eq!(owned.mode() & 0o7777, 0o640);
+    let keep = std::fs::metadata(diffs[1].join("data/keep.txt")).expect("keep");
+    let hard = std::fs::metadata(diffs[1].join("data/hard")).expect("hard");
+    assert_eq!(keep.ino(), hard.ino(), "hard link kept");
+    assert_eq!(
+        std::fs::read_link(diffs[1].join("data/link")).expect("symlink"),
+        Path::new("keep.txt")
+    );
+    assert_eq!(
+        std::fs::metadata(diffs[1].join("tmpdir"))
+            .expect("tmpdir")
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    let whiteout =
+        std::fs::symlink_metadata(diffs[2].join("data/remove-me.txt")).expect("whiteout");
+    assert!(
+        whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+        "whiteout is a 0:0 char device"
+    );
+    let opaque = xattr::get(diffs[2].join("opaque"), "user.overlay.opaque").expect("xattr");
+    assert_eq!(
+        opaque.as_deref(),
+        Some(&b"y"[..]),
+        "opaque dir marked for overlay"
+    );
+    assert!(!diffs[2].join("opaque/.wh..wh..opq").exists());
+    assert!(diffs[2].join("opaque/new.txt").exists());
+}
+
+fn chain_dirs(info: &serde_json::Value) -> Vec<String> {
+    use sha2::Digest as _;
+    let diff_ids: Vec<String> = info["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["diffId"].as_str().expect("diffId").to_owned())
+        .collect();
+    let mut chains: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let next = match chains.last() {
+            None => d,
+            Some(parent) => format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(format!("{parent} {d}")))
+            ),
+        };
+        chains.push(next);
+    }
+    chains
+        .iter()
+        .map(|c| c.trim_start_matches("sha256:").to_owned())
+        .collect()
+}
+
+fn subuid_base(user: &str) -> u32 {
+    let text = std::fs::read_to_string("/etc/subuid").expect("/etc/subuid");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{user}:")))
+        .and_then(|r| r.split(':').next())
+        .and_then(|s| s.parse::<u32>().ok())
+        .expect("subuid range")
+}
+
+#[test]
+fn zstd_uncompressed_and_multiarch_images() {
+    let (sb, _d, reg) = daemon_with_registry("formats", None);
+    for tag in ["zstd", "uncompressed"] {
+        reg.push_test_image("busybox", tag, &format!("test/busybox:{tag}"));
+        let id = pull(&sb, &reg.image(&format!("test/busybox:{tag}")))
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(
+            id,
+            image_info("busybox", tag)["config"]
+                .as_str()
+                .expect("config")
+        );
+    }
+    reg.push_test_image("multiarch", "latest", "test/multiarch:latest");
+    let id = pull(&sb, &reg.image("test/multiarch:latest")).expect("pull index");
+    let config =
+        std::fs::read(store(&sb).join("blobs/sha256").join(&id[7..])).expect("config blob");
+    let config: serde_json::Value = serde_json::from_slice(&config).expect("json");
+    assert_eq!(
+        config["architecture"], "amd64",
+        "the host's platform was chosen"
+    );
+}
+
+#[test]
+fn short_names_resolve_through_aliases_and_search_registries() {
+    let (sb, _d, reg) = daemon_with_registry("shortnames", None);
+    reg.push_test_image("busybox", "latest", "ucri-short-box:latest");
+    reg.push_test_image("busybox", "latest", "team/aliased-box:latest");
+    write_registries_conf(
+        &sb,
+        &format!(
+            "unqualified-search-registries = [\"{addr}\"]\n[aliases]\n\"ucri-alias\" = \"{addr}/team/aliased-box\"\n",
+            addr = reg.addr()
+        ),
+    );
+    pull(&sb, "ucri-short-box").expect("short name through the search registry");
+    assert!(status(&sb, &reg.image("ucri-short-box:latest")).is_some());
+    assert!(
+        status(&sb, "ucri-short-box").is_some(),
+        "local lookup resolves short names too"
+    );
+    pull(&sb, "ucri-alias:latest").expect("alias");
+    assert!(status(&sb, &reg.image("team/aliased-box:latest")).is_some());
+    let err = pull(&sb, "ucri-nonexistent").expect_err("unresolvable");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("{}/ucri-nonexistent", reg.addr())),
+        "names the candidates: {}",
+        err.message()
+    );
+}
+
+#[test]
+fn mirrors_are_tried_before_a_location_that_is_down() {
+    let (sb, _d, reg) = daemon_with_registry("mirror", None);
+    reg.push_test_image("busybox", "latest", "mirror/busybox:latest");
+    let dead = free_port();
+    write_registries_conf(
+        &sb,
+        &format!(
+            "[[registry]]\nprefix = \"registry.ucri.invalid/team\"\nlocation = \"127.0.0.1:{dead}/team\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"127.0.0.1:{dead2}/nothing\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{addr}/mirror\"\ninsecure = true\n",
+            dead2 = free_port(),
+            addr = reg.addr()
+        ),
+    );
+    let id =
+        pull(&sb, "registry.ucri.invalid/team/busybox:latest").expect("through the second mirror");
+    let image = status(&sb, "registry.ucri.invalid/team/busybox:latest")
+        .expect("status under the original name");
+    assert_eq!(image.id, id);
+    let err = pull(&sb, "registry.ucri.invalid/team/absent:latest").expect_err("nowhere");
+    assert_ne!(err.code(), Code::Ok);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn blocked_registries_are_refused() {
+    let (sb, _d, reg) = daemon_with_registry("blocked", None);
+    write_registries_conf(
+        &sb,
+        &format!(
+            "[[registry]]\nlocation = \"{}\"\nblocked = true\n",
+            reg.addr()
+        ),
+    );
+    let err = pull(&sb, &reg.image("test/busybox:latest")).expect_err("blocked");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+}
+
+#[test]
+fn auth_from_the_request_or_auth_json_and_clear_errors() {
+    let (sb, _d, reg) = daemon_with_registry("auth", Some(("ucri", "s3cret")));
+    reg.push_test_image("busybox", "latest", "private/busybox:latest");
+    let image = reg.image("private/busybox:latest");
+    let err = pull(&sb, &image).expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let wrong = AuthConfig {
+        username: "ucri".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = pull_with(&sb, &image, Some(wrong)).expect_err("wrong password");
+    assert!(
+        matches!(err.code(), Code::Unauthenticated | Code::PermissionDenied),
+        "{err}"
+    );
+    let right = AuthConfig {
+        username: "ucri".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    pull_with(&sb, &image, Some(right)).expect("request credentials");
+    remove(&sb, &image).expect("remove");
+
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("ucri:s3cret");
+    let json = serde_json::json!({"auths": {reg.addr(): {"auth": auth}}});
+    sb.write_user_file(
+        &sb.home().join(".config/containers/auth.json"),
+        &json.to_string(),
+    );
+    pull(&sb, &image).expect("credentials from auth.json");
+}
+
+#[test]
+fn a_corrupted_blob_is_rejected_and_leaves_nothing() {
+    let (sb, _d, reg) = daemon_with_registry("corrupt", None);
+    reg.push_test_image("busybox", "latest", "test/busybox:latest");
+    let layer = image_info("busybox", "latest")["layers"][1]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    reg.corrupt_blob(&layer);
+    let err = pull(&sb, &reg.image("test/busybox:latest")).expect_err("corrupt");
+    assert_eq!(err.code(), Code::DataLoss, "{err}");
+    assert!(
+        err.message().contains(&layer[..20]) || err.message().contains("digest"),
+        "{err}"
+    );
+    assert!(status(&sb, &reg.image("test/busybox:latest")).is_none());
+    assert_store_empty(&sb);
+}
+
+#[test]
+fn crafted_layers_write_nothing_outside_the_store() {
+    let (sb, _d, reg) = daemon_with_registry("crafted", None);
+    for tag in ["dotdot", "abs-symlink", "abs-path", "hardlink-out"] {
+        reg.push_test_image("crafted", tag, &format!("crafted/x:{tag}"));
+        let err = pull(&sb, &reg.image(&format!("crafted/x:{tag}"))).expect_err(tag);
+        assert_eq!(err.code(), Code::InvalidArgument, "{tag}: {err}");
+        assert!(err.message().contains("layer rejected"), "{tag}: {err}");
+        assert_store_empty(&sb);
+    }
+    for escaped in ["escape-dotdot.txt", "escape-symlink.txt", "escape-abs.txt"] {
+        assert!(
+            !Path::new("/tmp").join(escaped).exists(),
+            "{escaped} in /tmp"
+        );
+        let found = find_named(&sb.root, escaped);
+        assert!(found.is_empty(), "{escaped} written at {found:?}");
+    }
+}
+
+fn find_named(root: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_name() == name {
+                out.push(path.clone());
+            }
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn remove_untags_then_deletes_and_is_idempotent() {
+    let (sb, _d, reg) = daemon_with_registry("remove", None);
+    reg.push_test_image("busybox", "latest", "test/busybox:latest");
+    reg.push_test_image("busybox", "latest", "test/busybox:second");
+    let id = pull(&sb, &reg.image("test/busybox:latest")).expect("pull");
+    pull(&sb, &reg.image("test/busybox:second")).expect("pull second tag");
+    assert_eq!(status(&sb, &id).expect("status").repo_tags.len(), 2);
+    remove(&sb, &reg.image("test/busybox:second")).expect("untag");
+    let image = status(&sb, &id).expect("still there");
+    assert_eq!(image.repo_tags, vec![reg.image("test/busybox:latest")]);
+    remove(&sb, &id).expect("remove by id");
+    assert!(status(&sb, &id).is_none());
+    assert_store_empty(&sb);
+    remove(&sb, &id).expect("removing again is fine");
+    let err = remove(&sb, "").expect_err("empty spec");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[test]
+fn the_store_survives_a_restart() {
+    let (mut sb, daemon, reg) = daemon_with_registry("restart", None);
+    reg.push_test_image("busybox", "latest", "test/busybox:latest");
+    let id = pull(&sb, &reg.image("test/busybox:latest")).expect("pull");
+    drop(daemon);
+    let _daemon = sb.start_daemon();
+    assert_eq!(
+        status(&sb, &reg.image("test/busybox:latest"))
+            .expect("after restart")
+            .id,
+        id
+    );
+    assert_eq!(list(&sb).len(), 1);
+}
+
+#[test]
+fn concurrent_pulls_fetch_each_blob_once() {
+    let (sb, _d, reg) = daemon_with_registry("concurrent", None);
+    reg.push_test_image("busybox", "latest", "test/busybox:latest");
+    let image = reg.image("test/busybox:latest");
+    std::thread::scope(|s| {
+        let pulls: Vec<_> = (0..3).map(|_| s.spawn(|| pull(&sb, &image))).collect();
+        for p in pulls {
+            p.join().expect("thread").expect("pull");
+        }
+    });
+    let log = reg.log_text();
+    for layer in image_info("busybox", "latest")["layers"]
+        .as_array()
+        .expect("layers")
+    {
+        let digest = layer["digest"].as_str().expect("digest");
+        let gets = log
+            .lines()
+            .filter(|l| l.contains(&format!("GET /v2/test/busybox/blobs/{digest}")))
+            .count();
+        assert_eq!(gets, 1, "blob {digest} fetched {gets} times");
+    }
+}
+
+#[test]
+fn an_interrupted_pull_leaves_nothing_after_the_next_start() {
+    let (mut sb, daemon, reg) = daemon_with_registry("interrupt", None);
+    reg.push_test_image("big", "latest", "test/big:latest");
+    let image = reg.image("test/big:latest");
+    let socket = sb.socket();
+    let puller = std::thread::spawn(move || {
+        block_on(async {
+            let channel = connect(&socket).await.expect("connect");
+            let request = PullImageRequest {
+                image: spec(&image),
+                auth: None,
+                sandbox_config: None,
+            };
+            ImageServiceClient::new(channel)
+                .pull_image(request)
+                .await
+                .map(|_| ())
+        })
+    });
+    let tmp = store(&sb).join("tmp");
+    let started = std::time::Instant::now();
+    while entries(&tmp).is_empty() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!entries(&tmp).is_empty(), "the pull never started writing");
+    let pid = sb.daemon_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    assert!(
+        puller.join().expect("thread").is_err(),
+        "the pull was interrupted"
+    );
+    drop(daemon);
+    let _daemon = sb.start_daemon();
+    assert!(list(&sb).is_empty(), "no partial image is visible");
+    assert_store_empty(&sb);
+}
+
+#[test]
+fn import_oci_layouts_and_docker_save_archives() {
+    let mut sb = Sandbox::new("import");
+    let _daemon = sb.start_daemon();
+    let layout = common::registry::test_images().join("busybox");
+    let work = sb.root.join("archives");
+    sb.mkdir_as_user(&work);
+    let docker_tar = work.join("box.tar");
+    let status_ok = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!(
+            "docker-archive:{}:example.com/team/box:v1",
+            docker_tar.display()
+        ))
+        .status()
+        .expect("skopeo");
+    assert!(status_ok.success(), "skopeo docker-archive");
+    let layout_tar = work.join("busybox.tar");
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&layout_tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(tarred.success());
+    sb.give_to_user();
+
+    let import = |path: &Path| sb.run_ucri(&["ctl", "import", &path.display().to_string()]);
+    let out = import(&docker_tar);
+    assert!(
+        out.status.success(),
+        "docker save archive: {}",
+        describe(&out)
+    );
+    let id = image_info("busybox", "latest")["config"]
+        .as_str()
+        .expect("config")
+        .to_owned();
+    assert_eq!(
+        status(&sb, "example.com/team/box:v1")
+            .expect("named by RepoTags")
+            .id,
+        id
+    );
+
+    let out = import(&layout_tar);
+    assert!(out.status.success(), "OCI layout tar: {}", describe(&out));
+    assert_eq!(
+        status(&sb, "localhost/busybox:latest")
+            .expect("tag under the file's name")
+            .id,
+        id
+    );
+    let user = status(&sb, "localhost/busybox:user").expect("the user tag");
+    assert_eq!(user.username, "app", "User by name in the image config");
+
+    let out = import(&layout);
+    assert!(
+        out.status.success(),
+        "OCI layout directory: {}",
+        describe(&out)
+    );
+
+    let out = sb.run_ucri(&["ctl", "import", "/etc/hostname"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        entries(&store(&sb).join("tmp")).is_empty(),
+        "import leaves no temp files"
+    );
+}
