@@ -3,8 +3,6 @@
 //! linux/<host arch>), blobs streamed to disk and verified by digest and size,
 //! layers fetched concurrently and unpacked as each arrives.
 
-use std::io::Write;
-
 use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
@@ -180,87 +178,102 @@ impl Images {
         record
     }
 
-    /// Downloads (once) and unpacks (once) one layer.
+    /// Downloads and unpacks one layer, once: a layer already unpacked is
+    /// skipped, a blob already stored is unpacked from disk, anything else is
+    /// streamed from the registry into the store and unpacked in one pass.
     async fn ensure_layer(&self, session: &Session, layer: &ImageLayer) -> Result<(), ImageError> {
         let _layer_lock = self.locks.lock(&format!("layer:{}", layer.chain_id)).await;
         if self.store.has_layer(&layer.chain_id) {
             return Ok(());
         }
-        {
-            let _blob_lock = self.locks.lock(&format!("blob:{}", layer.blob)).await;
-            if !self.store.has_blob(&layer.blob) {
-                self.download(session, &layer.blob, layer.size).await?;
-            }
-        }
-        let layer = layer.clone();
+        let _blob_lock = self.locks.lock(&format!("blob:{}", layer.blob)).await;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.unpack_layer(
-                &layer.blob,
-                &layer.media_type,
-                &layer.diff_id,
-                &layer.chain_id,
-            )
-        })
-        .await
-        .map_err(|e| {
-            ImageError::Store(StoreError::Io {
-                context: "unpack task".into(),
-                source: std::io::Error::other(e),
-            })
-        })?
-        .map_err(store_error)?;
-        Ok(())
+        let spec = layer.clone();
+        if self.store.has_blob(&layer.blob) {
+            let unpack = move || {
+                store.unpack_layer(&spec.blob, &spec.media_type, &spec.diff_id, &spec.chain_id)
+            };
+            return run_blocking(unpack).await;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(INGEST_CHUNKS);
+        let ingest =
+            tokio::task::spawn_blocking(move || store.ingest_layer(ChannelReader::new(rx), &spec));
+        let streamed = self.stream_blob(session, &layer.blob, tx).await;
+        let ingested = ingest.await.map_err(|e| task_error("ingest", e))?;
+        streamed?;
+        ingested.map(|_| ()).map_err(store_error)
     }
 
-    async fn download(
+    /// Sends the blob's bytes into `tx`; stops early when the receiver gave up.
+    async fn stream_blob(
         &self,
         session: &Session,
         digest: &Digest,
-        size: u64,
+        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     ) -> Result<(), ImageError> {
-        let tmp = TempFile(self.store.temp_path("download"));
-        self.download_to(session, digest, size, &tmp.0).await
-    }
-
-    async fn download_to(
-        &self,
-        session: &Session,
-        digest: &Digest,
-        size: u64,
-        tmp: &std::path::Path,
-    ) -> Result<(), ImageError> {
-        let mut writer = self.store.blob_writer(tmp).map_err(store_error)?;
-        let digest_text = digest.to_string();
+        let text = digest.to_string();
         let mut stream = session
             .client
-            .pull_blob_stream(&session.reference, digest_text.as_str())
+            .pull_blob_stream(&session.reference, text.as_str())
             .await
             .map_err(|e| registry_error(&session.reference, e))?;
         while let Some(chunk) = stream.stream.next().await {
             let chunk = chunk.map_err(|e| stream_error(digest, e))?;
-            writer.write_all(&chunk).map_err(|e| {
-                store_error(StoreError::Io {
-                    context: format!("writing {digest}"),
-                    source: e,
-                })
-            })?;
+            if tx.send(Ok(chunk)).await.is_err() {
+                break;
+            }
         }
-        self.store
-            .commit_blob(writer, tmp, Some(digest), Some(size))
-            .map_err(store_error)?;
         Ok(())
     }
 }
 
-/// A temp file removed when dropped (a committed one was renamed away), so
-/// that even a cancelled download leaves nothing in `tmp/`.
-struct TempFile(std::path::PathBuf);
+/// Chunks in flight between the network and the unpacker.
+const INGEST_CHUNKS: usize = 64;
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// A blocking `Read` over chunks arriving on a channel.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>) -> Self {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
     }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<(), ImageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| task_error("unpack", e))?
+        .map(|_| ())
+        .map_err(store_error)
+}
+
+fn task_error(what: &str, e: tokio::task::JoinError) -> ImageError {
+    ImageError::Store(StoreError::Io {
+        context: format!("{what} task"),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// One connection to one endpoint, with the protocol that worked.

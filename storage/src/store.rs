@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,22 +265,73 @@ impl Store {
         let compression = compression_of(media_type, &path)?;
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
         let out = unpack_layer(reader, compression, &diff)?;
-        verify(&out.diff_id, out.tar_size, Some(diff_id), None).map_err(|_| {
-            StoreError::Mismatch {
-                what: format!("diff ID of layer {blob}"),
-                expected: diff_id.to_string(),
-                actual: out.diff_id.to_string(),
-            }
-        })?;
+        check_diff_id(&out, diff_id, blob)?;
+        self.finish_layer(work, chain_id, diff_id, out.tar_size)
+    }
+
+    /// Writes the layer record into `work` and moves it into place.
+    fn finish_layer(
+        &self,
+        work: &Path,
+        chain_id: &Digest,
+        diff_id: &Digest,
+        tar_size: u64,
+    ) -> Result<LayerRecord, StoreError> {
         let record = LayerRecord {
             chain_id: chain_id.clone(),
             diff_id: diff_id.clone(),
-            tar_size: out.tar_size,
+            tar_size,
         };
         write_json(&work.join("layer.json"), &record)?;
         let dest = self.layer_dir(chain_id);
         fs::rename(work, &dest).map_err(io_err(format!("storing layer {}", dest.display())))?;
         Ok(record)
+    }
+
+    /// Receives a layer blob as a byte stream and, in the same pass, stores
+    /// it and unpacks it: the blob's digest and size and the layer's diff ID
+    /// are verified before either becomes visible.
+    pub fn ingest_layer<R: Read>(
+        &self,
+        blob: R,
+        layer: &ImageLayer,
+    ) -> Result<LayerRecord, StoreError> {
+        let tmp_blob = self.temp_path("ingest");
+        let work = self.temp_path("layer");
+        let result = self.ingest_into(blob, layer, &tmp_blob, &work);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_blob);
+            let _ = fs::remove_dir_all(&work);
+        }
+        result
+    }
+
+    fn ingest_into<R: Read>(
+        &self,
+        blob: R,
+        layer: &ImageLayer,
+        tmp_blob: &Path,
+        work: &Path,
+    ) -> Result<LayerRecord, StoreError> {
+        let diff = work.join("diff");
+        fs::create_dir_all(&diff).map_err(io_err("creating a layer dir"))?;
+        let mut writer = self.blob_writer(tmp_blob)?;
+        let mut tee = BufReader::with_capacity(
+            1 << 20,
+            TeeReader {
+                inner: blob,
+                copy: &mut writer,
+            },
+        );
+        let head = tee.fill_buf().map_err(io_err("reading the layer"))?;
+        let compression = Compression::from_media_type(&layer.media_type)
+            .unwrap_or_else(|| Compression::sniff(head));
+        let out = unpack_layer(&mut tee, compression, &diff)?;
+        std::io::copy(&mut tee, &mut std::io::sink()).map_err(io_err("reading the layer"))?;
+        drop(tee);
+        check_diff_id(&out, &layer.diff_id, &layer.blob)?;
+        self.commit_blob(writer, tmp_blob, Some(&layer.blob), Some(layer.size))?;
+        self.finish_layer(work, &layer.chain_id, &layer.diff_id, out.tar_size)
     }
 
     /// Saves an image record atomically.
@@ -364,6 +415,35 @@ fn verify(
             actual: digest.to_string(),
         }),
         _ => Ok(()),
+    }
+}
+
+fn check_diff_id(
+    out: &crate::unpack::Unpacked,
+    diff_id: &Digest,
+    blob: &Digest,
+) -> Result<(), StoreError> {
+    if &out.diff_id == diff_id {
+        return Ok(());
+    }
+    Err(StoreError::Mismatch {
+        what: format!("diff ID of layer {blob}"),
+        expected: diff_id.to_string(),
+        actual: out.diff_id.to_string(),
+    })
+}
+
+/// Copies everything read from `inner` into `copy` (the blob file).
+struct TeeReader<'a, R, W> {
+    inner: R,
+    copy: &'a mut W,
+}
+
+impl<R: Read, W: Write> Read for TeeReader<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
     }
 }
 
