@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::cri::image::CriImageService;
 use crate::cri::runtime::CriRuntimeService;
 use crate::image::Images;
+use crate::storage::Storage;
 
 /// Runs `ucri daemon` from the host side; returns the exit code.
 ///
@@ -137,14 +138,15 @@ async fn serve_async(
     listener.set_nonblocking(true)?;
     let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
     let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
-    let runtime_service = CriRuntimeService::new(config.clone(), mode);
-    let images = open_images(&config).await?;
+    let (images, storage) = open_storage(&config).await?;
+    let runtime_service = CriRuntimeService::new(config.clone(), mode, storage.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(RuntimeServiceServer::new(runtime_service))
         .add_service(ImageServiceServer::new(CriImageService::new(
             images.clone(),
+            storage,
         )))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
@@ -175,15 +177,21 @@ async fn serve_async(
     Ok(())
 }
 
-/// Opens the image store under the data dir (blocking work: recovery may
-/// remove content an interrupted pull left behind).
-async fn open_images(config: &Config) -> anyhow::Result<Arc<Images>> {
+/// Opens the image store under the data dir and picks the root filesystem
+/// driver (blocking work: recovery may remove content an interrupted pull
+/// left behind, and the overlay probe mounts).
+async fn open_storage(config: &Config) -> anyhow::Result<(Arc<Images>, Arc<Storage>)> {
     let root = config.daemon.data_dir.join("storage");
     let home = directories::BaseDirs::new()
         .map(|b| b.home_dir().to_owned())
         .unwrap_or_else(|| std::path::PathBuf::from("/"));
-    let images = tokio::task::spawn_blocking(move || Images::open(root, home)).await??;
-    Ok(Arc::new(images))
+    let wanted = config.storage.driver;
+    tokio::task::spawn_blocking(move || {
+        let images = Images::open(root.clone(), home)?;
+        let storage = Storage::open(&root, wanted)?;
+        Ok::<_, anyhow::Error>((Arc::new(images), Arc::new(storage)))
+    })
+    .await?
 }
 
 async fn termination_signal() -> &'static str {

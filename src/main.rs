@@ -11,6 +11,7 @@ mod image;
 mod info;
 mod logging;
 mod nsenter;
+mod storage;
 mod system;
 
 use std::process::ExitCode;

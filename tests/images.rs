@@ -169,7 +169,7 @@ fn layers_keep_owners_links_whiteouts_and_opaque_dirs() {
     reg.push_test_image("busybox", "latest", "test/busybox:latest");
     pull(&sb, &reg.image("test/busybox:latest")).expect("pull");
     let info = image_info("busybox", "latest");
-    let diffs: Vec<PathBuf> = chain_dirs(info)
+    let diffs: Vec<PathBuf> = chain_hexes(info)
         .into_iter()
         .map(|c| store(&sb).join("layers").join(c).join("diff"))
         .collect();
@@ -210,31 +210,6 @@ fn layers_keep_owners_links_whiteouts_and_opaque_dirs() {
     );
     assert!(!diffs[2].join("opaque/.wh..wh..opq").exists());
     assert!(diffs[2].join("opaque/new.txt").exists());
-}
-
-fn chain_dirs(info: &serde_json::Value) -> Vec<String> {
-    use sha2::Digest as _;
-    let diff_ids: Vec<String> = info["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["diffId"].as_str().expect("diffId").to_owned())
-        .collect();
-    let mut chains: Vec<String> = Vec::new();
-    for d in diff_ids {
-        let next = match chains.last() {
-            None => d,
-            Some(parent) => format!(
-                "sha256:{}",
-                hex::encode(sha2::Sha256::digest(format!("{parent} {d}")))
-            ),
-        };
-        chains.push(next);
-    }
-    chains
-        .iter()
-        .map(|c| c.trim_start_matches("sha256:").to_owned())
-        .collect()
 }
 
 fn subuid_base(user: &str) -> u32 {

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use common::*;
 
-const EXPECTED_CHECKS: [&str; 20] = [
+const EXPECTED_CHECKS: [&str; 21] = [
+    "storage_driver",
     "kernel",
     "mode",
     "user_namespaces",

@@ -13,17 +13,39 @@ use super::cri_service;
 use crate::error::CriError;
 use crate::image::auth::RequestAuth;
 use crate::image::Images;
+use crate::storage::Storage;
 
 /// The ImageService implementation.
 #[derive(Debug)]
 pub struct CriImageService {
     images: Arc<Images>,
+    storage: Arc<Storage>,
 }
 
 impl CriImageService {
-    /// A service over `images`.
-    pub fn new(images: Arc<Images>) -> Self {
-        CriImageService { images }
+    /// A service over `images`, reporting container filesystems of `storage`.
+    pub fn new(images: Arc<Images>, storage: Arc<Storage>) -> Self {
+        CriImageService { images, storage }
+    }
+}
+
+fn filesystem_usage(
+    mountpoint: &std::path::Path,
+    usage: ucri_storage::store::Usage,
+) -> FilesystemUsage {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    FilesystemUsage {
+        timestamp,
+        fs_id: Some(FilesystemIdentifier {
+            mountpoint: mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(UInt64Value { value: usage.bytes }),
+        inodes_used: Some(UInt64Value {
+            value: usage.inodes,
+        }),
     }
 }
 
@@ -126,18 +148,11 @@ cri_service! {
         }
 
         async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Result<Response<ImageFsInfoResponse>, Status> {
-            let usage = self.images.usage();
-            let timestamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
-            let fs = FilesystemUsage {
-                timestamp,
-                fs_id: Some(FilesystemIdentifier { mountpoint: self.images.store().root().display().to_string() }),
-                used_bytes: Some(UInt64Value { value: usage.bytes }),
-                inodes_used: Some(UInt64Value { value: usage.inodes }),
-            };
-            Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
+            let store = self.images.store().root().to_owned();
+            let containers = self.storage.rootfs().containers_dir();
+            let images = filesystem_usage(&store, self.images.usage());
+            let writable = filesystem_usage(&containers, ucri_storage::store::disk_usage(&containers));
+            Ok(Response::new(ImageFsInfoResponse { image_filesystems: vec![images], container_filesystems: vec![writable] }))
         }
     }
     unimplemented {}

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::cri_service;
 use crate::config::{self, Config};
+use crate::storage::Storage;
 
 /// The CRI API version ucri serves.
 pub const CRI_API_VERSION: &str = "v1";
@@ -22,12 +23,17 @@ pub const RUNTIME_NAME: &str = "ucri";
 pub struct CriRuntimeService {
     config: Arc<Config>,
     mode: &'static str,
+    storage: Arc<Storage>,
 }
 
 impl CriRuntimeService {
     /// A service for `config`; `mode` says how the daemon entered its namespaces.
-    pub fn new(config: Arc<Config>, mode: &'static str) -> Self {
-        CriRuntimeService { config, mode }
+    pub fn new(config: Arc<Config>, mode: &'static str, storage: Arc<Storage>) -> Self {
+        CriRuntimeService {
+            config,
+            mode,
+            storage,
+        }
     }
 
     fn runtime_condition(&self) -> RuntimeCondition {
@@ -53,6 +59,14 @@ impl CriRuntimeService {
         HashMap::from([
             ("config".to_owned(), config_json),
             ("mode".to_owned(), self.mode.to_owned()),
+            (
+                "storageDriver".to_owned(),
+                self.storage.rootfs().driver().to_string(),
+            ),
+            (
+                "storageDriverReason".to_owned(),
+                self.storage.reason().to_owned(),
+            ),
         ])
     }
 }

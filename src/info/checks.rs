@@ -23,8 +23,11 @@ pub fn all(config: &Config) -> Vec<Check> {
         "/dev/net/tun",
         "slirp4netns and pasta",
     ));
-    checks.push(overlay_in_userns(config));
-    checks.push(fuse_overlayfs());
+    let overlay = overlay_in_userns(config);
+    let fuse = fuse_overlayfs();
+    checks.push(storage_driver(config, &overlay, &fuse));
+    checks.push(overlay);
+    checks.push(fuse);
     checks.push(cgroups());
     checks.extend(oci_runtimes(config));
     checks.push(conmon(config));
@@ -219,6 +222,37 @@ fn overlay_in_userns(config: &Config) -> Check {
             Verdict::Warning,
             format!("kernel overlayfs unusable in a user namespace: {e}"),
             "use kernel 5.11+ (fuse-overlayfs or vfs is used meanwhile)",
+        ),
+    }
+}
+
+/// Which root filesystem driver the daemon will use, and why.
+fn storage_driver(config: &Config, overlay: &Check, fuse: &Check) -> Check {
+    use crate::config::StorageDriver;
+    let fuse_ok = fuse.status == Verdict::Ok
+        && OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok();
+    let auto = if overlay.status == Verdict::Ok {
+        "overlay (kernel overlayfs works in a user namespace)"
+    } else if fuse_ok {
+        "fuse-overlayfs (kernel overlay unavailable)"
+    } else {
+        "vfs (neither kernel overlay nor fuse-overlayfs works: full copies, slow)"
+    };
+    match config.storage.driver {
+        StorageDriver::Auto if auto.starts_with("vfs") => Check::bad(
+            "storage_driver",
+            Verdict::Warning,
+            format!("auto: {auto}"),
+            "use kernel 5.11+, or install fuse-overlayfs and make /dev/fuse 0666",
+        ),
+        StorageDriver::Auto => Check::ok("storage_driver", format!("auto: {auto}")),
+        other => Check::ok(
+            "storage_driver",
+            format!("{other:?} (set in storage.driver)").to_lowercase(),
         ),
     }
 }

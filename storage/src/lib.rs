@@ -4,5 +4,6 @@
 
 pub mod digest;
 pub mod probe;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;

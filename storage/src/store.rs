@@ -371,7 +371,8 @@ impl Store {
         Ok(images)
     }
 
-    /// Deletes every blob and layer that no image in `keep` references.
+    /// Deletes every blob and layer that no image in `keep` and no
+    /// container root filesystem references.
     /// Returns how many entries were removed.
     pub fn collect_garbage(&self, keep: &[ImageRecord]) -> Result<usize, StoreError> {
         let blobs: HashSet<String> = keep
@@ -379,10 +380,13 @@ impl Store {
             .flat_map(|i| i.blobs())
             .map(|d| d.hex().to_owned())
             .collect();
+        let in_use = crate::rootfs::layers_in_use(&self.root);
         let layers: HashSet<String> = keep
             .iter()
             .flat_map(|i| &i.layers)
-            .map(|l| l.chain_id.hex().to_owned())
+            .map(|l| &l.chain_id)
+            .chain(in_use.iter())
+            .map(|d| d.hex().to_owned())
             .collect();
         let mut removed = remove_unlisted(&self.root.join("blobs/sha256"), &blobs)?;
         removed += remove_unlisted(&self.root.join("layers"), &layers)?;
@@ -462,17 +466,22 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
+    write_file_atomic(path, &data).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Writes `data` to `path` atomically: temp file, fsync, rename.
+pub fn write_file_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(&data)?;
+        file.write_all(data)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(io_err(format!("writing {}", path.display())))
+    result
 }
 
 fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> Result<usize, StoreError> {

@@ -435,3 +435,25 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The chain IDs (hex) of an `images.json` image entry's layers, bottom first.
+pub fn chain_hexes(info: &serde_json::Value) -> Vec<String> {
+    use sha2::Digest as _;
+    let layers = info["layers"].as_array().expect("layers");
+    let mut chains: Vec<String> = Vec::new();
+    for layer in layers {
+        let diff = layer["diffId"].as_str().expect("diffId").to_owned();
+        let next = match chains.last() {
+            None => diff,
+            Some(parent) => format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(format!("{parent} {diff}")))
+            ),
+        };
+        chains.push(next);
+    }
+    chains
+        .iter()
+        .map(|c| c.trim_start_matches("sha256:").to_owned())
+        .collect()
+}
