@@ -36,17 +36,62 @@ fn vfs_driver() {
 fn suite(test: &str, driver: DriverKind) {
     match std::env::var(INSIDE) {
         Ok(store) => inside(Path::new(&store), driver),
-        Err(_) => outside(test),
+        Err(_) => drop(outside(test)),
     }
 }
 
+#[test]
+fn a_restarted_daemon_removes_root_filesystems_left_behind() {
+    const TEST: &str = "a_restarted_daemon_removes_root_filesystems_left_behind";
+    if let Ok(store) = std::env::var(INSIDE) {
+        for driver in [
+            DriverKind::Overlay,
+            DriverKind::FuseOverlayfs,
+            DriverKind::Vfs,
+        ] {
+            let rootfs = Rootfs::new(Path::new(&store), driver).expect("rootfs");
+            rootfs
+                .create(&format!("left-{driver}"), &image_layers(), false)
+                .expect("create");
+        }
+        println!("INSIDE-OK");
+        return;
+    }
+    let (mut sb, daemon, _registry) = outside(TEST);
+    let store = sb.data_dir().join("storage");
+    let mountinfo =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let before = mountinfo(sb.daemon_pid());
+    assert!(
+        before.contains("left-overlay") && before.contains("left-fuse-overlayfs"),
+        "{before}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sb.daemon_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    drop(daemon);
+    let _daemon = sb.start_daemon();
+    let after = mountinfo(sb.daemon_pid());
+    assert!(
+        !after.contains(&store.display().to_string()),
+        "stale mounts removed:\n{after}"
+    );
+    let left: Vec<_> = std::fs::read_dir(store.join("containers"))
+        .expect("list")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "stale root filesystems removed: {left:?}");
+}
+
 /// Pulls the image with a real daemon, then runs this test again inside the
-/// daemon's namespaces.
-fn outside(test: &str) {
+/// daemon's namespaces. Returns the sandbox, daemon and registry, still up.
+fn outside(test: &str) -> (Sandbox, Daemon, TestRegistry) {
     let registry = TestRegistry::start(None);
     registry.push_test_image("busybox", "latest", "test/busybox:latest");
-    let mut sb = Sandbox::new(&format!("rootfs-{test}"));
-    let _daemon = sb.start_daemon();
+    let mut sb = Sandbox::new(&format!("rootfs-{}", &test[..test.len().min(24)]));
+    let daemon = sb.start_daemon();
     let image = registry.image("test/busybox:latest");
     block_on(async {
         let channel = connect(&sb.socket()).await.expect("connect");
@@ -80,6 +125,7 @@ fn outside(test: &str) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    (sb, daemon, registry)
 }
 
 /// This test binary, copied (once per process) where the unprivileged user
