@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::cri::image::CriImageService;
 use crate::cri::runtime::CriRuntimeService;
 use crate::image::Images;
+use crate::runtime::Lifecycle;
 use crate::storage::Storage;
 
 /// Runs `ucri daemon` from the host side; returns the exit code.
@@ -139,7 +140,9 @@ async fn serve_async(
     let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
     let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
     let (images, storage) = open_storage(&config).await?;
-    let runtime_service = CriRuntimeService::new(config.clone(), mode, storage.clone());
+    let lifecycle = open_lifecycle(&config, &images, &storage).await?;
+    let reaper = tokio::spawn(reap_monitors(lifecycle.clone()));
+    let runtime_service = CriRuntimeService::new(config.clone(), mode, storage.clone(), lifecycle);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -172,6 +175,7 @@ async fn serve_async(
         ),
     }
     admin_task.abort();
+    reaper.abort();
     let _ = std::fs::remove_file(crate::admin::socket_path(&config.daemon.runtime_dir));
     tracing::info!("stopped");
     Ok(())
@@ -192,6 +196,39 @@ async fn open_storage(config: &Config) -> anyhow::Result<(Arc<Images>, Arc<Stora
         Ok::<_, anyhow::Error>((Arc::new(images), Arc::new(storage)))
     })
     .await?
+}
+
+/// Loads pod and container state and recovers what the previous daemon
+/// left; images used by containers are protected from removal.
+async fn open_lifecycle(
+    config: &Arc<Config>,
+    images: &Arc<Images>,
+    storage: &Arc<Storage>,
+) -> anyhow::Result<Arc<Lifecycle>> {
+    let (config, images, storage) = (config.clone(), images.clone(), storage.clone());
+    let lifecycle =
+        tokio::task::spawn_blocking(move || Lifecycle::open(config, images, storage)).await??;
+    let lifecycle = Arc::new(lifecycle);
+    let weak = Arc::downgrade(&lifecycle);
+    let check = crate::image::InUseCheck(Box::new(move |id: &str| {
+        weak.upgrade().is_some_and(|l| l.image_in_use(id))
+    }));
+    lifecycle_images(&lifecycle).set_in_use_check(check);
+    Ok(lifecycle)
+}
+
+fn lifecycle_images(lifecycle: &Lifecycle) -> &Images {
+    lifecycle.images()
+}
+
+/// conmon monitors re-parent to the daemon (its subreaper); reap them.
+async fn reap_monitors(lifecycle: Arc<Lifecycle>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let l = lifecycle.clone();
+        let _ = tokio::task::spawn_blocking(move || l.reap_monitors()).await;
+    }
 }
 
 async fn termination_signal() -> &'static str {

@@ -9,6 +9,9 @@ pub enum CriError {
         /// The RPC name.
         rpc: &'static str,
     },
+    /// A part of an RPC this build does not implement.
+    #[error("{0}")]
+    Unsupported(String),
     /// A referenced object does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -38,6 +41,23 @@ pub enum CriError {
     Internal(String),
 }
 
+impl From<crate::runtime::LifecycleError> for CriError {
+    fn from(err: crate::runtime::LifecycleError) -> CriError {
+        use crate::runtime::LifecycleError as E;
+        let message = err.to_string();
+        match err {
+            E::NotFound(_) => CriError::NotFound(message),
+            E::InvalidArgument(_) => CriError::InvalidArgument(message),
+            E::AlreadyExists(_) => CriError::AlreadyExists(message),
+            E::FailedPrecondition(_) => CriError::FailedPrecondition(message),
+            E::Unsupported(_) => CriError::Unsupported(message),
+            E::Runtime(_) | E::Command { .. } | E::Io { .. } | E::Internal(_) => {
+                CriError::Internal(message)
+            }
+        }
+    }
+}
+
 impl From<crate::image::ImageError> for CriError {
     fn from(err: crate::image::ImageError) -> CriError {
         use crate::image::ImageError as E;
@@ -59,7 +79,9 @@ impl From<CriError> for tonic::Status {
     fn from(err: CriError) -> tonic::Status {
         let message = err.to_string();
         match err {
-            CriError::Unimplemented { .. } => tonic::Status::unimplemented(message),
+            CriError::Unimplemented { .. } | CriError::Unsupported(_) => {
+                tonic::Status::unimplemented(message)
+            }
             CriError::NotFound(_) => tonic::Status::not_found(message),
             CriError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             CriError::AlreadyExists(_) => tonic::Status::already_exists(message),

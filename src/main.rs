@@ -11,6 +11,7 @@ mod image;
 mod info;
 mod logging;
 mod nsenter;
+mod runtime;
 mod storage;
 mod system;
 

@@ -1,7 +1,6 @@
 //! Container root filesystems as the daemon uses them: the driver chosen at
 //! start-up (and why), and recovery of mounts after a restart.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::Context;
@@ -18,19 +17,12 @@ pub struct Storage {
 
 impl Storage {
     /// Picks the driver (`auto` probes kernel overlay, then fuse-overlayfs,
-    /// then falls back to vfs; an explicit choice must work), then recovers
-    /// the root filesystems left by the previous daemon: none is live until
-    /// the pod lifecycle restores its containers, so stale ones are removed.
+    /// then falls back to vfs; an explicit choice must work). The lifecycle
+    /// recovers the root filesystems, knowing which containers still exist.
     pub fn open(store_root: &Path, wanted: StorageDriver) -> anyhow::Result<Storage> {
         let (driver, reason) = choose(store_root, wanted)?;
         tracing::info!(%driver, reason = %reason, "container root filesystem driver");
-        let rootfs = Rootfs::new(store_root, driver)?;
-        let recovery = rootfs
-            .recover(&HashSet::new())
-            .context("recovering root filesystems")?;
-        if !recovery.removed.is_empty() {
-            tracing::info!(removed = ?recovery.removed, "removed root filesystems of containers that no longer exist");
-        }
+        let rootfs = Rootfs::new(store_root, driver).context("preparing root filesystems")?;
         Ok(Storage { rootfs, reason })
     }
 

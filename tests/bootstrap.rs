@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_cri::v1::{RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{ExecSyncRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
 use nix::sys::signal::Signal;
 
 fn subuid_start(user: &str) -> u64 {
@@ -94,11 +94,11 @@ fn unimplemented_rpcs_say_so_and_runtime_config_reports_cgroupfs() {
     block_on(async {
         let mut c = sb.runtime_client().await;
         let err = c
-            .run_pod_sandbox(RunPodSandboxRequest::default())
+            .exec_sync(ExecSyncRequest::default())
             .await
-            .expect_err("RunPodSandbox is not implemented yet");
+            .expect_err("ExecSync is not implemented yet");
         assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+        assert!(err.message().contains("ExecSync"), "{}", err.message());
         let rc = c
             .runtime_config(RuntimeConfigRequest {})
             .await

@@ -11,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::cri_service;
 use crate::config::{self, Config};
+use crate::error::CriError;
+use crate::runtime::{Lifecycle, LifecycleError};
 use crate::storage::Storage;
 
 /// The CRI API version ucri serves.
@@ -24,16 +26,36 @@ pub struct CriRuntimeService {
     config: Arc<Config>,
     mode: &'static str,
     storage: Arc<Storage>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl CriRuntimeService {
     /// A service for `config`; `mode` says how the daemon entered its namespaces.
-    pub fn new(config: Arc<Config>, mode: &'static str, storage: Arc<Storage>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        mode: &'static str,
+        storage: Arc<Storage>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         CriRuntimeService {
             config,
             mode,
             storage,
+            lifecycle,
         }
+    }
+
+    /// Runs blocking lifecycle work off the async workers, in `span`.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        span: tracing::Span,
+        work: impl FnOnce(&Lifecycle) -> Result<T, LifecycleError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let lifecycle = self.lifecycle.clone();
+        let result = tokio::task::spawn_blocking(move || span.in_scope(|| work(&lifecycle)))
+            .await
+            .map_err(|e| Status::internal(format!("lifecycle task: {e}")))?;
+        result.map_err(|e| Status::from(CriError::from(e)))
     }
 
     fn runtime_condition(&self) -> RuntimeCondition {
@@ -142,19 +164,94 @@ impl RuntimeService for CriRuntimeService {
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(crate::error::CriError::Unimplemented { rpc: "GetContainerEvents" }.into())
     }
+    async fn run_pod_sandbox(&self, request: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let config = request.config.ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+        let name = config.metadata.as_ref().map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default();
+        let handler = request.runtime_handler;
+        let span = tracing::info_span!("run_pod_sandbox", pod = %name);
+        let id = self.blocking(span, move |l| l.run_pod(config, &handler)).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(&self, request: Request<StopPodSandboxRequest>) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("stop_pod_sandbox", pod = %id);
+        self.blocking(span, move |l| l.stop_pod(&id)).await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(&self, request: Request<RemovePodSandboxRequest>) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("remove_pod_sandbox", pod = %id);
+        self.blocking(span, move |l| l.remove_pod(&id)).await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(&self, request: Request<PodSandboxStatusRequest>) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let (id, verbose) = (request.pod_sandbox_id, request.verbose);
+        let span = tracing::debug_span!("pod_sandbox_status", pod = %id);
+        let (status, info) = self.blocking(span, move |l| l.pod_status(&id, verbose)).await?;
+        Ok(Response::new(PodSandboxStatusResponse { status: Some(status), info, containers_statuses: vec![], timestamp: 0 }))
+    }
+
+    async fn list_pod_sandbox(&self, request: Request<ListPodSandboxRequest>) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self.blocking(tracing::debug_span!("list_pod_sandbox"), move |l| Ok(l.list_pods(filter))).await?;
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(&self, request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let config = request.config.ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+        let sandbox = request.sandbox_config.unwrap_or_default();
+        let pod = request.pod_sandbox_id;
+        let span = tracing::info_span!("create_container", pod = %pod);
+        let id = self.blocking(span, move |l| l.create_container(&pod, config, &sandbox)).await?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
+    }
+
+    async fn start_container(&self, request: Request<StartContainerRequest>) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("start_container", container = %id);
+        self.blocking(span, move |l| l.start_container(&id)).await?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(&self, request: Request<StopContainerRequest>) -> Result<Response<StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        let (id, timeout) = (request.container_id, request.timeout);
+        if timeout < 0 {
+            return Err(Status::invalid_argument("StopContainer timeout must not be negative"));
+        }
+        let span = tracing::info_span!("stop_container", container = %id);
+        self.blocking(span, move |l| l.stop_container(&id, timeout)).await?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(&self, request: Request<RemoveContainerRequest>) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("remove_container", container = %id);
+        self.blocking(span, move |l| l.remove_container(&id)).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(&self, request: Request<ListContainersRequest>) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let containers = self.blocking(tracing::debug_span!("list_containers"), move |l| Ok(l.list_containers(filter))).await?;
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn container_status(&self, request: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let (id, verbose) = (request.container_id, request.verbose);
+        let span = tracing::debug_span!("container_status", container = %id);
+        let (status, info) = self.blocking(span, move |l| l.container_status(&id, verbose)).await?;
+        Ok(Response::new(ContainerStatusResponse { status: Some(status), info }))
+    }
 }
     unimplemented {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
         exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
@@ -185,7 +282,7 @@ impl CriRuntimeService {
                     name.clone()
                 },
                 features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts: true,
                     user_namespaces: false,
                 }),
             })

@@ -107,9 +107,24 @@ pub struct Images {
     gc: tokio::sync::RwLock<()>,
     config_home: PathBuf,
     home: PathBuf,
+    in_use: std::sync::OnceLock<InUseCheck>,
+}
+
+/// Tells whether a container uses an image (by image ID).
+pub struct InUseCheck(pub Box<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for InUseCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InUseCheck")
+    }
 }
 
 impl Images {
+    /// Installs the check that keeps images used by containers from removal.
+    pub fn set_in_use_check(&self, check: InUseCheck) {
+        let _ = self.in_use.set(check);
+    }
+
     /// Opens the store under `root`, loads the records and removes content
     /// that no image references (left by an interrupted pull).
     pub fn open(root: PathBuf, home: PathBuf) -> Result<Images, ImageError> {
@@ -127,6 +142,7 @@ impl Images {
             gc: tokio::sync::RwLock::new(()),
             config_home: home.join(".config"),
             home,
+            in_use: std::sync::OnceLock::new(),
         })
     }
 
@@ -224,6 +240,16 @@ impl Images {
         match matched {
             Matched::Tag(tag) if names > 1 && image.repo_tags.len() > 1 => self.untag(&image, &tag),
             _ => {
+                if self
+                    .in_use
+                    .get()
+                    .is_some_and(|used| (used.0)(&image.id.to_string()))
+                {
+                    return Err(ImageError::InUse(format!(
+                        "image {} is used by a container; remove the container first",
+                        image.id
+                    )));
+                }
                 self.store.delete_image(&image.id)?;
                 self.write_index().remove(&image.id);
                 self.collect_garbage().await

@@ -260,6 +260,28 @@ impl Sandbox {
         self.holder()["pid"].as_u64().expect("holder pid") as u32
     }
 
+    /// Pulls `image` through the CRI ImageService; returns the image ID.
+    pub fn pull(&self, image: &str) -> String {
+        block_on(async {
+            let channel = connect(&self.socket()).await.expect("connect");
+            let request = k8s_cri::v1::PullImageRequest {
+                image: Some(k8s_cri::v1::ImageSpec {
+                    image: image.to_owned(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: None,
+            };
+            let reply = k8s_cri::v1::image_service_client::ImageServiceClient::new(channel)
+                .pull_image(request)
+                .await;
+            reply
+                .unwrap_or_else(|e| panic!("pulling {image}: {e}"))
+                .into_inner()
+                .image_ref
+        })
+    }
+
     /// A gRPC RuntimeService client on the sandbox socket.
     pub async fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
         RuntimeServiceClient::new(

@@ -1,0 +1,566 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! ContainerStatus and ListContainers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_cri::v1::{
+    Container, ContainerConfig, ContainerFilter, ContainerState as CriState, ContainerStatus,
+    ImageSpec, PodSandboxConfig,
+};
+
+use super::oci::CreateArgs;
+use super::sandbox::PodDir;
+use super::state::{ContainerPhase, ContainerState, PodPhase, PodState};
+use super::{nanos, new_id, now_nanos, resolve_id, Lifecycle, LifecycleError};
+use crate::runtime::spec::{self, PodContext, SpecInputs};
+
+/// How long a SIGKILLed container may take to be reported gone.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+impl Lifecycle {
+    /// Creates a container in pod `pod_id`; nothing remains on failure.
+    pub fn create_container(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+        sandbox: &PodSandboxConfig,
+    ) -> Result<String, LifecycleError> {
+        let pod = self.pod(pod_id)?;
+        if pod.phase != PodPhase::Ready {
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        if name.is_empty() {
+            return Err(LifecycleError::InvalidArgument(
+                "container metadata needs a name".into(),
+            ));
+        }
+        let image_spec = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let (image, _) = self.images.lookup(&image_spec).ok_or_else(|| {
+            LifecycleError::NotFound(format!("image {image_spec:?} not found; pull it first"))
+        })?;
+        let id = new_id();
+        let state =
+            self.claim_container_name(&pod, &id, &config, image.id.to_string(), image_spec)?;
+        let lock = self.locks.get(&id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.build_container(&pod, state, sandbox, &image) {
+            Ok(state) => {
+                self.states
+                    .save_container(&state)
+                    .inspect_err(|_| self.discard(&id))?;
+                self.containers_mut().insert(id.clone(), state);
+                tracing::info!(container = %id, pod = %pod.id, name = %name, "container created");
+                Ok(id)
+            }
+            Err(e) => {
+                self.discard(&id);
+                Err(e)
+            }
+        }
+    }
+
+    fn claim_container_name(
+        &self,
+        pod: &PodState,
+        id: &str,
+        config: &ContainerConfig,
+        image_id: String,
+        image_ref: String,
+    ) -> Result<ContainerState, LifecycleError> {
+        let mut containers = self.containers_mut();
+        let key = container_key(config);
+        if let Some(holder) = containers
+            .values()
+            .find(|c| c.pod_id == pod.id && container_key(&c.config) == key)
+        {
+            return Err(LifecycleError::AlreadyExists(format!(
+                "container {key} already exists in pod {} as {}",
+                pod.id, holder.id
+            )));
+        }
+        let state = ContainerState {
+            id: id.to_owned(),
+            pod_id: pod.id.clone(),
+            config: config.clone(),
+            image_id,
+            image_ref,
+            phase: ContainerPhase::Created,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            pid: 0,
+            conmon_pid: 0,
+            log_path: String::new(),
+            runtime: self.runtime_for(&pod.runtime_handler)?,
+        };
+        containers.insert(id.to_owned(), state.clone());
+        Ok(state)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.runtime_root.join("containers").join(id)
+    }
+
+    /// Root filesystem, spec, log file, then conmon.
+    fn build_container(
+        &self,
+        pod: &PodState,
+        mut state: ContainerState,
+        sandbox: &PodSandboxConfig,
+        image: &ucri_storage::store::ImageRecord,
+    ) -> Result<ContainerState, LifecycleError> {
+        let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
+        let rootfs = self
+            .storage
+            .rootfs()
+            .create(&state.id, &layers, false)
+            .map_err(|e| LifecycleError::Internal(format!("root filesystem: {e}")))?;
+        let bundle = self.bundle(&state.id);
+        std::fs::create_dir_all(&bundle).map_err(|source| LifecycleError::Io {
+            context: "creating the bundle".into(),
+            source,
+        })?;
+        let image_config: serde_json::Value = self
+            .images
+            .store()
+            .read_blob(&image.id)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        self.write_spec(pod, &state.config, sandbox, &image_config, &rootfs, &bundle)?;
+        let log_path = log_path(sandbox, &state.config, &bundle)?;
+        let created = self.oci.create(&CreateArgs {
+            id: &state.id,
+            runtime: &state.runtime,
+            bundle: &bundle,
+            log_path: &log_path,
+            tty: state.config.tty,
+            stdin: state.config.stdin,
+            stdin_once: state.config.stdin_once,
+            name: &state.id,
+        })?;
+        state.pid = created.pid;
+        state.conmon_pid = created.conmon_pid;
+        state.log_path = log_path.display().to_string();
+        state.created_at = now_nanos();
+        Ok(state)
+    }
+
+    fn write_spec(
+        &self,
+        pod: &PodState,
+        config: &ContainerConfig,
+        sandbox: &PodSandboxConfig,
+        image_config: &serde_json::Value,
+        rootfs: &Path,
+        bundle: &Path,
+    ) -> Result<(), LifecycleError> {
+        let dir = PodDir::new(&self.runtime_root, &pod.id);
+        let ns = pod.namespaces;
+        let context = PodContext {
+            hostname: pod.hostname.clone(),
+            netns: ns.network.then(|| dir.ns("net")),
+            ipcns: ns.ipc.then(|| dir.ns("ipc")),
+            utsns: ns.network.then(|| dir.ns("uts")),
+            pidns: None,
+            host_pid: ns.host_pid,
+            shm: ns.ipc.then(|| dir.shm()),
+            resolv_conf: dir.resolv_conf(),
+            hosts: dir.hosts(),
+            hostname_file: dir.hostname_file(),
+        };
+        let inputs = SpecInputs {
+            config,
+            sandbox,
+            image_config,
+            rootfs,
+            pod: &context,
+            termination_log: None,
+        };
+        let mut spec = spec::generate(&inputs).map_err(spec_error)?;
+        spec.set_root(Some(
+            oci_spec::runtime::RootBuilder::default()
+                .path(rootfs.to_owned())
+                .readonly(
+                    spec.root()
+                        .as_ref()
+                        .and_then(|r| r.readonly())
+                        .unwrap_or(false),
+                )
+                .build()
+                .map_err(|e| LifecycleError::Internal(e.to_string()))?,
+        ));
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        ucri_rootless::rundir::write_atomic(&bundle.join("config.json"), &json).map_err(|source| {
+            LifecycleError::Io {
+                context: "writing config.json".into(),
+                source,
+            }
+        })
+    }
+
+    /// Removes every trace of a half-created container.
+    fn discard(&self, id: &str) {
+        if let Some(state) = self.containers_mut().remove(id) {
+            let _ = self.oci.runtime(
+                &state.runtime,
+                &["delete", "--force", id],
+                "deleting the container",
+            );
+        }
+        let _ = self.storage.rootfs().remove(id);
+        let _ = std::fs::remove_dir_all(self.bundle(id));
+        self.oci.forget(id);
+        let _ = self.states.delete_container(id);
+    }
+
+    /// Starts a created container.
+    pub fn start_container(&self, id: &str) -> Result<(), LifecycleError> {
+        let state = self.container(id)?;
+        let lock = self.locks.get(&state.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
+        if state.phase != ContainerPhase::Created {
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                state.id, state.phase
+            )));
+        }
+        // Taken before the start: a container may exit before crun returns.
+        let started_at = now_nanos();
+        self.oci.runtime(
+            &state.runtime,
+            &["start", &state.id],
+            "starting the container",
+        )?;
+        self.update(&state.id, |c| {
+            c.phase = ContainerPhase::Running;
+            c.started_at = started_at;
+        })?;
+        self.refresh(&state.id);
+        Ok(())
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`
+    /// seconds (0: at once). Stopping a stopped container succeeds.
+    pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), LifecycleError> {
+        let state = self.container(id)?;
+        let lock = self.locks.get(&state.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = self.refresh(&state.id) else {
+            return Ok(());
+        };
+        if state.phase == ContainerPhase::Exited {
+            return Ok(());
+        }
+        let signal = self.stop_signal(&state);
+        if timeout > 0 && signal != "KILL" {
+            self.signal(&state, &signal)?;
+            if self
+                .oci
+                .wait_exit(&state.id, Duration::from_secs(timeout as u64))
+                .is_some()
+            {
+                self.refresh(&state.id);
+                return Ok(());
+            }
+        }
+        self.signal(&state, "KILL")?;
+        if self.oci.wait_exit(&state.id, KILL_GRACE).is_none() {
+            return Err(LifecycleError::Runtime(format!(
+                "container {} did not exit after SIGKILL",
+                state.id
+            )));
+        }
+        self.refresh(&state.id);
+        Ok(())
+    }
+
+    fn signal(&self, state: &ContainerState, signal: &str) -> Result<(), LifecycleError> {
+        let sent = self.oci.runtime(
+            &state.runtime,
+            &["kill", &state.id, signal],
+            "signalling the container",
+        );
+        match sent {
+            Err(_) if self.oci.exit_status(&state.id).is_some() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The image's StopSignal (as the OCI runtime names it), else TERM.
+    fn stop_signal(&self, state: &ContainerState) -> String {
+        let config: Option<serde_json::Value> = state
+            .image_id
+            .parse()
+            .ok()
+            .and_then(|d| self.images.store().read_blob(&d).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        config
+            .and_then(|c| {
+                c["config"]["StopSignal"]
+                    .as_str()
+                    .map(|s| s.trim_start_matches("SIG").to_owned())
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "TERM".into())
+    }
+
+    /// Removes a container, stopping it first. Removing an unknown one succeeds.
+    pub fn remove_container(&self, id: &str) -> Result<(), LifecycleError> {
+        let Some(id) = self.resolve_container(id) else {
+            return Ok(());
+        };
+        if self
+            .refresh(&id)
+            .is_some_and(|c| c.phase != ContainerPhase::Exited)
+        {
+            self.stop_container(&id, 0)?;
+        }
+        let lock = self.locks.get(&id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.container(&id)?;
+        self.oci.runtime(
+            &state.runtime,
+            &["delete", "--force", &id],
+            "deleting the container",
+        )?;
+        self.storage
+            .rootfs()
+            .remove(&id)
+            .map_err(|e| LifecycleError::Internal(format!("removing the root filesystem: {e}")))?;
+        let _ = std::fs::remove_dir_all(self.bundle(&id));
+        self.oci.forget(&id);
+        self.states.delete_container(&id)?;
+        self.containers_mut().remove(&id);
+        tracing::info!(container = %id, "container removed");
+        Ok(())
+    }
+
+    /// The container's status.
+    pub fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(ContainerStatus, HashMap<String, String>), LifecycleError> {
+        let state = self.container(id)?;
+        let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
+        let info = if verbose {
+            self.container_info(&state)
+        } else {
+            HashMap::new()
+        };
+        Ok((container_status(&state), info))
+    }
+
+    fn container_info(&self, state: &ContainerState) -> HashMap<String, String> {
+        let spec: serde_json::Value = std::fs::read(self.bundle(&state.id).join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let info =
+            serde_json::json!({"pid": state.pid, "sandboxID": state.pod_id, "runtimeSpec": spec});
+        HashMap::from([("info".to_owned(), info.to_string())])
+    }
+
+    /// Containers matching `filter`.
+    pub fn list_containers(&self, filter: Option<ContainerFilter>) -> Vec<Container> {
+        for id in self.container_ids() {
+            self.refresh(&id);
+        }
+        let containers = self.containers_mut();
+        containers
+            .values()
+            .filter(|c| c.created_at != 0)
+            .filter(|c| filter.as_ref().is_none_or(|f| container_matches(c, f)))
+            .map(container_summary)
+            .collect()
+    }
+
+    /// Picks up an exit conmon recorded; returns the current state.
+    pub(super) fn refresh(&self, id: &str) -> Option<ContainerState> {
+        let current = self.containers_mut().get(id).cloned()?;
+        if current.phase == ContainerPhase::Exited || current.created_at == 0 {
+            return Some(current);
+        }
+        let Some((code, when)) = self.oci.exit_status(id) else {
+            return Some(current);
+        };
+        let mut exited = current;
+        exited.phase = ContainerPhase::Exited;
+        exited.exit_code = code;
+        // File times come from the kernel's coarse clock: an instant exit can
+        // look older than the precise start time taken just before it.
+        exited.finished_at = nanos(when).max(exited.started_at);
+        let _ = self.states.save_container(&exited);
+        self.containers_mut().insert(id.to_owned(), exited.clone());
+        Some(exited)
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ContainerState),
+    ) -> Result<(), LifecycleError> {
+        let updated = {
+            let mut containers = self.containers_mut();
+            let Some(c) = containers.get_mut(id) else {
+                return Err(not_found(id));
+            };
+            change(c);
+            c.clone()
+        };
+        self.states.save_container(&updated)
+    }
+
+    fn resolve_container(&self, id: &str) -> Option<String> {
+        let containers = self.containers_mut();
+        resolve_id(containers.keys(), id)
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerState, LifecycleError> {
+        self.resolve_container(id)
+            .and_then(|id| self.containers_mut().get(&id).cloned())
+            .filter(|c| c.created_at != 0)
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub(super) fn containers_of(&self, pod_id: &str) -> Vec<String> {
+        self.containers_mut()
+            .values()
+            .filter(|c| c.pod_id == pod_id && c.created_at != 0)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+}
+
+fn not_found(id: &str) -> LifecycleError {
+    LifecycleError::NotFound(format!("container {id} not found"))
+}
+
+fn spec_error(e: spec::SpecError) -> LifecycleError {
+    match e {
+        spec::SpecError::InvalidArgument(m) => LifecycleError::InvalidArgument(m),
+        spec::SpecError::NotFound(m) => LifecycleError::NotFound(m),
+        other => LifecycleError::Internal(other.to_string()),
+    }
+}
+
+fn container_key(config: &ContainerConfig) -> String {
+    let m = config.metadata.clone().unwrap_or_default();
+    format!("{} (attempt {})", m.name, m.attempt)
+}
+
+/// The CRI log file (`log_directory/log_path`), created with its directory;
+/// without a log directory, a file in the bundle.
+fn log_path(
+    sandbox: &PodSandboxConfig,
+    config: &ContainerConfig,
+    bundle: &Path,
+) -> Result<PathBuf, LifecycleError> {
+    let path = match (sandbox.log_directory.as_str(), config.log_path.as_str()) {
+        ("", _) | (_, "") => bundle.join("container.log"),
+        (dir, file) => Path::new(dir).join(file),
+    };
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(LifecycleError::InvalidArgument(format!(
+            "log path {} contains ..",
+            path.display()
+        )));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| LifecycleError::Io {
+            context: format!("creating {}", parent.display()),
+            source,
+        })?;
+    }
+    Ok(path)
+}
+
+fn cri_state(c: &ContainerState) -> CriState {
+    match c.phase {
+        ContainerPhase::Created => CriState::ContainerCreated,
+        ContainerPhase::Running => CriState::ContainerRunning,
+        ContainerPhase::Exited => CriState::ContainerExited,
+    }
+}
+
+fn container_matches(c: &ContainerState, f: &ContainerFilter) -> bool {
+    (f.id.is_empty() || c.id.starts_with(&f.id))
+        && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+        && f.state
+            .as_ref()
+            .is_none_or(|s| s.state == cri_state(c) as i32)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| c.config.labels.get(k) == Some(v))
+}
+
+fn image_spec(c: &ContainerState) -> ImageSpec {
+    ImageSpec {
+        image: c.image_id.clone(),
+        ..Default::default()
+    }
+}
+
+fn container_summary(c: &ContainerState) -> Container {
+    Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: c.config.metadata.clone(),
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        state: cri_state(c) as i32,
+        created_at: c.created_at,
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        image_id: c.image_id.clone(),
+    }
+}
+
+fn container_status(c: &ContainerState) -> ContainerStatus {
+    let reason = match (c.phase, c.exit_code) {
+        (ContainerPhase::Exited, 0) => "Completed",
+        (ContainerPhase::Exited, _) => "Error",
+        _ => "",
+    };
+    ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        state: cri_state(c) as i32,
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        exit_code: c.exit_code,
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        reason: reason.to_owned(),
+        message: String::new(),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: c.config.mounts.clone(),
+        log_path: c.log_path.clone(),
+        resources: None,
+        image_id: c.image_id.clone(),
+        user: None,
+    }
+}

@@ -1,0 +1,217 @@
+//! The pod and container lifecycle behind the CRI RuntimeService: pod
+//! sandboxes with pinned namespaces, containers under conmon and the OCI
+//! runtime, state on disk and recovery after a restart.
+
+mod container;
+mod oci;
+mod pod;
+pub mod sandbox;
+pub mod spec;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::image::Images;
+use crate::storage::Storage;
+
+use self::oci::OciPaths;
+use self::state::{ContainerState, PodState, StateStore};
+
+/// Errors of the lifecycle.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// Unknown pod or container (or image).
+    #[error("{0}")]
+    NotFound(String),
+    /// Malformed request.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Name already taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Wrong state for the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A CRI feature this build does not implement.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The OCI runtime or conmon failed.
+    #[error("{0}")]
+    Runtime(String),
+    /// An external program failed.
+    #[error("{what} failed ({status}): {stderr}")]
+    Command {
+        /// What was being done.
+        what: String,
+        /// Exit status.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// Where.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Serializes operations on the same pod or container.
+#[derive(Debug, Default)]
+struct IdLocks {
+    map: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl IdLocks {
+    fn get(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(id.to_owned()).or_default().clone()
+    }
+}
+
+/// The lifecycle service. Its methods block (processes, mounts, files):
+/// call them from `spawn_blocking`.
+#[derive(Debug)]
+pub struct Lifecycle {
+    config: Arc<Config>,
+    images: Arc<Images>,
+    storage: Arc<Storage>,
+    states: StateStore,
+    oci: OciPaths,
+    runtime_root: PathBuf,
+    pods: Mutex<HashMap<String, PodState>>,
+    containers: Mutex<HashMap<String, ContainerState>>,
+    locks: IdLocks,
+}
+
+impl Lifecycle {
+    /// Loads state from disk and recovers what the previous daemon left.
+    pub fn open(
+        config: Arc<Config>,
+        images: Arc<Images>,
+        storage: Arc<Storage>,
+    ) -> Result<Lifecycle, LifecycleError> {
+        let runtime_root = config.daemon.runtime_dir.clone();
+        let states = StateStore::open(&config.daemon.data_dir.join("state"))?;
+        let oci = OciPaths {
+            conmon: config.runtime.conmon.clone(),
+            runtime_root: runtime_root.join("oci"),
+            exits: runtime_root.join("exits"),
+            attach: runtime_root.join("attach"),
+        };
+        oci.prepare()?;
+        let lifecycle = Lifecycle {
+            config,
+            images,
+            storage,
+            states,
+            oci,
+            runtime_root,
+            pods: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            locks: IdLocks::default(),
+        };
+        lifecycle.recover()?;
+        Ok(lifecycle)
+    }
+
+    fn recover(&self) -> Result<(), LifecycleError> {
+        let pods = self.states.load_pods()?;
+        let containers = self.states.load_containers()?;
+        let live: std::collections::HashSet<String> =
+            containers.iter().map(|c| c.id.clone()).collect();
+        let report =
+            self.storage.rootfs().recover(&live).map_err(|e| {
+                LifecycleError::Internal(format!("recovering root filesystems: {e}"))
+            })?;
+        tracing::info!(pods = pods.len(), containers = containers.len(), remounted = ?report.remounted, removed = ?report.removed, "recovered state");
+        self.pods_mut()
+            .extend(pods.into_iter().map(|p| (p.id.clone(), p)));
+        self.containers_mut()
+            .extend(containers.into_iter().map(|c| (c.id.clone(), c)));
+        for id in self.container_ids() {
+            self.refresh(&id);
+        }
+        self.refresh_pods();
+        Ok(())
+    }
+
+    fn pods_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodState>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn containers_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, ContainerState>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn container_ids(&self) -> Vec<String> {
+        self.containers_mut().keys().cloned().collect()
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    /// True when a container uses image `image_id`.
+    pub fn image_in_use(&self, image_id: &str) -> bool {
+        self.containers_mut()
+            .values()
+            .any(|c| c.image_id == image_id)
+    }
+
+    /// Reaps conmon processes that exited (the daemon is their subreaper).
+    pub fn reap_monitors(&self) {
+        let pids: Vec<i32> = self
+            .containers_mut()
+            .values()
+            .map(|c| c.conmon_pid)
+            .filter(|p| *p > 0)
+            .collect();
+        for pid in pids {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
+}
+
+/// Now, Unix nanoseconds.
+fn now_nanos() -> i64 {
+    nanos(std::time::SystemTime::now())
+}
+
+fn nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A new random 64-hex-digit ID.
+fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    hex::encode(bytes)
+}
+
+/// Resolves `id` (full or unique prefix) among `ids`.
+fn resolve_id<'a>(ids: impl Iterator<Item = &'a String>, id: &str) -> Option<String> {
+    if id.is_empty() {
+        return None;
+    }
+    let mut found = ids.filter(|k| k.starts_with(id));
+    let first = found.next()?;
+    found.next().is_none().then(|| first.clone())
+}

@@ -1,0 +1,290 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus and
+//! ListPodSandbox.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{
+    LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig,
+    PodSandboxFilter, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+};
+
+use super::sandbox::{self, PodDir};
+use super::state::{PodPhase, PodState};
+use super::{new_id, now_nanos, resolve_id, Lifecycle, LifecycleError};
+
+impl Lifecycle {
+    /// Creates a pod sandbox; returns its ID. Nothing remains on failure.
+    pub fn run_pod(
+        &self,
+        config: PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, LifecycleError> {
+        let metadata = config.metadata.clone().unwrap_or_default();
+        if metadata.name.is_empty() || metadata.namespace.is_empty() || metadata.uid.is_empty() {
+            return Err(LifecycleError::InvalidArgument(
+                "pod metadata needs a name, namespace and uid".into(),
+            ));
+        }
+        self.runtime_for(handler)?;
+        let namespaces = sandbox::own_namespaces(&config);
+        if namespaces.pid_shared {
+            return Err(LifecycleError::Unsupported(
+                "pods that share one process namespace (shareProcessNamespace) are not implemented yet".into(),
+            ));
+        }
+        let id = new_id();
+        self.claim_pod_name(&config, &id)?;
+        let hostname = if config.hostname.is_empty() {
+            metadata.name.clone()
+        } else {
+            config.hostname.clone()
+        };
+        let dir = PodDir::new(&self.runtime_root, &id);
+        let state = PodState {
+            id: id.clone(),
+            config,
+            phase: PodPhase::Ready,
+            created_at: now_nanos(),
+            runtime_handler: handler.to_owned(),
+            namespaces,
+            hostname: hostname.clone(),
+        };
+        let created = sandbox::create(&dir, &state.config, &namespaces, &hostname)
+            .and_then(|()| self.states.save_pod(&state));
+        if let Err(e) = created {
+            let _ = sandbox::teardown(&dir);
+            let _ = self.states.delete_pod(&id);
+            self.pods_mut().remove(&id);
+            return Err(e);
+        }
+        self.pods_mut().insert(id.clone(), state);
+        tracing::info!(pod = %id, name = %metadata.name, namespace = %metadata.namespace, "pod sandbox ready");
+        Ok(id)
+    }
+
+    /// Reserves the pod's name/namespace/uid/attempt, holding a placeholder.
+    fn claim_pod_name(&self, config: &PodSandboxConfig, id: &str) -> Result<(), LifecycleError> {
+        let mut pods = self.pods_mut();
+        let key = pod_key(config);
+        if let Some(holder) = pods.values().find(|p| pod_key(&p.config) == key) {
+            return Err(LifecycleError::AlreadyExists(format!(
+                "pod sandbox {key} already exists as {}",
+                holder.id
+            )));
+        }
+        let placeholder = PodState {
+            id: id.to_owned(),
+            config: config.clone(),
+            phase: PodPhase::NotReady,
+            created_at: 0,
+            runtime_handler: String::new(),
+            namespaces: sandbox::own_namespaces(config),
+            hostname: String::new(),
+        };
+        pods.insert(id.to_owned(), placeholder);
+        Ok(())
+    }
+
+    /// Stops every container of the pod and releases its namespaces.
+    /// Stopping a stopped or unknown pod succeeds.
+    pub fn stop_pod(&self, id: &str) -> Result<(), LifecycleError> {
+        let Some(id) = self.resolve_pod(id) else {
+            return Ok(());
+        };
+        let lock = self.locks.get(&id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        for container in self.containers_of(&id) {
+            self.stop_container(&container, 0)?;
+        }
+        sandbox::release_namespaces(&PodDir::new(&self.runtime_root, &id))?;
+        self.update_pod(&id, |p| p.phase = PodPhase::NotReady)
+    }
+
+    /// Removes the pod and its containers. Removing an unknown pod succeeds.
+    pub fn remove_pod(&self, id: &str) -> Result<(), LifecycleError> {
+        let Some(id) = self.resolve_pod(id) else {
+            return Ok(());
+        };
+        let lock = self.locks.get(&id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        for container in self.containers_of(&id) {
+            self.remove_container(&container)?;
+        }
+        sandbox::teardown(&PodDir::new(&self.runtime_root, &id))?;
+        self.states.delete_pod(&id)?;
+        self.pods_mut().remove(&id);
+        tracing::info!(pod = %id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// The pod's status.
+    pub fn pod_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(PodSandboxStatus, HashMap<String, String>), LifecycleError> {
+        let pod = self.pod(id)?;
+        let info = if verbose {
+            self.pod_info(&pod)
+        } else {
+            HashMap::new()
+        };
+        Ok((pod_status(&pod), info))
+    }
+
+    fn pod_info(&self, pod: &PodState) -> HashMap<String, String> {
+        let dir = PodDir::new(&self.runtime_root, &pod.id);
+        let info = serde_json::json!({
+            "hostname": pod.hostname,
+            "namespaces": pod.namespaces,
+            "netns": pod.namespaces.network.then(|| dir.ns("net")),
+            "runtimeHandler": pod.runtime_handler,
+            "containers": self.containers_of(&pod.id),
+        });
+        HashMap::from([("info".to_owned(), info.to_string())])
+    }
+
+    /// Pods matching `filter`.
+    pub fn list_pods(&self, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
+        self.refresh_pods();
+        let pods = self.pods_mut();
+        pods.values()
+            .filter(|p| p.created_at != 0)
+            .filter(|p| filter.as_ref().is_none_or(|f| pod_matches(p, f)))
+            .map(pod_summary)
+            .collect()
+    }
+
+    /// Marks pods whose namespaces vanished (e.g. after a reboot) not ready.
+    pub(super) fn refresh_pods(&self) {
+        let mounts = ucri_storage::rootfs::mountpoints();
+        let mut stale = Vec::new();
+        for pod in self.pods_mut().values_mut() {
+            let pin = PodDir::new(&self.runtime_root, &pod.id).ns("net");
+            if pod.phase == PodPhase::Ready
+                && pod.namespaces.network
+                && pod.created_at != 0
+                && !mounts.contains(&pin)
+            {
+                pod.phase = PodPhase::NotReady;
+                stale.push(pod.clone());
+            }
+        }
+        for pod in stale {
+            let _ = self.states.save_pod(&pod);
+        }
+    }
+
+    pub(super) fn resolve_pod(&self, id: &str) -> Option<String> {
+        let pods = self.pods_mut();
+        resolve_id(pods.keys(), id)
+    }
+
+    pub(super) fn pod(&self, id: &str) -> Result<PodState, LifecycleError> {
+        self.resolve_pod(id)
+            .and_then(|id| self.pods_mut().get(&id).cloned())
+            .filter(|p| p.created_at != 0)
+            .ok_or_else(|| LifecycleError::NotFound(format!("pod sandbox {id} not found")))
+    }
+
+    fn update_pod(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut PodState),
+    ) -> Result<(), LifecycleError> {
+        let updated = {
+            let mut pods = self.pods_mut();
+            let Some(pod) = pods.get_mut(id) else {
+                return Ok(());
+            };
+            change(pod);
+            pod.clone()
+        };
+        self.states.save_pod(&updated)
+    }
+
+    /// The OCI runtime binary of `handler` ("" = the default).
+    pub(super) fn runtime_for(&self, handler: &str) -> Result<std::path::PathBuf, LifecycleError> {
+        let runtime = &self.config.runtime;
+        let name = if handler.is_empty() {
+            runtime.default_runtime.as_str()
+        } else {
+            handler
+        };
+        let handler = runtime.runtimes.get(name).ok_or_else(|| {
+            LifecycleError::InvalidArgument(format!("unknown runtime handler {name:?}"))
+        })?;
+        ucri_rootless::which(&handler.path.to_string_lossy()).ok_or_else(|| {
+            LifecycleError::FailedPrecondition(format!(
+                "OCI runtime {} of handler {name:?} is not installed",
+                handler.path.display()
+            ))
+        })
+    }
+}
+
+fn pod_key(config: &PodSandboxConfig) -> String {
+    let m = config.metadata.clone().unwrap_or_default();
+    format!(
+        "{}/{} (uid {}, attempt {})",
+        m.namespace, m.name, m.uid, m.attempt
+    )
+}
+
+fn cri_state(pod: &PodState) -> PodSandboxState {
+    match pod.phase {
+        PodPhase::Ready => PodSandboxState::SandboxReady,
+        PodPhase::NotReady => PodSandboxState::SandboxNotready,
+    }
+}
+
+fn pod_matches(pod: &PodState, f: &PodSandboxFilter) -> bool {
+    (f.id.is_empty() || pod.id.starts_with(&f.id))
+        && f.state
+            .as_ref()
+            .is_none_or(|s| s.state == cri_state(pod) as i32)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| pod.config.labels.get(k) == Some(v))
+}
+
+fn pod_summary(pod: &PodState) -> PodSandbox {
+    PodSandbox {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: cri_state(pod) as i32,
+        created_at: pod.created_at,
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
+
+fn pod_status(pod: &PodState) -> PodSandboxStatus {
+    let mode = |own: bool| if own { NamespaceMode::Pod } else { NamespaceMode::Node } as i32;
+    let pid = if pod.namespaces.host_pid {
+        NamespaceMode::Node
+    } else {
+        NamespaceMode::Container
+    } as i32;
+    PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: cri_state(pod) as i32,
+        created_at: pod.created_at,
+        network: Some(PodSandboxNetworkStatus::default()),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: Some(NamespaceOption {
+                    network: mode(pod.namespaces.network),
+                    pid,
+                    ipc: mode(pod.namespaces.ipc),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}

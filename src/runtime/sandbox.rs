@@ -1,0 +1,210 @@
+//! Pod sandboxes without a pause image: the pod's network, IPC and UTS
+//! namespaces are created by util-linux `unshare` and pinned as bind-mounted
+//! nsfs files (what CRI-O's pinns does), with the hostname set and loopback
+//! up inside; a tmpfs serves as the pod's `/dev/shm`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_cri::v1::{DnsConfig, NamespaceMode, PodSandboxConfig};
+
+use super::state::PodNamespaces;
+use super::LifecycleError;
+
+/// The run-time files of one pod.
+#[derive(Debug, Clone)]
+pub struct PodDir {
+    root: PathBuf,
+}
+
+impl PodDir {
+    /// The pod's directory under `runtime_root`.
+    pub fn new(runtime_root: &Path, id: &str) -> PodDir {
+        PodDir {
+            root: runtime_root.join("pods").join(id),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Pin file of namespace `kind` (`net`, `ipc`, `uts`).
+    pub fn ns(&self, kind: &str) -> PathBuf {
+        self.root.join("ns").join(kind)
+    }
+
+    /// The pod's `/dev/shm`.
+    pub fn shm(&self) -> PathBuf {
+        self.root.join("shm")
+    }
+
+    /// Generated `/etc/resolv.conf`.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.root.join("resolv.conf")
+    }
+
+    /// Generated `/etc/hosts`.
+    pub fn hosts(&self) -> PathBuf {
+        self.root.join("hosts")
+    }
+
+    /// Generated `/etc/hostname`.
+    pub fn hostname_file(&self) -> PathBuf {
+        self.root.join("hostname")
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
+    let context = context.into();
+    move |source| LifecycleError::Io { context, source }
+}
+
+/// Which namespaces the pod gets of its own (false = the host's).
+pub fn own_namespaces(config: &PodSandboxConfig) -> PodNamespaces {
+    let options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let own = |mode: Option<i32>| mode != Some(NamespaceMode::Node as i32);
+    PodNamespaces {
+        network: own(options.map(|o| o.network)),
+        ipc: own(options.map(|o| o.ipc)),
+        pid_shared: options.map(|o| o.pid) == Some(NamespaceMode::Pod as i32),
+        host_pid: options.map(|o| o.pid) == Some(NamespaceMode::Node as i32),
+    }
+}
+
+/// Creates the pod's files and namespaces. On failure the caller removes
+/// everything with [`teardown`].
+pub fn create(
+    dir: &PodDir,
+    config: &PodSandboxConfig,
+    ns: &PodNamespaces,
+    hostname: &str,
+) -> Result<(), LifecycleError> {
+    fs::create_dir_all(dir.path().join("ns")).map_err(io("creating the pod dir"))?;
+    write_files(dir, config, hostname)?;
+    if ns.network || ns.ipc {
+        pin_namespaces(dir, ns, hostname)?;
+    }
+    if ns.ipc {
+        mount_shm(&dir.shm())?;
+    }
+    Ok(())
+}
+
+fn write_files(
+    dir: &PodDir,
+    config: &PodSandboxConfig,
+    hostname: &str,
+) -> Result<(), LifecycleError> {
+    fs::write(dir.resolv_conf(), resolv_conf(config.dns_config.as_ref()))
+        .map_err(io("writing resolv.conf"))?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    fs::write(dir.hosts(), hosts).map_err(io("writing hosts"))?;
+    fs::write(dir.hostname_file(), format!("{hostname}\n")).map_err(io("writing hostname"))
+}
+
+/// resolv.conf from the CRI DNSConfig, else the host's.
+pub fn resolv_conf(dns: Option<&DnsConfig>) -> String {
+    let Some(dns) =
+        dns.filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
+    else {
+        return fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    };
+    let mut out = String::new();
+    if !dns.searches.is_empty() {
+        out.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for server in &dns.servers {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.options.is_empty() {
+        out.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    out
+}
+
+/// New UTS (always, unless host network) + network + IPC namespaces,
+/// pinned to files, with the hostname set and loopback up.
+fn pin_namespaces(dir: &PodDir, ns: &PodNamespaces, hostname: &str) -> Result<(), LifecycleError> {
+    let mut cmd = Command::new("unshare");
+    let mut script = String::new();
+    for (kind, wanted) in [("net", ns.network), ("ipc", ns.ipc), ("uts", ns.network)] {
+        if wanted {
+            let pin = dir.ns(kind);
+            fs::write(&pin, b"").map_err(io("creating a namespace pin"))?;
+            cmd.arg(format!("--{kind}={}", pin.display()));
+        }
+    }
+    if ns.network {
+        script.push_str("hostname \"$1\" && ip link set lo up");
+    } else {
+        script.push_str("true");
+    }
+    cmd.args(["--", "sh", "-c", &script, "sh", hostname]);
+    run_checked(&mut cmd, "creating the pod's namespaces")
+}
+
+fn mount_shm(target: &Path) -> Result<(), LifecycleError> {
+    fs::create_dir_all(target).map_err(io("creating the pod's /dev/shm"))?;
+    nix::mount::mount(
+        Some("shm"),
+        target,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| io("mounting the pod's /dev/shm")(e.into()))
+}
+
+/// Unmounts the namespace pins and /dev/shm and removes the pod's files.
+/// Idempotent.
+pub fn teardown(dir: &PodDir) -> Result<(), LifecycleError> {
+    if !dir.path().exists() {
+        return Ok(());
+    }
+    release_namespaces(dir)?;
+    let shm = dir.shm();
+    while ucri_storage::rootfs::mountpoints().contains(&shm) {
+        nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| io("unmounting /dev/shm")(e.into()))?;
+    }
+    fs::remove_dir_all(dir.path()).map_err(io("removing the pod dir"))
+}
+
+/// Unmounts the pinned namespaces, which ends them once no process uses them.
+pub fn release_namespaces(dir: &PodDir) -> Result<(), LifecycleError> {
+    let mounts = ucri_storage::rootfs::mountpoints();
+    for kind in ["net", "ipc", "uts"] {
+        let pin = dir.ns(kind);
+        if mounts.contains(&pin) {
+            nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| io(format!("unmounting {}", pin.display()))(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a program, keeping its stderr in the error.
+pub fn run_checked(cmd: &mut Command, what: &str) -> Result<(), LifecycleError> {
+    let out = cmd
+        .output()
+        .map_err(io(format!("{what}: running {:?}", cmd.get_program())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(LifecycleError::Command {
+        what: what.to_owned(),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}

@@ -1,0 +1,525 @@
+//! Pods and containers through the real daemon, conmon and crun, rootless.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::registry::TestRegistry;
+use common::*;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Env {
+    sb: Sandbox,
+    _daemon: Daemon,
+    _registry: TestRegistry,
+    image: String,
+}
+
+fn env(name: &str) -> Env {
+    let registry = TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "test/busybox:latest");
+    let mut sb = Sandbox::new(name);
+    let daemon = sb.start_daemon();
+    let image = registry.image("test/busybox:latest");
+    block_on(async {
+        let channel = connect(&sb.socket()).await.expect("connect");
+        let request = PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        };
+        ImageServiceClient::new(channel)
+            .pull_image(request)
+            .await
+            .expect("pull");
+    });
+    Env {
+        sb,
+        _daemon: daemon,
+        _registry: registry,
+        image,
+    }
+}
+
+async fn client(sb: &Sandbox) -> RuntimeServiceClient<Channel> {
+    sb.runtime_client().await
+}
+
+fn pod_config(sb: &Sandbox, name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: sb.root.join("logs").join(name).display().to_string(),
+        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str, name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("container".to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+fn run_pod(sb: &Sandbox, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+    block_on(async {
+        let request = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        };
+        client(sb)
+            .await
+            .run_pod_sandbox(request)
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    })
+}
+
+fn create(
+    sb: &Sandbox,
+    pod: &str,
+    config: ContainerConfig,
+    sandbox: &PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    block_on(async {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        };
+        client(sb)
+            .await
+            .create_container(request)
+            .await
+            .map(|r| r.into_inner().container_id)
+    })
+}
+
+fn start(sb: &Sandbox, id: &str) -> Result<(), tonic::Status> {
+    block_on(async {
+        client(sb)
+            .await
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    })
+}
+
+fn stop(sb: &Sandbox, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+    block_on(async {
+        client(sb)
+            .await
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .map(|_| ())
+    })
+}
+
+fn status(sb: &Sandbox, id: &str) -> Result<ContainerStatus, tonic::Status> {
+    block_on(async {
+        let request = ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        client(sb)
+            .await
+            .container_status(request)
+            .await
+            .map(|r| r.into_inner().status.expect("status"))
+    })
+}
+
+fn pod_status(sb: &Sandbox, id: &str) -> Result<PodSandboxStatusResponse, tonic::Status> {
+    block_on(async {
+        let request = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        };
+        client(sb)
+            .await
+            .pod_sandbox_status(request)
+            .await
+            .map(|r| r.into_inner())
+    })
+}
+
+fn wait_state(sb: &Sandbox, id: &str, state: ContainerState) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(sb, id).expect("status");
+        if s.state == state as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} never reached {state:?}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_log(path: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared in {path}: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn remove_pod(sb: &Sandbox, id: &str) {
+    block_on(async {
+        client(sb)
+            .await
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
+}
+
+fn stop_pod(sb: &Sandbox, id: &str) {
+    block_on(async {
+        client(sb)
+            .await
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
+}
+
+fn remove_container(sb: &Sandbox, id: &str) {
+    block_on(async {
+        client(sb)
+            .await
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e}"));
+}
+
+fn list_containers(sb: &Sandbox, filter: Option<ContainerFilter>) -> Vec<Container> {
+    block_on(async {
+        client(sb)
+            .await
+            .list_containers(ListContainersRequest { filter })
+            .await
+    })
+    .expect("ListContainers")
+    .into_inner()
+    .containers
+}
+
+fn daemon_mounts(sb: &Sandbox) -> String {
+    std::fs::read_to_string(format!("/proc/{}/mountinfo", sb.daemon_pid())).expect("mountinfo")
+}
+
+#[test]
+fn a_pod_and_its_container_from_start_to_removal() {
+    let e = env("lifecycle");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "web");
+    let pod = run_pod(sb, &pod_cfg).expect("RunPodSandbox");
+    let ps = pod_status(sb, &pod).expect("PodSandboxStatus");
+    assert_eq!(
+        ps.status.as_ref().expect("status").state,
+        PodSandboxState::SandboxReady as i32
+    );
+    let info: serde_json::Value = serde_json::from_str(&ps.info["info"]).expect("verbose info");
+    let netns = info["netns"].as_str().expect("netns pin").to_owned();
+    assert!(
+        daemon_mounts(sb).contains(&netns),
+        "the pod's netns is pinned"
+    );
+
+    let script = "echo hello from $(hostname); echo oops >&2; sleep 300";
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "app", script),
+        &pod_cfg,
+    )
+    .expect("CreateContainer");
+    assert_eq!(
+        status(sb, &id).expect("status").state,
+        ContainerState::ContainerCreated as i32
+    );
+    start(sb, &id).expect("StartContainer");
+    let running = wait_state(sb, &id, ContainerState::ContainerRunning);
+    assert!(running.started_at > 0);
+    let log = wait_log(&running.log_path, "oops");
+    assert!(
+        log.contains(" stdout F hello from web-host"),
+        "CRI log format with the pod's hostname: {log}"
+    );
+    assert!(log.contains(" stderr F oops"), "{log}");
+
+    stop(sb, &id, 1).expect("StopContainer");
+    let exited = status(sb, &id).expect("status");
+    assert_eq!(exited.state, ContainerState::ContainerExited as i32);
+    assert_eq!(
+        exited.exit_code, 137,
+        "sh as pid 1 ignores SIGTERM, so SIGKILL after the timeout"
+    );
+    assert_eq!(exited.reason, "Error");
+    stop(sb, &id, 1).expect("stopping again is fine");
+
+    remove_container(sb, &id);
+    assert_eq!(status(sb, &id).expect_err("gone").code(), Code::NotFound);
+    stop_pod(sb, &pod);
+    let ps = pod_status(sb, &pod).expect("status");
+    assert_eq!(
+        ps.status.expect("status").state,
+        PodSandboxState::SandboxNotready as i32
+    );
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+    remove_pod(sb, &pod);
+    assert_eq!(
+        pod_status(sb, &pod).expect_err("gone").code(),
+        Code::NotFound
+    );
+    let mounts = daemon_mounts(sb);
+    assert!(
+        !mounts.contains(&sb.runtime_dir().display().to_string()),
+        "no pod mount left: {mounts}"
+    );
+    assert!(
+        !mounts.contains(
+            &sb.data_dir()
+                .join("storage/containers")
+                .display()
+                .to_string()
+        ),
+        "no rootfs left"
+    );
+}
+
+#[test]
+fn containers_that_exit_by_themselves_report_code_and_reason() {
+    let e = env("exits");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "jobs");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    for (name, script, code, reason) in [
+        ("ok", "true", 0, "Completed"),
+        ("bad", "exit 3", 3, "Error"),
+    ] {
+        let id =
+            create(sb, &pod, container_config(&e.image, name, script), &pod_cfg).expect("create");
+        start(sb, &id).expect("start");
+        let s = wait_state(sb, &id, ContainerState::ContainerExited);
+        assert_eq!((s.exit_code, s.reason.as_str()), (code, reason), "{name}");
+        assert!(s.finished_at >= s.started_at);
+    }
+    let by_pod = ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    };
+    assert_eq!(list_containers(sb, Some(by_pod)).len(), 2);
+    let by_label = ContainerFilter {
+        label_selector: HashMap::from([("container".to_owned(), "bad".to_owned())]),
+        ..Default::default()
+    };
+    assert_eq!(list_containers(sb, Some(by_label)).len(), 1);
+    let exited = ContainerFilter {
+        state: Some(ContainerStateValue {
+            state: ContainerState::ContainerExited as i32,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(list_containers(sb, Some(exited)).len(), 2);
+    remove_pod(sb, &pod);
+    let left = list_containers(sb, None);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn errors_have_the_right_codes_and_leave_nothing() {
+    let e = env("errors");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "errs");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let dup = run_pod(sb, &pod_cfg).expect_err("duplicate pod");
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    assert!(
+        dup.message().contains(&pod),
+        "names the holder: {}",
+        dup.message()
+    );
+    let mut empty = pod_cfg.clone();
+    empty.metadata = None;
+    assert_eq!(
+        run_pod(sb, &empty).expect_err("no metadata").code(),
+        Code::InvalidArgument
+    );
+    let missing = create(
+        sb,
+        &pod,
+        container_config("127.0.0.1:1/not/pulled:x", "c", "true"),
+        &pod_cfg,
+    )
+    .expect_err("no image");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(
+        create(
+            sb,
+            "nonexistent",
+            container_config(&e.image, "c", "true"),
+            &pod_cfg
+        )
+        .expect_err("no pod")
+        .code(),
+        Code::NotFound
+    );
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "c", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    let taken = create(sb, &pod, container_config(&e.image, "c", "true"), &pod_cfg)
+        .expect_err("name taken");
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    start(sb, &id).expect("start");
+    assert_eq!(
+        start(sb, &id).expect_err("started twice").code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        stop(sb, &id, -1).expect_err("negative timeout").code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        status(sb, "nonexistent").expect_err("unknown").code(),
+        Code::NotFound
+    );
+    let mut bad_mount = container_config(&e.image, "m", "true");
+    bad_mount.mounts = vec![Mount {
+        container_path: "relative".into(),
+        host_path: "/nonexistent".into(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        create(sb, &pod, bad_mount, &pod_cfg)
+            .expect_err("bad mount")
+            .code(),
+        Code::InvalidArgument
+    );
+    let containers = sb.data_dir().join("storage/containers");
+    let dirs: Vec<_> = std::fs::read_dir(&containers)
+        .expect("list")
+        .flatten()
+        .collect();
+    assert_eq!(dirs.len(), 1, "failed creates left nothing: {dirs:?}");
+    remove_container(sb, "nonexistent");
+    let image_id = status(sb, &id).expect("status").image_ref;
+    let in_use = block_on(async {
+        let channel = connect(&sb.socket()).await.expect("connect");
+        ImageServiceClient::new(channel)
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: image_id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+    });
+    assert_eq!(
+        in_use.expect_err("image in use").code(),
+        Code::FailedPrecondition
+    );
+    remove_pod(sb, &pod);
+}
+
+#[test]
+fn running_containers_survive_kill_9_of_the_daemon() {
+    let mut e = env("survive");
+    let pod_cfg = pod_config(&e.sb, "keep");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "long", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &id).expect("start");
+    let info = block_on(async {
+        client(&e.sb)
+            .await
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .info
+    });
+    let pid = serde_json::from_str::<serde_json::Value>(&info["info"]).expect("info")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    assert!(process_alive(pid));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(e.sb.daemon_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    std::thread::sleep(Duration::from_millis(300));
+    let daemon = e.sb.start_daemon();
+    e._daemon = daemon;
+    assert!(
+        process_alive(pid),
+        "the container kept running while the daemon was down"
+    );
+    assert_eq!(
+        status(&e.sb, &id).expect("status after restart").state,
+        ContainerState::ContainerRunning as i32
+    );
+    stop(&e.sb, &id, 0).expect("stoppable after restart");
+    assert!(!process_alive(pid));
+    assert_eq!(status(&e.sb, &id).expect("status").exit_code, 137);
+    remove_pod(&e.sb, &pod);
+}
