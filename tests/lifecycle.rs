@@ -523,3 +523,285 @@ fn running_containers_survive_kill_9_of_the_daemon() {
     assert_eq!(status(&e.sb, &id).expect("status").exit_code, 137);
     remove_pod(&e.sb, &pod);
 }
+
+/// Runs `script` in a fresh container of `pod` and returns its exit code
+/// and stdout (from the CRI log).
+fn run_to_exit(
+    e: &Env,
+    pod: &str,
+    pod_cfg: &PodSandboxConfig,
+    mut config: ContainerConfig,
+) -> (i32, String) {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    config.log_path = format!("{name}.log");
+    let id =
+        create(&e.sb, pod, config, pod_cfg).unwrap_or_else(|err| panic!("create {name}: {err}"));
+    start(&e.sb, &id).expect("start");
+    let s = wait_state(&e.sb, &id, ContainerState::ContainerExited);
+    let log = std::fs::read_to_string(&s.log_path).unwrap_or_default();
+    let stdout: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            l.splitn(4, ' ')
+                .collect::<Vec<_>>()
+                .get(3)
+                .copied()
+                .filter(|_| l.contains(" stdout "))
+        })
+        .collect();
+    remove_container(&e.sb, &id);
+    (s.exit_code, stdout.join("\n"))
+}
+
+fn host_pod(
+    sb: &Sandbox,
+    name: &str,
+    network: NamespaceMode,
+    pid: NamespaceMode,
+    ipc: NamespaceMode,
+) -> PodSandboxConfig {
+    let mut config = pod_config(sb, name);
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: network as i32,
+                pid: pid as i32,
+                ipc: ipc as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+#[test]
+fn host_network_pid_and_ipc_pods_see_the_host() {
+    let e = env("hostns");
+    let sb = &e.sb;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("host listener");
+    let port_hex = format!("{:04X}", listener.local_addr().expect("addr").port());
+    let sleeper = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("host process");
+    let shm = std::process::Command::new("ipcmk")
+        .args(["-M", "4096"])
+        .output()
+        .expect("ipcmk (util-linux)");
+    assert!(
+        shm.status.success(),
+        "ipcmk: {}",
+        String::from_utf8_lossy(&shm.stderr)
+    );
+    let shm_id: String = String::from_utf8_lossy(&shm.stdout)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let (node, pod_mode, container) = (
+        NamespaceMode::Node,
+        NamespaceMode::Pod,
+        NamespaceMode::Container,
+    );
+
+    let host_net = host_pod(sb, "hostnet", node, container, pod_mode);
+    let pod = run_pod(sb, &host_net).expect("host network pod");
+    let script = format!("grep -q ':{port_hex} 00000000:0000 0A' /proc/net/tcp");
+    let (code, _) = run_to_exit(
+        &e,
+        &pod,
+        &host_net,
+        container_config(&e.image, "net", &script),
+    );
+    assert_eq!(
+        code, 0,
+        "the host's 127.0.0.1 listener is visible in a hostNetwork pod"
+    );
+    remove_pod(sb, &pod);
+
+    let host_pid = host_pod(sb, "hostpid", pod_mode, node, pod_mode);
+    let pod = run_pod(sb, &host_pid).expect("host pid pod");
+    let script = format!(
+        "test -d /proc/{} && grep -q sleep /proc/{}/comm",
+        sleeper.id(),
+        sleeper.id()
+    );
+    let (code, _) = run_to_exit(
+        &e,
+        &pod,
+        &host_pid,
+        container_config(&e.image, "pid", &script),
+    );
+    assert_eq!(code, 0, "a host process is visible in a hostPID pod");
+    remove_pod(sb, &pod);
+
+    let host_ipc = host_pod(sb, "hostipc", pod_mode, container, node);
+    let pod = run_pod(sb, &host_ipc).expect("host ipc pod");
+    let script = format!("grep -qw {shm_id} /proc/sysvipc/shm");
+    let (code, _) = run_to_exit(
+        &e,
+        &pod,
+        &host_ipc,
+        container_config(&e.image, "ipc", &script),
+    );
+    assert_eq!(
+        code, 0,
+        "the host's SysV shared memory segment is visible in a hostIPC pod"
+    );
+    remove_pod(sb, &pod);
+
+    let own = pod_config(sb, "isolated");
+    let pod = run_pod(sb, &own).expect("pod");
+    let script = format!("! grep -q ':{port_hex} ' /proc/net/tcp && ! test -d /proc/{} && ! grep -qw {shm_id} /proc/sysvipc/shm", sleeper.id());
+    let (code, _) = run_to_exit(&e, &pod, &own, container_config(&e.image, "iso", &script));
+    assert_eq!(code, 0, "an ordinary pod sees none of them");
+    remove_pod(sb, &pod);
+    let _ = std::process::Command::new("ipcrm")
+        .args(["-m", &shm_id])
+        .status();
+    drop(listener);
+    let mut sleeper = sleeper;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+#[test]
+fn the_security_context_and_image_config_shape_the_process() {
+    let e = env("secctx");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "sec");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let with = |name: &str, script: &str, f: &dyn Fn(&mut ContainerConfig)| {
+        let mut c = container_config(&e.image, name, script);
+        f(&mut c);
+        run_to_exit(&e, &pod, &pod_cfg, c)
+    };
+    let sec = |f: &dyn Fn(&mut LinuxContainerSecurityContext)| {
+        let mut s = LinuxContainerSecurityContext::default();
+        f(&mut s);
+        Some(LinuxContainerConfig {
+            security_context: Some(s),
+            ..Default::default()
+        })
+    };
+
+    let (_, out) = with("uid", "id -u; id -g; id -G", &|c| {
+        c.linux = sec(&|s| {
+            s.run_as_user = Some(Int64Value { value: 1000 });
+            s.supplemental_groups = vec![2000];
+        })
+    });
+    assert_eq!(
+        out.lines().collect::<Vec<_>>()[..2],
+        ["1000", "1000"],
+        "{out}"
+    );
+    assert!(out.contains("2000"), "supplemental group: {out}");
+    let (_, out) = with("name", "id -un", &|c| {
+        c.linux = sec(&|s| s.run_as_username = "app".into())
+    });
+    assert_eq!(out.trim(), "app");
+
+    let (code, _) = with("ro", "touch /x", &|c| {
+        c.linux = sec(&|s| s.readonly_rootfs = true)
+    });
+    assert_ne!(code, 0, "read-only rootfs rejects writes");
+    let (code, _) = with("rw", "touch /x", &|_| {});
+    assert_eq!(code, 0);
+
+    let caps = |out: &str| {
+        u64::from_str_radix(out.trim().rsplit('\t').next().unwrap_or(""), 16).expect("CapEff hex")
+    };
+    let (_, default) = with("caps", "grep CapEff /proc/1/status", &|_| {});
+    let (_, added) = with("caps-add", "grep CapEff /proc/1/status", &|c| {
+        c.linux = sec(&|s| {
+            s.capabilities = Some(Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["KILL".into()],
+                ..Default::default()
+            })
+        })
+    });
+    const NET_ADMIN: u64 = 1 << 12;
+    const KILL: u64 = 1 << 5;
+    assert!(
+        caps(&default) & KILL != 0 && caps(&default) & NET_ADMIN == 0,
+        "default set: {default}"
+    );
+    assert!(
+        caps(&added) & NET_ADMIN != 0 && caps(&added) & KILL == 0,
+        "add/drop: {added}"
+    );
+
+    let (code, _) = with("seccomp", "unshare -m true", &|c| {
+        c.linux = sec(&|s| {
+            s.seccomp = Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            })
+        })
+    });
+    assert_ne!(code, 0, "RuntimeDefault seccomp blocks unshare");
+    let (code, _) = with(
+        "unconfined",
+        "grep -q 'Seccomp:.0' /proc/self/status",
+        &|c| {
+            c.linux = sec(&|s| {
+                s.seccomp = Some(SecurityProfile {
+                    profile_type: security_profile::ProfileType::Unconfined as i32,
+                    ..Default::default()
+                })
+            })
+        },
+    );
+    assert_eq!(code, 0, "Unconfined means no filter");
+    // /proc/keys is world-readable on the host; masked, it reads empty.
+    let (_, out) = with(
+        "masked",
+        "grep -c ' /proc/keys ' /proc/self/mountinfo; cat /proc/keys | wc -c",
+        &|_| {},
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["1", "0"], "masked path");
+
+    let host_dir = sb.root.join("volume");
+    sb.mkdir_as_user(&host_dir);
+    sb.write_user_file(&host_dir.join("data.txt"), "from the host");
+    let (code, out) = with("mount", "cat /vol/data.txt; touch /vol/x", &|c| {
+        c.mounts = vec![Mount {
+            container_path: "/vol".into(),
+            host_path: host_dir.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }];
+    });
+    assert_eq!(out.trim(), "from the host");
+    assert_ne!(code, 0, "read-only bind mount");
+
+    let (_, out) = with("env", "echo $UCRI_TEST $EXTRA; pwd", &|c| {
+        c.envs = vec![KeyValue {
+            key: "EXTRA".into(),
+            value: "cri".into(),
+        }];
+        c.working_dir = "/tmp".into();
+    });
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["1 cri", "/tmp"],
+        "image env + CRI env, working dir"
+    );
+    let mut args_only = container_config(&e.image, "args", "");
+    args_only.command = vec![];
+    args_only.args = vec!["echo from-args".into()];
+    let (_, out) = run_to_exit(&e, &pod, &pod_cfg, args_only);
+    assert_eq!(
+        out.trim(),
+        "from-args",
+        "args replace Cmd, the image Entrypoint (sh -c) stays"
+    );
+    remove_pod(sb, &pod);
+}
