@@ -805,3 +805,63 @@ fn the_security_context_and_image_config_shape_the_process() {
     );
     remove_pod(sb, &pod);
 }
+
+#[test]
+fn reopen_container_log_follows_kubelet_rotation() {
+    let e = env("reopen");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "logs");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let script = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done";
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "talker", script),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let log = status(sb, &id).expect("status").log_path;
+    wait_log(&log, "line 3");
+    let rotated = format!("{log}.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    block_on(async {
+        client(sb)
+            .await
+            .reopen_container_log(ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+    })
+    .expect("ReopenContainerLog");
+    let fresh = wait_log(&log, "stdout F line");
+    let first_new: u32 = fresh
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("line number");
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    let last_old: u32 = old
+        .lines()
+        .last()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("line number");
+    assert!(
+        first_new > last_old,
+        "new lines go to the new file ({last_old} then {first_new})"
+    );
+    stop(sb, &id, 0).expect("stop");
+    let err = block_on(async {
+        client(sb)
+            .await
+            .reopen_container_log(ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+    })
+    .expect_err("not running");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    remove_pod(sb, &pod);
+}

@@ -243,6 +243,13 @@ impl RuntimeService for CriRuntimeService {
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
+    async fn reopen_container_log(&self, request: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("reopen_container_log", container = %id);
+        self.blocking(span, move |l| l.reopen_log(&id)).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
     async fn container_status(&self, request: Request<ContainerStatusRequest>) -> Result<Response<ContainerStatusResponse>, Status> {
         let request = request.into_inner();
         let (id, verbose) = (request.container_id, request.verbose);
@@ -253,7 +260,6 @@ impl RuntimeService for CriRuntimeService {
 }
     unimplemented {
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
         exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";

@@ -353,6 +353,19 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Makes conmon reopen the log file after kubelet rotated it.
+    pub fn reopen_log(&self, id: &str) -> Result<(), LifecycleError> {
+        let state = self.container(id)?;
+        let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
+        if state.phase != ContainerPhase::Running {
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "container {} is not running",
+                state.id
+            )));
+        }
+        self.oci.reopen_log(&self.bundle(&state.id))
+    }
+
     /// The container's status.
     pub fn container_status(
         &self,

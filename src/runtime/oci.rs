@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -235,6 +236,22 @@ impl OciPaths {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Asks conmon to reopen the container's log file (kubelet's rotation):
+    /// message type 2 on the `ctl` FIFO in the bundle.
+    pub fn reopen_log(&self, bundle: &Path) -> Result<(), LifecycleError> {
+        let ctl = bundle.join("ctl");
+        let io = |source| LifecycleError::Io {
+            context: format!("writing {}", ctl.display()),
+            source,
+        };
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&ctl)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut fifo, b"2 0 0\n").map_err(io)
     }
 
     /// Removes the exit file of a deleted container.
