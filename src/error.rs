@@ -33,6 +33,9 @@ pub enum CriError {
     /// A remote dependency (a registry) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// An operation ran out of time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Content is corrupt (a digest mismatch).
     #[error("{0}")]
     DataLoss(String),
@@ -51,6 +54,7 @@ impl From<crate::runtime::LifecycleError> for CriError {
             E::AlreadyExists(_) => CriError::AlreadyExists(message),
             E::FailedPrecondition(_) => CriError::FailedPrecondition(message),
             E::Unsupported(_) => CriError::Unsupported(message),
+            E::Timeout(_) => CriError::DeadlineExceeded(message),
             E::Runtime(_) | E::Command { .. } | E::Io { .. } | E::Internal(_) => {
                 CriError::Internal(message)
             }
@@ -90,6 +94,7 @@ impl From<CriError> for tonic::Status {
             CriError::PermissionDenied(_) => tonic::Status::permission_denied(message),
             CriError::Unavailable(_) => tonic::Status::unavailable(message),
             CriError::DataLoss(_) => tonic::Status::data_loss(message),
+            CriError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             CriError::Internal(_) => tonic::Status::internal(message),
         }
     }
@@ -118,6 +123,10 @@ mod tests {
             ),
             (CriError::Unavailable("x".into()), Code::Unavailable),
             (CriError::DataLoss("x".into()), Code::DataLoss),
+            (
+                CriError::DeadlineExceeded("x".into()),
+                Code::DeadlineExceeded,
+            ),
             (CriError::Internal("x".into()), Code::Internal),
         ];
         for (err, code) in cases {

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_cri::v1::{ExecSyncRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{ContainerStatsRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
 use nix::sys::signal::Signal;
 
 fn subuid_start(user: &str) -> u64 {
@@ -94,11 +94,15 @@ fn unimplemented_rpcs_say_so_and_runtime_config_reports_cgroupfs() {
     block_on(async {
         let mut c = sb.runtime_client().await;
         let err = c
-            .exec_sync(ExecSyncRequest::default())
+            .container_stats(ContainerStatsRequest::default())
             .await
-            .expect_err("ExecSync is not implemented yet");
+            .expect_err("ContainerStats is not implemented yet");
         assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(err.message().contains("ExecSync"), "{}", err.message());
+        assert!(
+            err.message().contains("ContainerStats"),
+            "{}",
+            err.message()
+        );
         let rc = c
             .runtime_config(RuntimeConfigRequest {})
             .await

@@ -865,3 +865,100 @@ fn reopen_container_log_follows_kubelet_rotation() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     remove_pod(sb, &pod);
 }
+
+fn exec(
+    sb: &Sandbox,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<ExecSyncResponse, tonic::Status> {
+    block_on(async {
+        let request = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        client(sb)
+            .await
+            .exec_sync(request)
+            .await
+            .map(|r| r.into_inner())
+    })
+}
+
+#[test]
+fn exec_sync_returns_output_and_exit_code_and_times_out_cleanly() {
+    let e = env("exec");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "exec");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "target", "echo ready > /tmp/state; sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exec(sb, &id, &["cat", "/tmp/state"], 10)
+        .map(|r| r.stdout)
+        .unwrap_or_default()
+        != b"ready\n"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "exec never saw the container's file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = exec(sb, &id, &["sh", "-c", "echo out; echo err >&2; exit 7"], 10).expect("ExecSync");
+    assert_eq!(
+        (r.exit_code, r.stdout.as_slice(), r.stderr.as_slice()),
+        (7, &b"out\n"[..], &b"err\n"[..])
+    );
+    let r = exec(sb, &id, &["id", "-u"], 0).expect("no timeout");
+    assert_eq!((r.exit_code, r.stdout.as_slice()), (0, &b"0\n"[..]));
+
+    let started = Instant::now();
+    let err = exec(sb, &id, &["sleep", "31337.25"], 1).expect_err("times out");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let leftover = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 31337.25"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        leftover.stdout.is_empty(),
+        "the timed-out process is gone: {}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+
+    assert_eq!(
+        exec(sb, &id, &[], 1).expect_err("empty command").code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        exec(sb, "nonexistent", &["true"], 1)
+            .expect_err("unknown")
+            .code(),
+        Code::NotFound
+    );
+    stop(sb, &id, 0).expect("stop");
+    assert_eq!(
+        exec(sb, &id, &["true"], 1).expect_err("stopped").code(),
+        Code::FailedPrecondition
+    );
+    remove_pod(sb, &pod);
+    let leftovers: Vec<_> = std::fs::read_dir(sb.runtime_dir().join("exec"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "exec sessions leave no files: {leftovers:?}"
+    );
+}

@@ -243,6 +243,17 @@ impl RuntimeService for CriRuntimeService {
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let (id, cmd, timeout) = (request.container_id, request.cmd, request.timeout);
+        if timeout < 0 {
+            return Err(Status::invalid_argument("ExecSync timeout must not be negative"));
+        }
+        let span = tracing::info_span!("exec_sync", container = %id);
+        let out = self.blocking(span, move |l| l.exec_sync(&id, cmd, timeout)).await?;
+        Ok(Response::new(ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
+    }
+
     async fn reopen_container_log(&self, request: Request<ReopenContainerLogRequest>) -> Result<Response<ReopenContainerLogResponse>, Status> {
         let id = request.into_inner().container_id;
         let span = tracing::info_span!("reopen_container_log", container = %id);
@@ -260,7 +271,6 @@ impl RuntimeService for CriRuntimeService {
 }
     unimplemented {
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

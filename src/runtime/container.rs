@@ -353,6 +353,69 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Runs `cmd` in the running container and waits for it (ExecSync);
+    /// `timeout` 0 means no limit.
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<super::oci::ExecOutput, LifecycleError> {
+        if cmd.is_empty() {
+            return Err(LifecycleError::InvalidArgument(
+                "ExecSync needs a command".into(),
+            ));
+        }
+        let state = self.container(id)?;
+        let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
+        if state.phase != ContainerPhase::Running {
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "container {} is not running",
+                state.id
+            )));
+        }
+        let session = new_id();
+        let work = self.runtime_root.join("exec").join(&session);
+        let result = self.prepare_exec(&state, &work, cmd).and_then(|()| {
+            self.oci.exec_sync(&super::oci::ExecArgs {
+                id: &state.id,
+                session: &session,
+                runtime: &state.runtime,
+                bundle: &self.bundle(&state.id),
+                work: &work,
+                timeout: (timeout > 0).then(|| Duration::from_secs(timeout as u64)),
+            })
+        });
+        let _ = std::fs::remove_dir_all(&work);
+        self.oci.forget(&session);
+        result
+    }
+
+    /// The exec's process.json: the container's process with new args and
+    /// no terminal.
+    fn prepare_exec(
+        &self,
+        state: &ContainerState,
+        work: &Path,
+        cmd: Vec<String>,
+    ) -> Result<(), LifecycleError> {
+        let io = |context: &str| {
+            let context = context.to_owned();
+            move |source| LifecycleError::Io { context, source }
+        };
+        std::fs::create_dir_all(work.join("exits")).map_err(io("creating the exec dir"))?;
+        let spec = std::fs::read(self.bundle(&state.id).join("config.json"))
+            .map_err(io("reading config.json"))?;
+        let spec: serde_json::Value =
+            serde_json::from_slice(&spec).map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(cmd);
+        process["terminal"] = serde_json::json!(false);
+        let json =
+            serde_json::to_vec(&process).map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        std::fs::write(work.join("process.json"), json).map_err(io("writing process.json"))
+    }
+
     /// Makes conmon reopen the log file after kubelet rotated it.
     pub fn reopen_log(&self, id: &str) -> Result<(), LifecycleError> {
         let state = self.container(id)?;

@@ -38,6 +38,9 @@ pub enum LifecycleError {
     /// A CRI feature this build does not implement.
     #[error("{0}")]
     Unsupported(String),
+    /// An operation ran out of time.
+    #[error("{0}")]
+    Timeout(String),
     /// The OCI runtime or conmon failed.
     #[error("{0}")]
     Runtime(String),

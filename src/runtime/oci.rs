@@ -64,6 +64,159 @@ struct SyncMessage {
     message: String,
 }
 
+/// One ExecSync.
+#[derive(Debug)]
+pub struct ExecArgs<'a> {
+    /// The container.
+    pub id: &'a str,
+    /// A unique id for this exec session.
+    pub session: &'a str,
+    /// The OCI runtime.
+    pub runtime: &'a Path,
+    /// The container's bundle.
+    pub bundle: &'a Path,
+    /// A scratch dir holding process.json; receives the log and exit file.
+    pub work: &'a Path,
+    /// Kill the process after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What an ExecSync produced.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    /// The process's exit code.
+    pub exit_code: i32,
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Why an exec did not produce an exit code.
+enum ExecWait {
+    /// It ran past its timeout and was killed.
+    TimedOut,
+    /// conmon or the runtime failed.
+    Failed(String),
+}
+
+fn exec_error(e: ExecWait, exec: &ExecArgs<'_>) -> LifecycleError {
+    match e {
+        ExecWait::TimedOut => {
+            let secs = exec.timeout.map(|t| t.as_secs()).unwrap_or(0);
+            LifecycleError::Timeout(format!(
+                "command in container {} timed out after {secs}s and was killed",
+                exec.id
+            ))
+        }
+        ExecWait::Failed(message) => {
+            let stderr =
+                std::fs::read_to_string(exec.work.join("conmon.stderr")).unwrap_or_default();
+            LifecycleError::Runtime(format!(
+                "exec in container {}: {message} {}",
+                exec.id,
+                stderr.trim()
+            ))
+        }
+    }
+}
+
+/// conmon sends a start message, then the exit code. The timeout is
+/// enforced here: on expiry the process (pid from the runtime's pidfile) is
+/// killed and its exit collected.
+fn wait_exec(
+    pipe: &mut std::os::unix::net::UnixStream,
+    timeout: Option<Duration>,
+    pidfile: &Path,
+) -> Result<i32, ExecWait> {
+    let first =
+        next_sync_message(pipe, CREATE_TIMEOUT).map_err(|e| ExecWait::Failed(e.to_string()))?;
+    let first = first.ok_or_else(|| ExecWait::Failed("conmon reported nothing".into()))?;
+    if first.data <= 0 {
+        return Err(ExecWait::Failed(first.message));
+    }
+    let limit = timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    match next_sync_message(pipe, limit) {
+        Ok(Some(exit)) => Ok(exit.data),
+        Ok(None) => Err(ExecWait::Failed(
+            "conmon exited without an exit code".into(),
+        )),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            // The runtime's pidfile has the exec'd process's pid as we see it.
+            let pid = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|p| *p > 0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = next_sync_message(pipe, Duration::from_secs(10));
+            Err(ExecWait::TimedOut)
+        }
+        Err(e) => Err(ExecWait::Failed(e.to_string())),
+    }
+}
+
+/// One JSON line from conmon's sync pipe; `None` at end of file.
+fn next_sync_message(
+    pipe: &mut std::os::unix::net::UnixStream,
+    limit: Duration,
+) -> std::io::Result<Option<SyncMessage>> {
+    pipe.set_read_timeout(Some(limit.max(Duration::from_millis(1))))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match pipe.read(&mut byte)? {
+            0 if line.is_empty() => return Ok(None),
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    serde_json::from_slice(&line)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}
+
+/// Reaps the double-forked conmon whose pid is in `pidfile` (the daemon is
+/// its subreaper).
+fn reap_pidfile(pidfile: &Path) {
+    let pid = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
+}
+
+/// Splits a CRI-format log (`TIME STREAM TAG CONTENT`) back into stdout and
+/// stderr; `P` (partial) lines continue without a newline.
+pub fn split_cri_log(log: &str) -> (Vec<u8>, Vec<u8>) {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for line in log.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (_, stream, tag) = (parts.next(), parts.next(), parts.next());
+        let content = parts.next().unwrap_or("");
+        let out = if stream == Some("stderr") {
+            &mut stderr
+        } else {
+            &mut stdout
+        };
+        out.extend_from_slice(content.as_bytes());
+        if tag != Some("P") {
+            out.push(b'\n');
+        }
+    }
+    (stdout, stderr)
+}
+
 /// How long conmon may take to create a container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -238,6 +391,87 @@ impl OciPaths {
         }
     }
 
+    /// Runs a process in a running container through conmon's exec mode and
+    /// waits for it: conmon reports the pid, then the exit code (-1 with a
+    /// message on timeout, after killing the process). Output is read back
+    /// from the exec's CRI-format log.
+    pub fn exec_sync(&self, exec: &ExecArgs<'_>) -> Result<ExecOutput, LifecycleError> {
+        let (mut sync_read, sync_write) =
+            std::os::unix::net::UnixStream::pair().map_err(|source| LifecycleError::Io {
+                context: "sync pipe".into(),
+                source,
+            })?;
+        let mut cmd = self.exec_command(exec);
+        let fd = sync_write.as_raw_fd();
+        cmd.env("_OCI_SYNCPIPE", fd.to_string());
+        ucri_rootless::syscall::before_exec(&mut cmd, move || {
+            ucri_rootless::syscall::keep_across_exec(fd)
+        });
+        let stderr = std::fs::File::create(exec.work.join("conmon.stderr")).map_err(|source| {
+            LifecycleError::Io {
+                context: "creating conmon's stderr file".into(),
+                source,
+            }
+        })?;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| LifecycleError::Io {
+                context: format!("starting {}", self.conmon.display()),
+                source,
+            })?;
+        drop(sync_write);
+        drop(cmd);
+        let outcome = wait_exec(&mut sync_read, exec.timeout, &exec.work.join("pid"));
+        let _ = child.wait();
+        reap_pidfile(&exec.work.join("conmon.pid"));
+        let exit_code = outcome.map_err(|e| exec_error(e, exec))?;
+        let log = std::fs::read_to_string(exec.work.join("exec.log")).unwrap_or_default();
+        let (stdout, stderr) = split_cri_log(&log);
+        Ok(ExecOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn exec_command(&self, exec: &ExecArgs<'_>) -> Command {
+        let mut cmd = Command::new(&self.conmon);
+        cmd.args([
+            "--api-version",
+            "1",
+            "-c",
+            exec.id,
+            "-u",
+            exec.session,
+            "-n",
+            exec.id,
+            "-e",
+        ])
+        .arg("-r")
+        .arg(exec.runtime)
+        .arg("-b")
+        .arg(exec.bundle)
+        .arg("-p")
+        .arg(exec.work.join("pid"))
+        .arg("-P")
+        .arg(exec.work.join("conmon.pid"))
+        .arg("--exec-process-spec")
+        .arg(exec.work.join("process.json"))
+        .arg("-l")
+        .arg(format!("k8s-file:{}", exec.work.join("exec.log").display()))
+        .arg("--exit-dir")
+        .arg(exec.work.join("exits"))
+        .arg("--socket-dir-path")
+        .arg(&self.attach)
+        .arg("--runtime-arg")
+        .arg(format!("--root={}", self.runtime_root.display()))
+        .args(["--log-level", "info"]);
+        cmd
+    }
+
     /// Asks conmon to reopen the container's log file (kubelet's rotation):
     /// message type 2 on the `ctl` FIFO in the bundle.
     pub fn reopen_log(&self, bundle: &Path) -> Result<(), LifecycleError> {
@@ -258,5 +492,19 @@ impl OciPaths {
     pub fn forget(&self, id: &str) {
         let _ = std::fs::remove_file(self.exits.join(id));
         let _ = std::fs::remove_dir_all(self.attach.join(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_logs_split_into_streams_with_partial_lines_joined() {
+        let log = "2026-11-25T10:00:00.1Z stdout P hel\n2026-11-25T10:00:00.2Z stdout F lo\n\
+                   2026-11-25T10:00:00.3Z stderr F oops\n2026-11-25T10:00:00.4Z stdout F  two spaces\n";
+        let (out, err) = split_cri_log(log);
+        assert_eq!(String::from_utf8_lossy(&out), "hello\n two spaces\n");
+        assert_eq!(String::from_utf8_lossy(&err), "oops\n");
     }
 }
