@@ -333,6 +333,28 @@ fn a_pod_and_its_container_from_start_to_removal() {
         ),
         "no rootfs left"
     );
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", &id])
+        .output()
+        .expect("pgrep");
+    assert!(
+        procs.stdout.is_empty(),
+        "no conmon or container process left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+    for dir in [
+        sb.runtime_dir().join("containers"),
+        sb.runtime_dir().join("pods"),
+        sb.runtime_dir().join("exits"),
+        sb.data_dir().join("state/pods"),
+        sb.data_dir().join("state/containers"),
+        sb.data_dir().join("storage/containers"),
+    ] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{} still has {left:?}", dir.display());
+    }
 }
 
 #[test]
@@ -502,6 +524,20 @@ fn running_containers_survive_kill_9_of_the_daemon() {
         .as_u64()
         .expect("pid") as u32;
     assert!(process_alive(pid));
+    e._daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        e._daemon.wait_exit(Duration::from_secs(15)).success(),
+        "graceful stop"
+    );
+    e._daemon = e.sb.start_daemon();
+    assert!(
+        process_alive(pid),
+        "the container kept running across a graceful restart"
+    );
+    assert_eq!(
+        status(&e.sb, &id).expect("status").state,
+        ContainerState::ContainerRunning as i32
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(e.sb.daemon_pid() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -961,4 +997,163 @@ fn exec_sync_returns_output_and_exit_code_and_times_out_cleanly() {
         leftovers.is_empty(),
         "exec sessions leave no files: {leftovers:?}"
     );
+}
+
+#[test]
+fn the_runc_runtime_handler_runs_containers_too() {
+    let e = env("runc");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "runc");
+    let pod = block_on(async {
+        let request = RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: "runc".into(),
+        };
+        client(sb)
+            .await
+            .run_pod_sandbox(request)
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    })
+    .expect("RunPodSandbox with the runc handler");
+    let (code, out) = run_to_exit(
+        &e,
+        &pod,
+        &pod_cfg,
+        container_config(&e.image, "r", "echo via runc; hostname"),
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "via runc\nrunc-host"),
+        "runc ran the container in the pod's namespaces"
+    );
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "long", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let r = exec(sb, &id, &["echo", "exec via runc"], 10).expect("ExecSync with runc");
+    assert_eq!(r.stdout, b"exec via runc\n");
+    stop(sb, &id, 0).expect("stop");
+    assert_eq!(status(sb, &id).expect("status").exit_code, 137);
+    let pods = block_on(async {
+        client(sb)
+            .await
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+    })
+    .expect("list")
+    .into_inner()
+    .items;
+    assert_eq!(pods[0].runtime_handler, "runc");
+    let bad = block_on(async {
+        let mut other = pod_config(sb, "nohandler");
+        other.metadata.as_mut().expect("metadata").uid = "other".into();
+        let request = RunPodSandboxRequest {
+            config: Some(other),
+            runtime_handler: "kata".into(),
+        };
+        client(sb).await.run_pod_sandbox(request).await
+    });
+    assert_eq!(
+        bad.expect_err("unknown handler").code(),
+        Code::InvalidArgument
+    );
+    remove_pod(sb, &pod);
+}
+
+#[test]
+fn bind_mounts_follow_each_propagation_mode() {
+    let e = env("propagation");
+    let sb = &e.sb;
+    let vol = sb.root.join("vol");
+    sb.mkdir_as_user(&vol.join("sub"));
+    sb.mkdir_as_user(&vol.join("fromctr"));
+    let v = vol.display().to_string();
+    for args in [
+        vec!["mount", "--bind", &v, &v],
+        vec!["mount", "--make-rshared", &v],
+    ] {
+        let mut full = vec!["nsenter", "--"];
+        full.extend(args);
+        let out = sb.run_ucri(&full);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let mut pod_cfg = pod_config(sb, "prop");
+    pod_cfg.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let with_mount = |name: &str, propagation: MountPropagation, privileged: bool| {
+        let mut c = container_config(&e.image, name, "sleep 300");
+        c.mounts = vec![Mount {
+            container_path: "/vol".into(),
+            host_path: v.clone(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        if privileged {
+            c.linux = Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let id = create(sb, &pod, c, &pod_cfg).unwrap_or_else(|err| panic!("create {name}: {err}"));
+        start(sb, &id).expect("start");
+        id
+    };
+    let private = with_mount("private", MountPropagation::PropagationPrivate, false);
+    let slave = with_mount("slave", MountPropagation::PropagationHostToContainer, false);
+    let shared = with_mount("shared", MountPropagation::PropagationBidirectional, true);
+
+    let sub = vol.join("sub").display().to_string();
+    let out = sb.run_ucri(&["nsenter", "--", "mount", "-t", "tmpfs", "late", &sub]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let sees_late = |id: &str| {
+        exec(
+            sb,
+            id,
+            &["grep", "-q", " /vol/sub ", "/proc/self/mountinfo"],
+            10,
+        )
+        .expect("exec")
+        .exit_code
+            == 0
+    };
+    assert!(
+        sees_late(&slave),
+        "HostToContainer (rslave) sees a mount made on the host after start"
+    );
+    assert!(sees_late(&shared), "Bidirectional (rshared) sees it too");
+    assert!(!sees_late(&private), "Private does not");
+
+    let r = exec(
+        sb,
+        &shared,
+        &["mount", "-t", "tmpfs", "fromctr", "/vol/fromctr"],
+        10,
+    )
+    .expect("exec mount");
+    assert_eq!(
+        r.exit_code,
+        0,
+        "privileged container mounts: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let mounts = daemon_mounts(sb);
+    assert!(
+        mounts.contains(&vol.join("fromctr").display().to_string()),
+        "Bidirectional propagates back to the host"
+    );
+    remove_pod(sb, &pod);
 }
