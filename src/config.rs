@@ -73,6 +73,9 @@ pub struct RuntimeConfig {
     pub conmon: PathBuf,
     /// The cgroup driver reported to kubelet.
     pub cgroup_driver: CgroupDriver,
+    /// Largest container log file in bytes before conmon truncates it
+    /// (-1: no limit; kubelet's rotation usually keeps logs smaller).
+    pub log_size_max: i64,
     /// Named OCI runtimes, like crio.conf's `[crio.runtime.runtimes]`.
     pub runtimes: BTreeMap<String, RuntimeHandler>,
 }
@@ -200,6 +203,7 @@ impl Config {
                 default_runtime: "crun".into(),
                 conmon: "conmon".into(),
                 cgroup_driver: CgroupDriver::Cgroupfs,
+                log_size_max: -1,
                 runtimes,
             },
             storage: StorageConfig {

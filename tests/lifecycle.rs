@@ -1157,3 +1157,117 @@ fn bind_mounts_follow_each_propagation_mode() {
     );
     remove_pod(sb, &pod);
 }
+
+#[test]
+fn exits_are_recorded_without_anyone_asking_and_pods_filter() {
+    let e = env("unasked");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "quiet");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let other = pod_config(sb, "other");
+    let other_pod = run_pod(sb, &other).expect("pod");
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "brief", "exit 5"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let state_file = sb
+        .data_dir()
+        .join("state/containers")
+        .join(format!("{id}.json"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).expect("state")).expect("json");
+        if saved["phase"] == "Exited" {
+            assert_eq!(saved["exit_code"], 5);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exit was never recorded: {saved}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = |filter: PodSandboxFilter| {
+        block_on(async {
+            client(sb)
+                .await
+                .list_pod_sandbox(ListPodSandboxRequest {
+                    filter: Some(filter),
+                })
+                .await
+        })
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+    };
+    let by_label = list(PodSandboxFilter {
+        label_selector: HashMap::from([("app".to_owned(), "other".to_owned())]),
+        ..Default::default()
+    });
+    assert_eq!(
+        by_label.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [other_pod.as_str()]
+    );
+    let by_prefix = list(PodSandboxFilter {
+        id: pod[..12].to_owned(),
+        ..Default::default()
+    });
+    assert_eq!(by_prefix.len(), 1);
+    stop_pod(sb, &other_pod);
+    let ready = list(PodSandboxFilter {
+        state: Some(PodSandboxStateValue {
+            state: PodSandboxState::SandboxReady as i32,
+        }),
+        ..Default::default()
+    });
+    assert_eq!(
+        ready.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [pod.as_str()]
+    );
+    remove_pod(sb, &pod);
+    remove_pod(sb, &other_pod);
+}
+
+#[test]
+fn the_log_size_limit_from_the_config_reaches_conmon() {
+    let registry = TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "test/busybox:latest");
+    let mut sb = Sandbox::new("logsize");
+    sb.write_user_file(
+        &sb.config_dir().join("ucri.toml"),
+        "[runtime]\nlog_size_max = 4096\n",
+    );
+    let _daemon = sb.start_daemon();
+    let image = registry.image("test/busybox:latest");
+    sb.pull(&image);
+    let pod_cfg = pod_config(&sb, "big-logs");
+    let pod = run_pod(&sb, &pod_cfg).expect("pod");
+    let script =
+        "i=0; while [ $i -lt 2000 ]; do echo line-$i-padding-padding-padding; i=$((i+1)); done";
+    let id = create(
+        &sb,
+        &pod,
+        container_config(&image, "chatty", script),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&sb, &id).expect("start");
+    let s = wait_state(&sb, &id, ContainerState::ContainerExited);
+    let size = std::fs::metadata(&s.log_path).expect("log").len();
+    assert!(
+        size <= 8192,
+        "the log stays near the 4096-byte limit, not ~100 kB: {size}"
+    );
+    assert!(
+        std::fs::read_to_string(&s.log_path)
+            .expect("log")
+            .contains("line-1999"),
+        "the newest lines are kept"
+    );
+    remove_pod(&sb, &pod);
+}

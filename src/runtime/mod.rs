@@ -110,6 +110,7 @@ impl Lifecycle {
             runtime_root: runtime_root.join("oci"),
             exits: runtime_root.join("exits"),
             attach: runtime_root.join("attach"),
+            log_size_max: config.runtime.log_size_max,
         };
         oci.prepare()?;
         let lifecycle = Lifecycle {
@@ -172,8 +173,13 @@ impl Lifecycle {
             .any(|c| c.image_id == image_id)
     }
 
-    /// Reaps conmon processes that exited (the daemon is their subreaper).
+    /// Periodic upkeep: records exits conmon reported (so a container that
+    /// ends on its own is exited on disk without anyone asking) and reaps
+    /// conmon processes that exited (the daemon is their subreaper).
     pub fn reap_monitors(&self) {
+        for id in self.container_ids() {
+            self.refresh(&id);
+        }
         let pids: Vec<i32> = self
             .containers_mut()
             .values()

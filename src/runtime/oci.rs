@@ -25,6 +25,8 @@ pub struct OciPaths {
     pub exits: PathBuf,
     /// Where conmon puts attach sockets.
     pub attach: PathBuf,
+    /// conmon's `--log-size-max` (≤ 0: none).
+    pub log_size_max: i64,
 }
 
 /// What conmon needs to create one container.
@@ -344,6 +346,9 @@ impl OciPaths {
         .arg("--runtime-arg")
         .arg(format!("--root={}", self.runtime_root.display()))
         .args(["--log-level", "info", "--full-attach"]);
+        if self.log_size_max > 0 {
+            cmd.arg("--log-size-max").arg(self.log_size_max.to_string());
+        }
         if args.tty {
             cmd.arg("-t");
         }
