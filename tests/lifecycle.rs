@@ -1271,3 +1271,64 @@ fn the_log_size_limit_from_the_config_reaches_conmon() {
     );
     remove_pod(&sb, &pod);
 }
+
+#[test]
+fn containers_of_a_pod_can_share_one_process_namespace() {
+    let e = env("sharedpid");
+    let sb = &e.sb;
+    let (pod_mode, container) = (NamespaceMode::Pod, NamespaceMode::Container);
+    let pod_cfg = host_pod(sb, "shared", pod_mode, pod_mode, pod_mode);
+    let pod = run_pod(sb, &pod_cfg).expect("RunPodSandbox with a shared PID namespace");
+    let ps = pod_status(sb, &pod).expect("status");
+    let options = ps
+        .status
+        .and_then(|s| s.linux)
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .expect("options");
+    assert_eq!(options.pid, NamespaceMode::Pod as i32);
+    let sleeper = create(
+        sb,
+        &pod,
+        container_config(&e.image, "sleeper", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &sleeper).expect("start");
+    let script =
+        "cat /proc/1/comm; for p in /proc/[0-9]*; do cat $p/comm; done | grep -c '^sleep$'";
+    let (code, out) = run_to_exit(
+        &e,
+        &pod,
+        &pod_cfg,
+        container_config(&e.image, "looker", script),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["catatonit", "1"],
+        "PID 1 is the pod's init; the sleeper is visible"
+    );
+    stop_pod(sb, &pod);
+    assert_eq!(
+        status(sb, &sleeper).expect("status").state,
+        ContainerState::ContainerExited as i32
+    );
+    remove_pod(sb, &pod);
+
+    let isolated_cfg = host_pod(sb, "isolated-pid", pod_mode, container, pod_mode);
+    let pod = run_pod(sb, &isolated_cfg).expect("pod");
+    let (_, out) = run_to_exit(
+        &e,
+        &pod,
+        &isolated_cfg,
+        container_config(&e.image, "alone", "cat /proc/1/comm"),
+    );
+    // sh -c execs its single command: PID 1 is the container process itself.
+    assert_eq!(
+        out.trim(),
+        "cat",
+        "without sharing, the container is PID 1 of its own namespace"
+    );
+    remove_pod(sb, &pod);
+}

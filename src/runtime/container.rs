@@ -177,7 +177,7 @@ impl Lifecycle {
             netns: ns.network.then(|| dir.ns("net")),
             ipcns: ns.ipc.then(|| dir.ns("ipc")),
             utsns: ns.network.then(|| dir.ns("uts")),
-            pidns: None,
+            pidns: ns.pid_shared.then(|| dir.ns("pid")),
             host_pid: ns.host_pid,
             shm: ns.ipc.then(|| dir.shm()),
             resolv_conf: dir.resolv_conf(),

@@ -27,11 +27,6 @@ impl Lifecycle {
         }
         self.runtime_for(handler)?;
         let namespaces = sandbox::own_namespaces(&config);
-        if namespaces.pid_shared {
-            return Err(LifecycleError::Unsupported(
-                "pods that share one process namespace (shareProcessNamespace) are not implemented yet".into(),
-            ));
-        }
         let id = new_id();
         self.claim_pod_name(&config, &id)?;
         let hostname = if config.hostname.is_empty() {
@@ -40,7 +35,7 @@ impl Lifecycle {
             config.hostname.clone()
         };
         let dir = PodDir::new(&self.runtime_root, &id);
-        let state = PodState {
+        let mut state = PodState {
             id: id.clone(),
             config,
             phase: PodPhase::Ready,
@@ -48,10 +43,13 @@ impl Lifecycle {
             runtime_handler: handler.to_owned(),
             namespaces,
             hostname: hostname.clone(),
+            init_pid: 0,
         };
         let created = sandbox::create(&dir, &state.config, &namespaces, &hostname)
+            .and_then(|()| self.start_init(&dir, &mut state))
             .and_then(|()| self.states.save_pod(&state));
         if let Err(e) = created {
+            sandbox::stop_pid_init(state.init_pid);
             let _ = sandbox::teardown(&dir);
             let _ = self.states.delete_pod(&id);
             self.pods_mut().remove(&id);
@@ -80,8 +78,17 @@ impl Lifecycle {
             runtime_handler: String::new(),
             namespaces: sandbox::own_namespaces(config),
             hostname: String::new(),
+            init_pid: 0,
         };
         pods.insert(id.to_owned(), placeholder);
+        Ok(())
+    }
+
+    /// Starts the shared PID namespace's init when the pod wants one.
+    fn start_init(&self, dir: &PodDir, state: &mut PodState) -> Result<(), LifecycleError> {
+        if state.namespaces.pid_shared {
+            state.init_pid = sandbox::start_pid_init(dir)?;
+        }
         Ok(())
     }
 
@@ -96,8 +103,14 @@ impl Lifecycle {
         for container in self.containers_of(&id) {
             self.stop_container(&container, 0)?;
         }
+        if let Some(pod) = self.pods_mut().get(&id) {
+            sandbox::stop_pid_init(pod.init_pid);
+        }
         sandbox::release_namespaces(&PodDir::new(&self.runtime_root, &id))?;
-        self.update_pod(&id, |p| p.phase = PodPhase::NotReady)
+        self.update_pod(&id, |p| {
+            p.phase = PodPhase::NotReady;
+            p.init_pid = 0;
+        })
     }
 
     /// Removes the pod and its containers. Removing an unknown pod succeeds.
@@ -109,6 +122,9 @@ impl Lifecycle {
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         for container in self.containers_of(&id) {
             self.remove_container(&container)?;
+        }
+        if let Some(pod) = self.pods_mut().get(&id) {
+            sandbox::stop_pid_init(pod.init_pid);
         }
         sandbox::teardown(&PodDir::new(&self.runtime_root, &id))?;
         self.states.delete_pod(&id)?;
@@ -262,10 +278,10 @@ fn pod_summary(pod: &PodState) -> PodSandbox {
 
 fn pod_status(pod: &PodState) -> PodSandboxStatus {
     let mode = |own: bool| if own { NamespaceMode::Pod } else { NamespaceMode::Node } as i32;
-    let pid = if pod.namespaces.host_pid {
-        NamespaceMode::Node
-    } else {
-        NamespaceMode::Container
+    let pid = match (pod.namespaces.host_pid, pod.namespaces.pid_shared) {
+        (true, _) => NamespaceMode::Node,
+        (_, true) => NamespaceMode::Pod,
+        _ => NamespaceMode::Container,
     } as i32;
     PodSandboxStatus {
         id: pod.id.clone(),

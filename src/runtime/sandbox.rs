@@ -166,6 +166,52 @@ fn mount_shm(target: &Path) -> Result<(), LifecycleError> {
     .map_err(|e| io("mounting the pod's /dev/shm")(e.into()))
 }
 
+/// Starts the pod's init (catatonit in pause mode) as PID 1 of a new PID
+/// namespace pinned at the pod's `ns/pid`, and waits until the pin is in
+/// place. Returns the pid of the `unshare` holding it (`--kill-child`: when
+/// it is killed, the init and the whole namespace go with it).
+pub fn start_pid_init(dir: &PodDir) -> Result<i32, LifecycleError> {
+    let pin = dir.ns("pid");
+    fs::write(&pin, b"").map_err(io("creating the PID namespace pin"))?;
+    let init = ucri_rootless::which("catatonit").ok_or_else(|| {
+        LifecycleError::FailedPrecondition(
+            "catatonit is not installed (apt-get install catatonit)".into(),
+        )
+    })?;
+    let child = Command::new("unshare")
+        .arg(format!("--pid={}", pin.display()))
+        .args(["--fork", "--kill-child", "--"])
+        .arg(init)
+        .arg("-P")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(io("starting the pod's init"))?;
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !ucri_storage::rootfs::mountpoints().contains(&pin) {
+        if std::time::Instant::now() > deadline {
+            stop_pid_init(pid);
+            return Err(LifecycleError::Runtime(
+                "the pod's init did not start".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(pid)
+}
+
+/// Ends the pod's init (and so every process of the shared PID namespace).
+pub fn stop_pid_init(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+}
+
 /// Unmounts the namespace pins and /dev/shm and removes the pod's files.
 /// Idempotent.
 pub fn teardown(dir: &PodDir) -> Result<(), LifecycleError> {
@@ -184,7 +230,7 @@ pub fn teardown(dir: &PodDir) -> Result<(), LifecycleError> {
 /// Unmounts the pinned namespaces, which ends them once no process uses them.
 pub fn release_namespaces(dir: &PodDir) -> Result<(), LifecycleError> {
     let mounts = ucri_storage::rootfs::mountpoints();
-    for kind in ["net", "ipc", "uts"] {
+    for kind in ["net", "ipc", "uts", "pid"] {
         let pin = dir.ns(kind);
         if mounts.contains(&pin) {
             nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH)

@@ -47,6 +47,10 @@ pub struct PodState {
     pub namespaces: PodNamespaces,
     /// Its hostname.
     pub hostname: String,
+    /// The pod's init (pid of the `unshare` that holds it) when the pod
+    /// shares one PID namespace; 0 otherwise.
+    #[serde(default)]
+    pub init_pid: i32,
 }
 
 /// A container's phase.
