@@ -1332,3 +1332,43 @@ fn containers_of_a_pod_can_share_one_process_namespace() {
     );
     remove_pod(sb, &pod);
 }
+
+#[test]
+fn a_restart_removes_what_a_crash_left_half_created() {
+    let mut e = env("halfmade");
+    let pod_cfg = pod_config(&e.sb, "kept");
+    let kept = run_pod(&e.sb, &pod_cfg).expect("a real pod");
+    let run = e.sb.runtime_dir();
+    let stray_pod = run.join("pods").join("f".repeat(64));
+    let stray_bundle = run.join("containers").join("e".repeat(64));
+    let pin = stray_pod.join("ns/net");
+    let setup = format!(
+        "mkdir -p {ns} {bundle} && touch {pin} && unshare --net={pin} true",
+        ns = stray_pod.join("ns").display(),
+        bundle = stray_bundle.display(),
+        pin = pin.display()
+    );
+    let out = e.sb.run_ucri(&["nsenter", "--", "sh", "-c", &setup]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(daemon_mounts(&e.sb).contains(&pin.display().to_string()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(e.sb.daemon_pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    std::thread::sleep(Duration::from_millis(300));
+    e._daemon = e.sb.start_daemon();
+    assert!(
+        !stray_pod.exists() && !stray_bundle.exists(),
+        "half-created pod and container removed"
+    );
+    assert!(
+        !daemon_mounts(&e.sb).contains(&pin.display().to_string()),
+        "its namespace pin unmounted"
+    );
+    assert!(
+        pod_status(&e.sb, &kept).is_ok(),
+        "the real pod is untouched"
+    );
+    remove_pod(&e.sb, &kept);
+}

@@ -138,6 +138,9 @@ impl Lifecycle {
                 LifecycleError::Internal(format!("recovering root filesystems: {e}"))
             })?;
         tracing::info!(pods = pods.len(), containers = containers.len(), remounted = ?report.remounted, removed = ?report.removed, "recovered state");
+        let known_pods: std::collections::HashSet<String> =
+            pods.iter().map(|p| p.id.clone()).collect();
+        self.remove_half_created(&known_pods, &live);
         self.pods_mut()
             .extend(pods.into_iter().map(|p| (p.id.clone(), p)));
         self.containers_mut()
@@ -147,6 +150,34 @@ impl Lifecycle {
         }
         self.refresh_pods();
         Ok(())
+    }
+
+    /// Pod dirs and container bundles without state were being created when
+    /// the previous daemon died: tear them down.
+    fn remove_half_created(
+        &self,
+        pods: &std::collections::HashSet<String>,
+        containers: &std::collections::HashSet<String>,
+    ) {
+        // ExecSync sessions never outlive the daemon that ran them.
+        let _ = std::fs::remove_dir_all(self.runtime_root.join("exec"));
+        for id in dir_names(&self.runtime_root.join("pods")).difference(pods) {
+            tracing::info!(pod = %id, "removing a pod sandbox that was never finished");
+            if let Err(e) = sandbox::teardown(&sandbox::PodDir::new(&self.runtime_root, id)) {
+                tracing::warn!(pod = %id, %e, "cannot remove a half-created pod");
+            }
+        }
+        for id in dir_names(&self.runtime_root.join("containers")).difference(containers) {
+            tracing::info!(container = %id, "removing a container that was never finished");
+            let runtime = self.runtime_for("").unwrap_or_default();
+            let _ = self.oci.runtime(
+                &runtime,
+                &["delete", "--force", id],
+                "deleting a half-created container",
+            );
+            let _ = std::fs::remove_dir_all(self.runtime_root.join("containers").join(id));
+            self.oci.forget(id);
+        }
     }
 
     fn pods_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodState>> {
@@ -193,6 +224,17 @@ impl Lifecycle {
             );
         }
     }
+}
+
+/// Names of the subdirectories of `dir`.
+fn dir_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Now, Unix nanoseconds.
