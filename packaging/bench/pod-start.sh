@@ -12,39 +12,10 @@ N=${1:-50}
 
 cargo build --release --locked -q
 cargo build --release --locked -q --example pod_start
-WORK=$(mktemp -d /tmp/ucri-bench.XXXXXX)
-chmod 0755 "$WORK"
-install -m 0755 target/release/ucri target/release/examples/pod_start "$WORK/"
-
-IMAGES=/var/tmp/ucri-bench-images
-[ -f "$IMAGES/images.json" ] || packaging/test-images/build.sh "$IMAGES" >/dev/null
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/registry"
-printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' \
-  "$WORK/registry" "$PORT" >"$WORK/registry.yml"
-env -i /usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
-REGISTRY=$!
-if [ "$(id -u)" -eq 0 ]; then
-  U=ucri-test
-  AS=(setpriv --reuid=$U --regid=$U --init-groups env -i HOME="$WORK/home" PATH=/usr/bin:/bin:/usr/sbin:/sbin
-    XDG_RUNTIME_DIR="$WORK/run")
-  mkdir -p "$WORK/home" "$WORK/run"; chown $U: "$WORK/home" "$WORK/run"; chmod 700 "$WORK/run"
-else
-  AS=(env HOME="$WORK/home" XDG_RUNTIME_DIR="$WORK/run"); mkdir -p "$WORK/home" "$WORK/run"; chmod 700 "$WORK/run"
-fi
-cleanup() {
-  kill "${DAEMON:-0}" 2>/dev/null && wait "${DAEMON}" 2>/dev/null || true
-  "${AS[@]}" "$WORK/ucri" system reset --force >/dev/null 2>&1 || true
-  kill "$REGISTRY" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$PORT/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
-skopeo copy -q --preserve-digests --insecure-policy --dest-tls-verify=false \
-  "oci:$IMAGES/busybox:latest" "docker://127.0.0.1:$PORT/bench/busybox:latest"
-"${AS[@]}" "$WORK/ucri" --log-level warn daemon >"$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 100); do "${AS[@]}" "$WORK/ucri" ctl version >/dev/null 2>&1 && break; sleep 0.1; done
+. packaging/bench/lib.sh
+bench_init target/release/ucri target/release/examples/pod_start
+bench_push busybox latest bench/busybox:latest
+bench_daemon
 IMAGE="127.0.0.1:$PORT/bench/busybox:latest"
 "${AS[@]}" "$WORK/ucri" ctl pull "$IMAGE" >/dev/null
 

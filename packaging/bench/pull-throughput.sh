@@ -10,47 +10,11 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${1:-5}
 
 cargo build --release --locked -q
-WORK=$(mktemp -d /tmp/ucri-bench.XXXXXX)
-chmod 0755 "$WORK"
-install -m 0755 target/release/ucri "$WORK/ucri"
-
-IMAGES=/var/tmp/ucri-bench-images
-[ -f "$IMAGES/images.json" ] || packaging/test-images/build.sh "$IMAGES" >/dev/null
+. packaging/bench/lib.sh
+bench_init target/release/ucri
 SIZE=$(jq '.layouts.big.latest.compressedSize + .layouts.big.latest.configSize' "$IMAGES/images.json")
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/registry"
-cat >"$WORK/registry.yml" <<YML
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $WORK/registry}}
-http: {addr: 127.0.0.1:$PORT}
-YML
-env -i /usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
-REGISTRY=$!
-AS=()
-if [ "$(id -u)" -eq 0 ]; then
-  U=ucri-test; UID_=$(id -u $U)
-  AS=(setpriv --reuid=$U --regid=$U --init-groups env -i HOME="$WORK/home" PATH=/usr/bin:/bin
-    XDG_RUNTIME_DIR="$WORK/run")
-  mkdir -p "$WORK/home" "$WORK/run"; chown $U: "$WORK/home" "$WORK/run"; chmod 700 "$WORK/run"
-else
-  AS=(env HOME="$WORK/home" XDG_RUNTIME_DIR="$WORK/run"); mkdir -p "$WORK/home" "$WORK/run"; chmod 700 "$WORK/run"
-fi
-cleanup() {
-  kill "${DAEMON:-0}" 2>/dev/null && wait "${DAEMON}" 2>/dev/null || true
-  "${AS[@]}" "$WORK/ucri" system reset --force >/dev/null 2>&1 || true
-  kill "$REGISTRY" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$PORT/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
-skopeo copy -q --all --preserve-digests --insecure-policy --dest-tls-verify=false \
-  "oci:$IMAGES/big:latest" "docker://127.0.0.1:$PORT/bench/big:latest"
-
-"${AS[@]}" "$WORK/ucri" --log-level warn daemon >"$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 100); do "${AS[@]}" "$WORK/ucri" ctl version >/dev/null 2>&1 && break; sleep 0.1; done
+bench_push big latest bench/big:latest
+bench_daemon
 
 now() { date +%s.%N; }
 mbps() { awk -v b="$SIZE" -v t="$1" 'BEGIN { printf "%.1f", b / t / 1e6 }'; }

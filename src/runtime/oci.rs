@@ -66,6 +66,33 @@ struct SyncMessage {
     message: String,
 }
 
+/// Starts conmon with a sync pipe (`_OCI_SYNCPIPE`) on an inherited
+/// descriptor and its stderr in `stderr_file`; returns it and our end.
+fn spawn_with_sync_pipe(
+    mut cmd: Command,
+    conmon: &Path,
+    stderr_file: &Path,
+) -> Result<(std::process::Child, std::os::unix::net::UnixStream), LifecycleError> {
+    let io = |context: String| move |source| LifecycleError::Io { context, source };
+    let (sync_read, sync_write) =
+        std::os::unix::net::UnixStream::pair().map_err(io("sync pipe".into()))?;
+    let fd = sync_write.as_raw_fd();
+    cmd.env("_OCI_SYNCPIPE", fd.to_string());
+    ucri_rootless::syscall::before_exec(&mut cmd, move || {
+        ucri_rootless::syscall::keep_across_exec(fd)
+    });
+    let stderr =
+        std::fs::File::create(stderr_file).map_err(io("creating conmon's stderr file".into()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(io(format!("starting {}", conmon.display())))?;
+    drop(sync_write);
+    Ok((child, sync_read))
+}
+
 /// One ExecSync.
 #[derive(Debug)]
 pub struct ExecArgs<'a> {
@@ -252,33 +279,9 @@ impl OciPaths {
 
     /// Has conmon create the container; blocks until it reports the pid.
     pub fn create(&self, args: &CreateArgs<'_>) -> Result<Created, LifecycleError> {
-        let (mut sync_read, sync_write) =
-            std::os::unix::net::UnixStream::pair().map_err(|source| LifecycleError::Io {
-                context: "sync pipe".into(),
-                source,
-            })?;
-        let mut cmd = self.conmon_command(args);
-        let fd = sync_write.as_raw_fd();
-        cmd.env("_OCI_SYNCPIPE", fd.to_string());
-        ucri_rootless::syscall::before_exec(&mut cmd, move || {
-            ucri_rootless::syscall::keep_across_exec(fd)
-        });
-        let stderr_path = args.bundle.join("conmon.stderr");
-        let stderr = std::fs::File::create(&stderr_path).map_err(|source| LifecycleError::Io {
-            context: "creating conmon's stderr file".into(),
-            source,
-        })?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|source| LifecycleError::Io {
-                context: format!("starting {}", self.conmon.display()),
-                source,
-            })?;
-        drop(sync_write);
-        drop(cmd);
+        let cmd = self.conmon_command(args);
+        let (mut child, mut sync_read) =
+            spawn_with_sync_pipe(cmd, &self.conmon, &args.bundle.join("conmon.stderr"))?;
         let read = read_sync_message(&mut sync_read);
         let _ = child.wait();
         let reply = read.map_err(|source| LifecycleError::Io {
@@ -401,34 +404,9 @@ impl OciPaths {
     /// message on timeout, after killing the process). Output is read back
     /// from the exec's CRI-format log.
     pub fn exec_sync(&self, exec: &ExecArgs<'_>) -> Result<ExecOutput, LifecycleError> {
-        let (mut sync_read, sync_write) =
-            std::os::unix::net::UnixStream::pair().map_err(|source| LifecycleError::Io {
-                context: "sync pipe".into(),
-                source,
-            })?;
-        let mut cmd = self.exec_command(exec);
-        let fd = sync_write.as_raw_fd();
-        cmd.env("_OCI_SYNCPIPE", fd.to_string());
-        ucri_rootless::syscall::before_exec(&mut cmd, move || {
-            ucri_rootless::syscall::keep_across_exec(fd)
-        });
-        let stderr = std::fs::File::create(exec.work.join("conmon.stderr")).map_err(|source| {
-            LifecycleError::Io {
-                context: "creating conmon's stderr file".into(),
-                source,
-            }
-        })?;
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|source| LifecycleError::Io {
-                context: format!("starting {}", self.conmon.display()),
-                source,
-            })?;
-        drop(sync_write);
-        drop(cmd);
+        let cmd = self.exec_command(exec);
+        let (mut child, mut sync_read) =
+            spawn_with_sync_pipe(cmd, &self.conmon, &exec.work.join("conmon.stderr"))?;
         let outcome = wait_exec(&mut sync_read, exec.timeout, &exec.work.join("pid"));
         let _ = child.wait();
         reap_pidfile(&exec.work.join("conmon.pid"));
