@@ -6,7 +6,8 @@ use std::process::Command;
 
 use common::*;
 
-const EXPECTED_CHECKS: [&str; 21] = [
+const EXPECTED_CHECKS: [&str; 22] = [
+    "catatonit",
     "storage_driver",
     "kernel",
     "mode",
@@ -76,6 +77,7 @@ fn info_json_reports_every_prerequisite_of_a_prepared_host() {
         "conmon",
         "uplink.slirp4netns",
         "cni_plugins",
+        "catatonit",
     ];
     for name in must_be_ok {
         assert_eq!(

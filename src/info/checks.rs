@@ -31,6 +31,12 @@ pub fn all(config: &Config) -> Vec<Check> {
     checks.push(cgroups());
     checks.extend(oci_runtimes(config));
     checks.push(conmon(config));
+    checks.push(binary_check(
+        "catatonit",
+        Path::new("catatonit"),
+        Verdict::Warning,
+        "catatonit",
+    ));
     checks.extend(uplinks(config));
     checks.push(cni_plugins(config));
     checks.push(iptables());
@@ -283,7 +289,7 @@ fn cgroups() -> Check {
             "cgroups",
             Verdict::Warning,
             "cgroup v1 hybrid (cgroup2 at /sys/fs/cgroup/unified, hidden from the OCI runtime); \
-             no delegated subtree: resource limits are not applied, stats come from /proc",
+             no delegated subtree: resource limits are not applied",
             fix,
         )
     } else if std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
