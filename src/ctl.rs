@@ -70,6 +70,101 @@ pub enum CtlCommand {
         /// The file or directory.
         path: PathBuf,
     },
+    /// Run a pod sandbox from a crictl-style JSON config file.
+    Runp {
+        /// Pod config file.
+        #[arg(value_name = "POD_CONFIG")]
+        pod_config_file: PathBuf,
+        /// Runtime handler.
+        #[arg(short = 'r', long = "runtime")]
+        handler: Option<String>,
+    },
+    /// Create a container in a pod from crictl-style JSON config files.
+    Create {
+        /// The pod ID.
+        pod: String,
+        /// Container config file.
+        container_config: PathBuf,
+        /// The pod's config file.
+        pod_config: PathBuf,
+    },
+    /// Start containers.
+    Start {
+        /// Container IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop containers.
+    Stop {
+        /// Seconds before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        timeout: i64,
+        /// Container IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove containers (stopping them first).
+    Rm {
+        /// Container IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop pods.
+    Stopp {
+        /// Pod IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove pods and their containers.
+    Rmp {
+        /// Pod IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List pods.
+    Pods {
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List containers (running ones unless --all).
+    Ps {
+        /// Include containers that are not running.
+        #[arg(short, long)]
+        all: bool,
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Only this pod's containers.
+        #[arg(long = "pod")]
+        pod: Option<String>,
+    },
+    /// Run a command in a running container and print its output.
+    Exec {
+        /// Seconds before the command is killed (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        timeout: i64,
+        /// The container ID.
+        id: String,
+        /// The command.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Print a container's log (the content, without the CRI prefixes).
+    Logs {
+        /// The container ID.
+        id: String,
+    },
+    /// Show a container's status (JSON).
+    Inspect {
+        /// The container ID.
+        id: String,
+    },
+    /// Show a pod's status (JSON).
+    Inspectp {
+        /// The pod ID.
+        id: String,
+    },
 }
 
 /// Runs a client command; returns the exit code.
@@ -108,6 +203,7 @@ async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {
             "import of {} goes through the admin socket",
             path.display()
         )),
+        other => crate::ctl_pods::run(&mut client, other).await,
     }
 }
 

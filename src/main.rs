@@ -5,6 +5,8 @@ mod cli;
 mod config;
 mod cri;
 mod ctl;
+mod ctl_config;
+mod ctl_pods;
 mod daemon;
 mod error;
 mod image;
