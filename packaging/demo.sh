@@ -65,6 +65,49 @@ as_user "${UCRI[@]}" ctl info | head -n 40
 say "Inside the daemon's user namespace, $DEMO_USER is root (ucri nsenter)"
 as_user "${UCRI[@]}" nsenter -- sh -c 'echo "id -u: $(id -u)"; echo "uid_map:"; cat /proc/self/uid_map'
 
+say "An image for offline use: busybox-static as an OCI layout, imported (ucri ctl import)"
+packaging/demo-image.sh "$BIN_DIR/image" >/dev/null
+chmod -R a+rX "$BIN_DIR/image"
+as_user "${UCRI[@]}" ctl import "$BIN_DIR/image"
+as_user "${UCRI[@]}" ctl images
+
+say "A pod with two containers: a web server, and a client that fetches from it over the pod's loopback"
+mkdir -p "$BIN_DIR/logs"
+[ "$(id -u)" -eq 0 ] && chown "$DEMO_USER" "$BIN_DIR/logs"
+cat >"$BIN_DIR/pod.json" <<JSON
+{"metadata": {"name": "demo", "namespace": "default", "uid": "demo-uid"}, "hostname": "demo",
+ "log_directory": "$BIN_DIR/logs", "linux": {}}
+JSON
+cat >"$BIN_DIR/server.json" <<'JSON'
+{"metadata": {"name": "server"}, "image": {"image": "localhost/ucri-demo:latest"}, "log_path": "server.log",
+ "command": ["/bin/sh", "-c", "echo \"hello from $(hostname), served rootless by ucri\" > /www/index.html && exec httpd -f -v -p 8080 -h /www"]}
+JSON
+cat >"$BIN_DIR/client.json" <<'JSON'
+{"metadata": {"name": "client"}, "image": {"image": "localhost/ucri-demo:latest"}, "log_path": "client.log",
+ "command": ["/bin/sh", "-c", "sleep 1; wget -q -O - http://127.0.0.1:8080/"]}
+JSON
+chmod a+r "$BIN_DIR"/*.json
+POD=$(as_user "${UCRI[@]}" ctl runp "$BIN_DIR/pod.json")
+echo "pod: $POD"
+SERVER=$(as_user "${UCRI[@]}" ctl create "$POD" "$BIN_DIR/server.json" "$BIN_DIR/pod.json")
+as_user "${UCRI[@]}" ctl start "$SERVER" >/dev/null
+CLIENT=$(as_user "${UCRI[@]}" ctl create "$POD" "$BIN_DIR/client.json" "$BIN_DIR/pod.json")
+as_user "${UCRI[@]}" ctl start "$CLIENT" >/dev/null
+for _ in $(seq 100); do
+  as_user "${UCRI[@]}" ctl ps -a | grep -q "Exited.*client" && break
+  sleep 0.1
+done
+as_user "${UCRI[@]}" ctl ps -a
+echo "client's log:"
+as_user "${UCRI[@]}" ctl logs "$CLIENT" | sed 's/^/  /'
+echo "inside the server, root (ucri ctl exec):"
+as_user "${UCRI[@]}" ctl exec "$SERVER" id | sed 's/^/  /'
+PID=$(as_user "${UCRI[@]}" ctl inspect "$SERVER" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
+echo "the same process seen from the host (an ordinary user):"
+ps -o user:16=,pid=,args= -p "$PID" | sed 's/^/  /'
+as_user "${UCRI[@]}" ctl stopp "$POD" >/dev/null
+as_user "${UCRI[@]}" ctl rmp "$POD"
+
 say "Stopping the daemon (SIGTERM drains in-flight RPCs) and resetting"
 kill -TERM "$DAEMON"
 wait "$DAEMON" && echo "daemon exited cleanly"
