@@ -8,15 +8,14 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Preparing the host (packages, /dev/fuse, /dev/net/tun, subordinate ids)"
+# --build: protoc for the CRI definitions, and busybox-static for the demo image.
 if [ "$(id -u)" -eq 0 ]; then
-  packaging/setup-host.sh --user ucri-demo
+  packaging/setup-host.sh --build --user ucri-demo
   DEMO_USER=ucri-demo
 else
-  packaging/setup-host.sh
+  packaging/setup-host.sh --build
   DEMO_USER=$(id -un)
 fi
-# The build needs protoc for the CRI definitions.
-dpkg-query -W protobuf-compiler >/dev/null 2>&1 || packaging/setup-host.sh --test
 
 say "Building ucri"
 cargo build --release --locked

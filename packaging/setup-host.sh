@@ -4,6 +4,7 @@
 #
 #   packaging/setup-host.sh                 run-time packages, devices, ranges for $SUDO_USER/$USER
 #   packaging/setup-host.sh --user NAME     also create NAME (if missing) with subuid/subgid ranges
+#   packaging/setup-host.sh --build         also what building ucri and the demo need
 #   packaging/setup-host.sh --test          also test/build packages and the test users
 #                                           ucri-test (with ranges) and ucri-nosubid (without)
 set -euo pipefail
@@ -13,6 +14,7 @@ SUDO=""
 
 RUNTIME_PACKAGES=(uidmap fuse-overlayfs fuse3 slirp4netns passt crun runc conmon
   containernetworking-plugins iptables catatonit util-linux procps iproute2)
+BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static)
 TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc
   ca-certificates curl apache2-utils zstd openssl)
 RANGE_SIZE=65536
@@ -87,16 +89,18 @@ ensure_user() { # NAME
 }
 
 main() {
-  local users=() test=0
+  local users=() test=0 build=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --user) users+=("$2"); shift 2 ;;
       --test) test=1; shift ;;
+      --build) build=1; shift ;;
       -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
       *) log "unknown argument: $1"; exit 2 ;;
     esac
   done
   install_packages "${RUNTIME_PACKAGES[@]}"
+  [ "$build" -eq 1 ] && install_packages "${BUILD_PACKAGES[@]}"
   [ "$test" -eq 1 ] && install_packages "${TEST_PACKAGES[@]}"
   open_devices
   local invoking="${SUDO_USER:-$(id -un)}"

@@ -19,6 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the README's demo (packaging/demo.sh)"
+packaging/demo.sh
 echo "== cargo test"
 log=$(mktemp)
 set +e
