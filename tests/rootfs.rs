@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 
 use common::registry::{image_info, TestRegistry};
 use common::*;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, PullImageRequest};
 use ucri_storage::digest::Digest;
 use ucri_storage::rootfs::{DriverKind, Rootfs};
 
@@ -93,21 +91,7 @@ fn outside(test: &str) -> (Sandbox, Daemon, TestRegistry) {
     let mut sb = Sandbox::new(&format!("rootfs-{}", &test[..test.len().min(24)]));
     let daemon = sb.start_daemon();
     let image = registry.image("test/busybox:latest");
-    block_on(async {
-        let channel = connect(&sb.socket()).await.expect("connect");
-        let request = PullImageRequest {
-            image: Some(ImageSpec {
-                image,
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        };
-        ImageServiceClient::new(channel)
-            .pull_image(request)
-            .await
-            .expect("pull");
-    });
+    sb.pull(&image);
     let binary = test_binary_copy();
     let layers = chain_hexes(image_info("busybox", "latest")).join(",");
     let out = sb

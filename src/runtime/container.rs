@@ -366,14 +366,7 @@ impl Lifecycle {
                 "ExecSync needs a command".into(),
             ));
         }
-        let state = self.container(id)?;
-        let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
-        if state.phase != ContainerPhase::Running {
-            return Err(LifecycleError::FailedPrecondition(format!(
-                "container {} is not running",
-                state.id
-            )));
-        }
+        let state = self.running(id)?;
         let session = new_id();
         let work = self.runtime_root.join("exec").join(&session);
         let result = self.prepare_exec(&state, &work, cmd).and_then(|()| {
@@ -416,8 +409,8 @@ impl Lifecycle {
         std::fs::write(work.join("process.json"), json).map_err(io("writing process.json"))
     }
 
-    /// Makes conmon reopen the log file after kubelet rotated it.
-    pub fn reopen_log(&self, id: &str) -> Result<(), LifecycleError> {
+    /// The current state of container `id`, which must be running.
+    fn running(&self, id: &str) -> Result<ContainerState, LifecycleError> {
         let state = self.container(id)?;
         let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
         if state.phase != ContainerPhase::Running {
@@ -426,6 +419,12 @@ impl Lifecycle {
                 state.id
             )));
         }
+        Ok(state)
+    }
+
+    /// Makes conmon reopen the log file after kubelet rotated it.
+    pub fn reopen_log(&self, id: &str) -> Result<(), LifecycleError> {
+        let state = self.running(id)?;
         self.oci.reopen_log(&self.bundle(&state.id))
     }
 
