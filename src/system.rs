@@ -57,19 +57,93 @@ fn confirm(dir: &RuntimeDir, data: &Path) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// Deletes the data dir from inside the user namespace (files there belong
-/// to subordinate ids the user cannot touch from outside), then stops the holder.
+/// Ends every process in ucri's user namespace (containers, their
+/// monitors, pod inits, FUSE daemons), deletes the data dir from inside the
+/// namespace (files there belong to subordinate ids the user cannot touch
+/// from outside), then stops the holder.
 fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
     let live = HolderRecord::load_live(dir)?;
+    if let Some(holder) = &live {
+        kill_namespace_processes(holder);
+    }
     if data.exists() {
         let holder = match live {
             Some(h) => h,
             None => ensure_holder(dir, &map_plan_for_current_user()?)?,
         };
+        unmount_inside(&holder, &[data, dir.path()])?;
         remove_inside(&holder, data)?;
         holder.stop(dir)?;
     } else if let Some(holder) = live {
         holder.stop(dir)?;
+    }
+    Ok(())
+}
+
+/// SIGKILLs every process whose user namespace is the holder's, except the
+/// holder itself, and waits (up to 5 s) for them to be gone.
+fn kill_namespace_processes(holder: &HolderRecord) {
+    let members = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != holder.pid && *pid != std::process::id())
+            .filter(|pid| {
+                ucri_rootless::nsid::NsId::of_process(*pid, "user").ok() == Some(holder.userns)
+            })
+            .map(|pid| pid as i32)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let pids = members();
+        if pids.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Lazily unmounts, inside the namespace, every mount under `roots`
+/// (container root filesystems, pod pins and /dev/shm), deepest first.
+fn unmount_inside(holder: &HolderRecord, roots: &[&Path]) -> anyhow::Result<()> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", holder.pid))
+        .context("reading the holder's mount table")?;
+    let mut targets: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| {
+            m.replace("\\040", " ")
+                .replace("\\011", "\t")
+                .replace("\\134", "\\")
+        })
+        .filter(|m| roots.iter().any(|r| Path::new(m).starts_with(r)))
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    let namespaces = Namespaces::of_holder(holder)?;
+    let mut cmd = Command::new("umount");
+    cmd.arg("-l").arg("--").args(&targets);
+    namespaces.apply_to(&mut cmd);
+    let out = cmd
+        .output()
+        .context("running umount inside the user namespace")?;
+    if !out.status.success() {
+        bail!(
+            "unmounting ucri's mounts failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -13,9 +13,10 @@ use k8s_cri::v1::*;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// Fields drop in order: the daemon stops before the sandbox is reset.
 struct Env {
-    sb: Sandbox,
     _daemon: Daemon,
+    sb: Sandbox,
     _registry: TestRegistry,
     image: String,
 }
@@ -1371,4 +1372,59 @@ fn a_restart_removes_what_a_crash_left_half_created() {
         "the real pod is untouched"
     );
     remove_pod(&e.sb, &kept);
+}
+
+#[test]
+fn system_reset_ends_every_container_and_pod_init() {
+    let mut e = env("reset");
+    let (pod_mode, _) = (NamespaceMode::Pod, NamespaceMode::Container);
+    let pod_cfg = host_pod(&e.sb, "doomed", pod_mode, pod_mode, pod_mode);
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod with an init");
+    let running = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "running", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &running).expect("start");
+    create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "created", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("created only");
+    let holder = e.sb.holder_pid();
+    let userns = ns_inode(holder, "user");
+    let members = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != holder && process_alive(*pid))
+            .filter(|pid| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/{pid}/ns/user"))
+                    .map(|m| m.ino())
+                    .ok()
+                    == Some(userns)
+            })
+            .collect()
+    };
+    e._daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    e._daemon.wait_exit(Duration::from_secs(15));
+    assert!(
+        members().len() >= 3,
+        "containers, conmon and the pod init run without the daemon"
+    );
+    let out = e.sb.run_ucri(&["system", "reset", "--force"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    std::thread::sleep(Duration::from_millis(200));
+    let left = members();
+    assert!(
+        left.is_empty(),
+        "reset ended every process of the namespace: {left:?}"
+    );
+    assert!(!process_alive(holder));
 }

@@ -294,16 +294,20 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if self.runtime_dir().join("daemon.pid").exists() {
-            if let Ok(text) = std::fs::read_to_string(self.runtime_dir().join("daemon.pid")) {
-                if let Ok(pid) = text.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+        let pid_file = self.runtime_dir().join("daemon.pid");
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            // The parent removes the pid file and the lock once its child is
+            // gone; only then does `system reset` accept to run.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_file.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = self.run_ucri(&["system", "reset", "--force"]);
         let _ = std::fs::remove_dir_all(&self.root);
