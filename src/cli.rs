@@ -52,8 +52,12 @@ pub enum Command {
     },
     /// Print the effective configuration, every default included.
     Config,
-    /// Run a command inside the daemon's user and mount namespaces.
+    /// Run a command inside the daemon's user and mount namespaces and the
+    /// uplink network namespace (where pod IPs are reachable).
     Nsenter {
+        /// Stay in the host's network namespace.
+        #[arg(long)]
+        host_network: bool,
         /// The command and its arguments (default: $SHELL).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,

@@ -130,19 +130,15 @@ pub struct NetworkConfig {
     pub cni_config_dir: PathBuf,
     /// Directories searched for CNI plugins.
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// MTU of the uplink's TAP device (and of the default CNI bridge).
+    pub mtu: u32,
+    /// Let pods reach the host's loopback through the uplink's gateway
+    /// (slirp4netns: 10.0.2.2; pasta: the host's default gateway address).
+    pub allow_host_loopback: bool,
 }
 
-/// How the uplink namespace reaches the outside.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Uplink {
-    /// slirp4netns (default).
-    Slirp4netns,
-    /// passt's pasta.
-    Pasta,
-    /// No way out (offline use).
-    None,
-}
+/// How the uplink namespace reaches the outside (`slirp4netns`, `pasta`, `none`).
+pub use ucri_net::uplink::UplinkKind as Uplink;
 
 /// The user's standard directories.
 #[derive(Debug, Clone)]
@@ -213,6 +209,8 @@ impl Config {
                 uplink: Uplink::Slirp4netns,
                 cni_config_dir: dirs.config_dir.join("cni/net.d"),
                 cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+                mtu: 65520,
+                allow_host_loopback: false,
             },
         }
     }

@@ -206,8 +206,11 @@ async fn open_lifecycle(
     storage: &Arc<Storage>,
 ) -> anyhow::Result<Arc<Lifecycle>> {
     let (config, images, storage) = (config.clone(), images.clone(), storage.clone());
-    let lifecycle =
-        tokio::task::spawn_blocking(move || Lifecycle::open(config, images, storage)).await??;
+    let lifecycle = tokio::task::spawn_blocking(move || {
+        let network = Arc::new(ucri_net::Network::open(network_options(&config)));
+        Lifecycle::open(config, images, storage, network)
+    })
+    .await??;
     let lifecycle = Arc::new(lifecycle);
     let weak = Arc::downgrade(&lifecycle);
     let check = crate::image::InUseCheck(Box::new(move |id: &str| {
@@ -215,6 +218,21 @@ async fn open_lifecycle(
     }));
     lifecycle_images(&lifecycle).set_in_use_check(check);
     Ok(lifecycle)
+}
+
+/// Pod networking settings from the configuration.
+pub fn network_options(config: &Config) -> ucri_net::NetworkOptions {
+    let net = &config.network;
+    ucri_net::NetworkOptions {
+        uplink: ucri_net::uplink::UplinkOptions {
+            kind: net.uplink,
+            mtu: net.mtu,
+            allow_host_loopback: net.allow_host_loopback,
+        },
+        cni_config_dir: net.cni_config_dir.clone(),
+        cni_plugin_dirs: net.cni_plugin_dirs.clone(),
+        runtime_dir: config.daemon.runtime_dir.clone(),
+    }
 }
 
 fn lifecycle_images(lifecycle: &Lifecycle) -> &Images {
@@ -227,7 +245,11 @@ async fn reap_monitors(lifecycle: Arc<Lifecycle>) {
     loop {
         tick.tick().await;
         let l = lifecycle.clone();
-        let _ = tokio::task::spawn_blocking(move || l.reap_monitors()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            l.reap_monitors();
+            l.network().supervise();
+        })
+        .await;
     }
 }
 

@@ -55,9 +55,22 @@ impl From<crate::runtime::LifecycleError> for CriError {
             E::FailedPrecondition(_) => CriError::FailedPrecondition(message),
             E::Unsupported(_) => CriError::Unsupported(message),
             E::Timeout(_) => CriError::DeadlineExceeded(message),
+            E::Network(e) => CriError::from(e),
             E::Runtime(_) | E::Command { .. } | E::Io { .. } | E::Internal(_) => {
                 CriError::Internal(message)
             }
+        }
+    }
+}
+
+impl From<ucri_net::NetError> for CriError {
+    fn from(err: ucri_net::NetError) -> CriError {
+        use ucri_net::NetError as E;
+        let message = err.to_string();
+        match err {
+            E::InvalidArgument(_) => CriError::InvalidArgument(message),
+            E::NotReady(_) | E::PortInUse(_) => CriError::FailedPrecondition(message),
+            E::Plugin { .. } | E::Helper(_) | E::Io { .. } => CriError::Internal(message),
         }
     }
 }

@@ -64,7 +64,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", config.to_toml());
             Ok(0)
         }
-        Command::Nsenter { command } => nsenter::run(&config, command),
+        Command::Nsenter {
+            command,
+            host_network,
+        } => nsenter::run(&config, command, !host_network),
         Command::System {
             action: SystemAction::Reset { force },
         } => system::reset(&config, force),

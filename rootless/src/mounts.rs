@@ -1,6 +1,6 @@
 //! Preparing the daemon's mount namespace for the OCI runtime.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC};
@@ -79,4 +79,26 @@ fn hide_hybrid_cgroup2() -> Result<bool, MountError> {
         "covered the hybrid host's cgroup2 mount so the OCI runtime sees a cgroup v1 host"
     );
     Ok(true)
+}
+
+/// Every mount point of the calling process's mount namespace.
+pub fn mountpoints() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .collect()
+}
+
+/// True when `path` is a mount point in the calling process's namespace.
+pub fn is_mountpoint(path: &Path) -> bool {
+    mountpoints().iter().any(|m| m == path)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }

@@ -8,11 +8,17 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Adopts a descriptor number inherited across `execve`.
+/// Adopts a descriptor number inherited across `execve`, and marks it
+/// close-on-exec again so that programs this process starts (helpers that
+/// outlive it) do not inherit the daemon's lock, socket or pipes.
 ///
 /// Only for numbers the parent passed on purpose (in a `_UCRI_*_FD`
 /// variable) that nothing else in this process owns.
 pub fn file_from_inherited_fd(fd: RawFd) -> File {
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     // SAFETY: the descriptor was inherited from the parent for this one use and
     // is owned by nothing else in this process; the File becomes its only owner.
     unsafe { File::from_raw_fd(fd) }

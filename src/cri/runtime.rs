@@ -89,6 +89,10 @@ impl CriRuntimeService {
                 "storageDriverReason".to_owned(),
                 self.storage.reason().to_owned(),
             ),
+            (
+                "network".to_owned(),
+                self.lifecycle.network().describe().to_string(),
+            ),
         ])
     }
 }
@@ -106,12 +110,13 @@ fn condition(kind: &str, ok: bool, reason: &str, message: &str) -> RuntimeCondit
     }
 }
 
-fn network_condition() -> RuntimeCondition {
+fn network_condition(network: &ucri_net::Network) -> RuntimeCondition {
+    let ready = network.ready();
     condition(
         "NetworkReady",
-        false,
+        ready.is_ok(),
         "NetworkPluginNotReady",
-        "pod networking (uplink namespace + CNI) is not implemented by this build of ucri",
+        &ready.err().unwrap_or_default(),
     )
 }
 
@@ -133,7 +138,7 @@ impl RuntimeService for CriRuntimeService {
         let verbose = request.into_inner().verbose;
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus {
-                conditions: vec![self.runtime_condition(), network_condition()],
+                conditions: vec![self.runtime_condition(), network_condition(self.lifecycle.network())],
             }),
             info: if verbose { self.verbose_info() } else { HashMap::new() },
             runtime_handlers: self.runtime_handlers(),

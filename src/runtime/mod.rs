@@ -3,6 +3,7 @@
 //! runtime, state on disk and recovery after a restart.
 
 mod container;
+mod network;
 mod oci;
 mod pod;
 pub mod sandbox;
@@ -62,6 +63,9 @@ pub enum LifecycleError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Pod networking failed.
+    #[error("{0}")]
+    Network(#[from] ucri_net::NetError),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -88,6 +92,7 @@ pub struct Lifecycle {
     config: Arc<Config>,
     images: Arc<Images>,
     storage: Arc<Storage>,
+    network: Arc<ucri_net::Network>,
     states: StateStore,
     oci: OciPaths,
     runtime_root: PathBuf,
@@ -102,6 +107,7 @@ impl Lifecycle {
         config: Arc<Config>,
         images: Arc<Images>,
         storage: Arc<Storage>,
+        network: Arc<ucri_net::Network>,
     ) -> Result<Lifecycle, LifecycleError> {
         let runtime_root = config.daemon.runtime_dir.clone();
         let states = StateStore::open(&config.daemon.data_dir.join("state"))?;
@@ -117,6 +123,7 @@ impl Lifecycle {
             config,
             images,
             storage,
+            network,
             states,
             oci,
             runtime_root,
@@ -149,6 +156,7 @@ impl Lifecycle {
             self.refresh(&id);
         }
         self.refresh_pods();
+        self.recover_networks();
         Ok(())
     }
 
@@ -163,6 +171,9 @@ impl Lifecycle {
         let _ = std::fs::remove_dir_all(self.runtime_root.join("exec"));
         for id in dir_names(&self.runtime_root.join("pods")).difference(pods) {
             tracing::info!(pod = %id, "removing a pod sandbox that was never finished");
+            if let Err(e) = self.network.detach(id) {
+                tracing::warn!(pod = %id, %e, "cannot release a half-created pod's network");
+            }
             if let Err(e) = sandbox::teardown(&sandbox::PodDir::new(&self.runtime_root, id)) {
                 tracing::warn!(pod = %id, %e, "cannot remove a half-created pod");
             }
@@ -190,6 +201,11 @@ impl Lifecycle {
 
     fn container_ids(&self) -> Vec<String> {
         self.containers_mut().keys().cloned().collect()
+    }
+
+    /// Pod networking.
+    pub fn network(&self) -> &ucri_net::Network {
+        &self.network
     }
 
     /// The image store.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use k8s_cri::v1::{
     LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+    PodSandboxFilter, PodSandboxState, PodSandboxStatus,
 };
 
 use super::sandbox::{self, PodDir};
@@ -27,6 +27,10 @@ impl Lifecycle {
         }
         self.runtime_for(handler)?;
         let namespaces = sandbox::own_namespaces(&config);
+        let port_mappings = super::network::port_mappings(&config)?;
+        if namespaces.network {
+            ucri_net::hostport::validate(&port_mappings)?;
+        }
         let id = new_id();
         self.claim_pod_name(&config, &id)?;
         let hostname = if config.hostname.is_empty() {
@@ -44,11 +48,20 @@ impl Lifecycle {
             namespaces,
             hostname: hostname.clone(),
             init_pid: 0,
+            network: None,
         };
-        let created = sandbox::create(&dir, &state.config, &namespaces, &hostname)
+        let nameserver = namespaces
+            .network
+            .then(|| self.network.dns_server())
+            .flatten();
+        let created = sandbox::create(&dir, &state.config, &namespaces, &hostname, nameserver)
             .and_then(|()| self.start_init(&dir, &mut state))
+            .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
             .and_then(|()| self.states.save_pod(&state));
         if let Err(e) = created {
+            if state.network.is_some() {
+                let _ = self.network.detach(&id);
+            }
             sandbox::stop_pid_init(state.init_pid);
             let _ = sandbox::teardown(&dir);
             let _ = self.states.delete_pod(&id);
@@ -79,6 +92,7 @@ impl Lifecycle {
             namespaces: sandbox::own_namespaces(config),
             hostname: String::new(),
             init_pid: 0,
+            network: None,
         };
         pods.insert(id.to_owned(), placeholder);
         Ok(())
@@ -103,6 +117,7 @@ impl Lifecycle {
         for container in self.containers_of(&id) {
             self.stop_container(&container, 0)?;
         }
+        self.detach_network(&id)?;
         if let Some(pod) = self.pods_mut().get(&id) {
             sandbox::stop_pid_init(pod.init_pid);
         }
@@ -123,6 +138,7 @@ impl Lifecycle {
         for container in self.containers_of(&id) {
             self.remove_container(&container)?;
         }
+        self.detach_network(&id)?;
         if let Some(pod) = self.pods_mut().get(&id) {
             sandbox::stop_pid_init(pod.init_pid);
         }
@@ -203,7 +219,7 @@ impl Lifecycle {
             .ok_or_else(|| LifecycleError::NotFound(format!("pod sandbox {id} not found")))
     }
 
-    fn update_pod(
+    pub(super) fn update_pod(
         &self,
         id: &str,
         change: impl FnOnce(&mut PodState),
@@ -288,7 +304,7 @@ fn pod_status(pod: &PodState) -> PodSandboxStatus {
         metadata: pod.config.metadata.clone(),
         state: cri_state(pod) as i32,
         created_at: pod.created_at,
-        network: Some(PodSandboxNetworkStatus::default()),
+        network: Some(super::network::network_status(pod)),
         linux: Some(LinuxPodSandboxStatus {
             namespaces: Some(Namespace {
                 options: Some(NamespaceOption {

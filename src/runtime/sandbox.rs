@@ -80,14 +80,18 @@ pub fn own_namespaces(config: &PodSandboxConfig) -> PodNamespaces {
 
 /// Creates the pod's files and namespaces. On failure the caller removes
 /// everything with [`teardown`].
+///
+/// `nameserver` replaces the host's nameservers in the pod's resolv.conf
+/// when the CRI gives no DNS config (the uplink's resolver).
 pub fn create(
     dir: &PodDir,
     config: &PodSandboxConfig,
     ns: &PodNamespaces,
     hostname: &str,
+    nameserver: Option<&str>,
 ) -> Result<(), LifecycleError> {
     fs::create_dir_all(dir.path().join("ns")).map_err(io("creating the pod dir"))?;
-    write_files(dir, config, hostname)?;
+    write_files(dir, config, hostname, nameserver)?;
     if ns.network || ns.ipc {
         pin_namespaces(dir, ns, hostname)?;
     }
@@ -101,9 +105,11 @@ fn write_files(
     dir: &PodDir,
     config: &PodSandboxConfig,
     hostname: &str,
+    nameserver: Option<&str>,
 ) -> Result<(), LifecycleError> {
-    fs::write(dir.resolv_conf(), resolv_conf(config.dns_config.as_ref()))
-        .map_err(io("writing resolv.conf"))?;
+    let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let text = resolv_conf(config.dns_config.as_ref(), &host, nameserver);
+    fs::write(dir.resolv_conf(), text).map_err(io("writing resolv.conf"))?;
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
     );
@@ -111,12 +117,22 @@ fn write_files(
     fs::write(dir.hostname_file(), format!("{hostname}\n")).map_err(io("writing hostname"))
 }
 
-/// resolv.conf from the CRI DNSConfig, else the host's.
-pub fn resolv_conf(dns: Option<&DnsConfig>) -> String {
+/// resolv.conf from the CRI DNSConfig; else the host's (`host`), with its
+/// nameservers replaced by `nameserver` when there is one.
+pub fn resolv_conf(dns: Option<&DnsConfig>, host: &str, nameserver: Option<&str>) -> String {
     let Some(dns) =
         dns.filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
     else {
-        return fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let Some(server) = nameserver else {
+            return host.to_owned();
+        };
+        let mut out: String = host
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("nameserver"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push_str(&format!("nameserver {server}\n"));
+        return out;
     };
     let mut out = String::new();
     if !dns.searches.is_empty() {

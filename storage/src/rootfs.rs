@@ -381,19 +381,7 @@ fn unmount(target: &Path) -> Result<(), RootfsError> {
 
 /// Mountpoints of the calling process's mount namespace.
 pub fn mountpoints() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .collect()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    ucri_rootless::mounts::mountpoints()
 }
 
 fn is_mounted(target: &Path) -> bool {

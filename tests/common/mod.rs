@@ -3,6 +3,7 @@
 //! root) in a private sandbox of directories, and talks CRI to it.
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod registry;
 
 use std::os::unix::fs::PermissionsExt;

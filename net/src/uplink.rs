@@ -1,0 +1,479 @@
+//! The uplink network namespace: created inside the daemon's user namespace,
+//! pinned as a file (a bind mount in the holder's mount namespace, so it
+//! outlives the daemon), and given a way out by slirp4netns or pasta. The
+//! helper runs detached from the daemon and is recorded on disk, so a
+//! restarted daemon adopts it instead of starting another.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+use ucri_rootless::rundir::{remove_if_exists, write_atomic};
+
+use crate::{io, NetError};
+
+/// The address both helpers answer DNS queries on (slirp4netns's built-in
+/// forwarder; pasta is told to forward it).
+pub const UPLINK_DNS: &str = "10.0.2.3";
+
+/// How long a helper may take to get the namespace ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which helper gives the uplink namespace its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkKind {
+    /// slirp4netns: a TAP device and a user-mode TCP/IP stack.
+    Slirp4netns,
+    /// passt's pasta: a TAP device, L4 sockets on the host.
+    Pasta,
+    /// No way out; pods still reach each other.
+    None,
+}
+
+impl UplinkKind {
+    /// The helper program's name.
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            UplinkKind::Slirp4netns => Some("slirp4netns"),
+            UplinkKind::Pasta => Some("pasta"),
+            UplinkKind::None => None,
+        }
+    }
+}
+
+/// How to build the uplink.
+#[derive(Debug, Clone)]
+pub struct UplinkOptions {
+    /// The helper.
+    pub kind: UplinkKind,
+    /// MTU of the uplink's TAP device.
+    pub mtu: u32,
+    /// Let pods reach the host's loopback through the uplink's gateway
+    /// (slirp4netns 10.0.2.2; pasta the host's default gateway address).
+    pub allow_host_loopback: bool,
+}
+
+/// The helper process, as recorded on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct HelperRecord {
+    kind: UplinkKind,
+    pid: i32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22),
+    /// so a reused pid is never mistaken for the helper.
+    start_time: u64,
+}
+
+impl HelperRecord {
+    fn of_pid(kind: UplinkKind, pid: i32) -> Option<HelperRecord> {
+        let start_time = process_start_time(pid)?;
+        Some(HelperRecord {
+            kind,
+            pid,
+            start_time,
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        reap_if_child(self.pid);
+        process_start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+    }
+}
+
+/// The uplink namespace and its helper.
+#[derive(Debug)]
+pub struct Uplink {
+    options: UplinkOptions,
+    dir: PathBuf,
+    /// Why the uplink is not usable, when it is not.
+    problem: Mutex<Option<String>>,
+}
+
+impl Uplink {
+    /// Uses `dir` (in the runtime dir) for the pin, the helper's record, log
+    /// and API socket. Nothing is started yet.
+    pub fn new(options: UplinkOptions, dir: PathBuf) -> Uplink {
+        Uplink {
+            options,
+            dir,
+            problem: Mutex::new(Some("the uplink has not been started".into())),
+        }
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &UplinkOptions {
+        &self.options
+    }
+
+    /// The pinned network namespace.
+    pub fn netns(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("helper.json")
+    }
+
+    /// The helper's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("helper.log")
+    }
+
+    fn api_socket(&self) -> PathBuf {
+        self.dir.join("slirp4netns.sock")
+    }
+
+    /// Pins the namespace (once) and makes sure the helper runs, adopting
+    /// one a previous daemon started. Records the outcome for [`Self::problem`].
+    pub fn ensure(&self) -> Result<(), NetError> {
+        let result = self.ensure_netns().and_then(|()| self.ensure_helper());
+        *self.lock_problem() = result.as_ref().err().map(|e| e.to_string());
+        result
+    }
+
+    /// Why the uplink is unusable right now, if it is.
+    pub fn problem(&self) -> Option<String> {
+        self.lock_problem().clone()
+    }
+
+    fn lock_problem(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.problem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Periodic check: when the helper died, say so and start a new one.
+    pub fn supervise(&self) {
+        if self.options.kind == UplinkKind::None || self.helper_alive() {
+            return;
+        }
+        let reason = format!(
+            "{} (the uplink helper) exited{}",
+            self.options.kind.program().unwrap_or("uplink helper"),
+            last_lines(&self.log_path())
+        );
+        tracing::warn!(%reason, "restarting the uplink helper");
+        *self.lock_problem() = Some(reason.clone());
+        match self.ensure() {
+            Ok(()) => tracing::info!("uplink helper restarted"),
+            Err(e) => {
+                *self.lock_problem() = Some(format!("{reason}; restarting it failed: {e}"));
+            }
+        }
+    }
+
+    /// The pid of the running helper.
+    pub fn helper_pid(&self) -> Option<i32> {
+        self.load_record()
+            .filter(|r| r.kind == self.options.kind && r.is_alive())
+            .map(|r| r.pid)
+    }
+
+    fn helper_alive(&self) -> bool {
+        self.helper_pid().is_some()
+    }
+
+    fn ensure_netns(&self) -> Result<(), NetError> {
+        let pin = self.netns();
+        if ucri_rootless::mounts::is_mountpoint(&pin) {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.dir).map_err(io("creating the uplink dir"))?;
+        fs::write(&pin, b"").map_err(io("creating the uplink namespace pin"))?;
+        let out = Command::new("unshare")
+            .arg(format!("--net={}", pin.display()))
+            .args(["--", "ip", "link", "set", "lo", "up"])
+            .output()
+            .map_err(io("running unshare for the uplink namespace"))?;
+        if !out.status.success() {
+            return Err(NetError::Helper(format!(
+                "creating the uplink network namespace failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn ensure_helper(&self) -> Result<(), NetError> {
+        let Some(program) = self.options.kind.program() else {
+            return Ok(());
+        };
+        if let Some(record) = self.load_record() {
+            if record.kind == self.options.kind && record.is_alive() {
+                tracing::info!(
+                    pid = record.pid,
+                    program,
+                    "adopting the running uplink helper"
+                );
+                return Ok(());
+            }
+            if record.is_alive() {
+                // The configured helper changed: replace the old one.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(record.pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let binary = ucri_rootless::which(program).ok_or_else(|| {
+            NetError::NotReady(format!(
+                "{program} is not installed (apt-get install {})",
+                if program == "pasta" { "passt" } else { program }
+            ))
+        })?;
+        let pid = match self.options.kind {
+            UplinkKind::Slirp4netns => self.start_slirp4netns(&binary)?,
+            UplinkKind::Pasta => self.start_pasta(&binary)?,
+            UplinkKind::None => return Ok(()),
+        };
+        let record = HelperRecord::of_pid(self.options.kind, pid).ok_or_else(|| {
+            NetError::Helper(format!(
+                "{program} exited right after start{}",
+                last_lines(&self.log_path())
+            ))
+        })?;
+        let json = serde_json::to_vec(&record).map_err(|e| io("encoding")(e.into()))?;
+        write_atomic(&self.record_path(), &json).map_err(io("saving the helper record"))?;
+        tracing::info!(
+            pid,
+            program,
+            mtu = self.options.mtu,
+            "uplink helper started"
+        );
+        Ok(())
+    }
+
+    fn load_record(&self) -> Option<HelperRecord> {
+        let text = fs::read(self.record_path()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn log_file(&self) -> Result<fs::File, NetError> {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(io("opening the uplink helper log"))
+    }
+
+    /// slirp4netns attached by path, with its API socket; readiness comes
+    /// on a pipe (`--ready-fd`).
+    fn start_slirp4netns(&self, binary: &Path) -> Result<i32, NetError> {
+        remove_if_exists(&self.api_socket()).map_err(io("removing a stale API socket"))?;
+        let (ready_read, ready_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io("creating the readiness pipe")(e.into()))?;
+        let ready_fd = ready_write.as_raw_fd();
+        let mut cmd = Command::new(binary);
+        cmd.args(["--configure", &format!("--mtu={}", self.options.mtu)]);
+        if !self.options.allow_host_loopback {
+            cmd.arg("--disable-host-loopback");
+        }
+        cmd.args(["--enable-sandbox", "--enable-seccomp", "--netns-type=path"])
+            .arg(format!("--api-socket={}", self.api_socket().display()))
+            .arg(format!("--ready-fd={ready_fd}"))
+            .arg(self.netns())
+            .arg("tap0");
+        ucri_rootless::syscall::before_exec(&mut cmd, move || {
+            ucri_rootless::syscall::keep_across_exec(ready_fd)
+        });
+        let child = self.spawn_detached(&mut cmd, "slirp4netns")?;
+        drop(ready_write);
+        drop(cmd);
+        match wait_ready_byte(&ready_read, READY_TIMEOUT) {
+            Ok(()) => Ok(child),
+            Err(why) => {
+                kill_and_reap(child);
+                Err(NetError::Helper(format!(
+                    "slirp4netns did not get the uplink ready: {why}{}",
+                    last_lines(&self.log_path())
+                )))
+            }
+        }
+    }
+
+    /// pasta configures the namespace and then daemonizes: its exit status
+    /// is the readiness signal, its pid file names the daemon.
+    fn start_pasta(&self, binary: &Path) -> Result<i32, NetError> {
+        let pid_file = self.dir.join("pasta.pid");
+        remove_if_exists(&pid_file).map_err(io("removing a stale pid file"))?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--config-net")
+            .arg("--netns")
+            .arg(self.netns())
+            .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+            .args(["--dns-forward", UPLINK_DNS])
+            .args(["-m", &self.options.mtu.to_string()]);
+        if !self.options.allow_host_loopback {
+            cmd.arg("--no-map-gw");
+        }
+        cmd.arg("-q")
+            .arg("-P")
+            .arg(&pid_file)
+            .arg("-l")
+            .arg(self.log_path());
+        let first = self.spawn_detached(&mut cmd, "pasta")?;
+        let status = wait_exit(first, READY_TIMEOUT);
+        let pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        match (status, pid) {
+            (Some(0), Some(pid)) => Ok(pid),
+            (status, _) => {
+                kill_and_reap(first);
+                Err(NetError::Helper(format!(
+                    "pasta did not get the uplink ready (exit status {status:?}){}",
+                    last_lines(&self.log_path())
+                )))
+            }
+        }
+    }
+
+    /// Spawns the helper in its own process group with its output in the
+    /// helper log, so it outlives the daemon.
+    fn spawn_detached(&self, cmd: &mut Command, what: &str) -> Result<i32, NetError> {
+        use std::os::unix::process::CommandExt;
+        let log = self.log_file()?;
+        let err = log.try_clone().map_err(io("duplicating the log handle"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(io(format!("starting {what} ({:?})", cmd.get_program())))?;
+        Ok(child.id() as i32)
+    }
+
+    /// Stops the helper and unpins the namespace (used by tests and resets;
+    /// a daemon restart keeps both).
+    pub fn shut_down(&self) {
+        if let Some(pid) = self.helper_pid() {
+            kill_and_reap(pid);
+        }
+        let _ = remove_if_exists(&self.record_path());
+        let pin = self.netns();
+        if ucri_rootless::mounts::is_mountpoint(&pin) {
+            let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Waits for one byte on `pipe` (slirp4netns writes "1" when ready).
+fn wait_ready_byte(pipe: &std::os::fd::OwnedFd, limit: Duration) -> Result<(), String> {
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+    let millis = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    match poll(&mut fds, PollTimeout::from(millis)) {
+        Ok(0) => return Err(format!("no word within {limit:?}")),
+        Ok(_) => {}
+        Err(e) => return Err(format!("poll: {e}")),
+    }
+    let mut file = fs::File::from(pipe.try_clone().map_err(|e| e.to_string())?);
+    let mut byte = [0u8; 1];
+    match file.read(&mut byte) {
+        Ok(1) if byte[0] == b'1' => Ok(()),
+        Ok(0) => Err("it exited before it was ready".into()),
+        Ok(_) => Err(format!("unexpected readiness byte {:?}", byte[0] as char)),
+        Err(e) => Err(format!("reading the readiness pipe: {e}")),
+    }
+}
+
+/// Waits up to `limit` for child `pid` to exit; its exit code.
+fn wait_exit(pid: i32, limit: Duration) -> Option<i32> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + limit;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    while Instant::now() < deadline {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(code),
+            Ok(WaitStatus::Signaled(..)) | Err(_) => return None,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    None
+}
+
+fn kill_and_reap(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => return,
+        }
+    }
+}
+
+fn reap_if_child(pid: i32) {
+    let _ = nix::sys::wait::waitpid(
+        nix::unistd::Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+/// Fields of `/proc/PID/stat` after the command name.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn process_start_time(pid: i32) -> Option<u64> {
+    // Field 22 overall; the fields after ")" start at field 3.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))
+}
+
+/// The last lines of a log, formatted to follow an error message.
+fn last_lines(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("; ");
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(" (log {}: {tail})", path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_time_of_this_process_is_read_and_stable() {
+        let me = std::process::id() as i32;
+        let first = process_start_time(me).expect("start time");
+        assert_eq!(process_start_time(me), Some(first));
+        assert!(!is_zombie(me));
+        let record = HelperRecord::of_pid(UplinkKind::Pasta, me).expect("record");
+        assert!(record.is_alive());
+        let reused = HelperRecord {
+            start_time: first + 1,
+            ..record
+        };
+        assert!(
+            !reused.is_alive(),
+            "a different start time is another process"
+        );
+    }
+
+    #[test]
+    fn log_tails_keep_the_last_five_lines() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("log");
+        fs::write(&log, "1\n2\n\n3\n4\n5\n6\n7\n").expect("write");
+        assert!(last_lines(&log).ends_with(": 3; 4; 5; 6; 7)"));
+        assert_eq!(last_lines(&dir.path().join("missing")), "");
+    }
+}

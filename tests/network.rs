@@ -1,0 +1,564 @@
+//! Pod networking through the real daemon: the uplink namespace with
+//! slirp4netns or pasta, the CNI bridge/host-local/portmap plugins inside it,
+//! and hostPort forwarding from the host. Traffic goes only to loopback and
+//! to namespaces these tests create.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cri::*;
+use common::*;
+use k8s_cri::v1::*;
+use tonic::Code;
+
+const PASTA: &str = "[network]\nuplink = \"pasta\"\n";
+
+/// A network namespace made by the test (as root), joined to the host by a
+/// veth pair, with a web server on `addr:8099`: "the outside" for pods.
+struct OutsideServer {
+    name: String,
+    addr: Ipv4Addr,
+    server: std::process::Child,
+}
+
+static OUTSIDE: AtomicU32 = AtomicU32::new(0);
+
+impl OutsideServer {
+    fn start() -> OutsideServer {
+        require(
+            running_as_root(),
+            "root, to create the test's network namespace",
+        );
+        let n = std::process::id() % 200 * 50 + OUTSIDE.fetch_add(1, Ordering::SeqCst);
+        let (name, host_if, ns_if) = (
+            format!("ucri-out-{n}"),
+            format!("uo{n}h"),
+            format!("uo{n}n"),
+        );
+        let net = format!("10.{}.{}", 200 + n / 16384 % 50, n / 64 % 256);
+        let host_ip = format!("{net}.{}", (n % 64) * 4 + 1);
+        let addr: Ipv4Addr = format!("{net}.{}", (n % 64) * 4 + 2).parse().expect("ip");
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", &name],
+            vec![
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ],
+            vec!["link", "set", &ns_if, "netns", &name],
+            vec!["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+            vec!["link", "set", &host_if, "up"],
+            vec![
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                &ns_if,
+            ],
+            vec!["-n", &name, "link", "set", &ns_if, "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            run_host("ip", &args);
+        }
+        let www = std::env::temp_dir().join(format!("ucri-outside-{n}"));
+        std::fs::create_dir_all(&www).expect("www");
+        std::fs::write(www.join("index.html"), "hello from outside\n").expect("index");
+        let server = Command::new("ip")
+            .args([
+                "netns", "exec", &name, "busybox", "httpd", "-f", "-p", "8099", "-h",
+            ])
+            .arg(&www)
+            .spawn()
+            .expect("busybox httpd (busybox-static)");
+        let outside = OutsideServer { name, addr, server };
+        outside.wait_listening();
+        outside
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect((self.addr, 8099)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the outside server on {} never listened", self.addr);
+    }
+}
+
+impl Drop for OutsideServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run_host(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ucri nsenter -- ARGS` (the uplink namespace); its stdout.
+fn in_uplink(sb: &Sandbox, args: &[&str]) -> String {
+    let mut all = vec!["nsenter", "--"];
+    all.extend_from_slice(args);
+    let out = sb.run_ucri(&all);
+    assert!(out.status.success(), "nsenter {args:?}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pod running busybox httpd on :8080 serving `body`; returns (pod, container).
+fn web_pod(e: &Env, config: &PodSandboxConfig, body: &str) -> (String, String) {
+    let pod = run_pod(&e.sb, config).expect("RunPodSandbox");
+    let script =
+        format!("mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www");
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, &name, &script),
+        config,
+    )
+    .expect("CreateContainer");
+    start(&e.sb, &id).expect("StartContainer");
+    wait_state(&e.sb, &id, ContainerState::ContainerRunning);
+    (pod, id)
+}
+
+/// Runs `wget -q -O - URL` in container `id` until it answers (servers take
+/// a moment to listen); returns its output. The time limit comes from
+/// timeout(1): busybox 1.35's `wget -T` crashes.
+fn fetch_from(sb: &Sandbox, id: &str, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply =
+            exec(sb, id, &["timeout", "5", "wget", "-q", "-O", "-", url], 10).expect("ExecSync");
+        if reply.exit_code == 0 {
+            return String::from_utf8_lossy(&reply.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered in {id} (exit {}): {}",
+            reply.exit_code,
+            String::from_utf8_lossy(&reply.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An HTTP GET from the host; the body, or None when nothing listens.
+fn http_get(addr: (Ipv4Addr, u16)) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(3)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply.split("\r\n\r\n").nth(1).map(str::to_owned)
+}
+
+fn http_get_eventually(addr: (Ipv4Addr, u16)) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(body) = http_get(addr).filter(|b| !b.is_empty()) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "nothing answered on {addr:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pod_ip(sb: &Sandbox, pod: &str) -> String {
+    let status = pod_status(sb, pod)
+        .expect("PodSandboxStatus")
+        .status
+        .expect("status");
+    status.network.expect("network status").ip
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn runtime_status(sb: &Sandbox) -> StatusResponse {
+    block_on(async {
+        client(sb)
+            .await
+            .status(StatusRequest { verbose: true })
+            .await
+            .expect("Status")
+            .into_inner()
+    })
+}
+
+fn network_condition(sb: &Sandbox) -> RuntimeCondition {
+    runtime_status(sb)
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("a NetworkReady condition")
+}
+
+/// Two pods get distinct addresses, reach each other by IP, reach a server
+/// outside through the uplink, have loopback, and use the uplink's DNS.
+fn pods_talk_to_each_other_and_the_outside(e: &Env) {
+    let sb = &e.sb;
+    let outside = OutsideServer::start();
+    assert!(network_condition(sb).status, "{:?}", network_condition(sb));
+    let (pod_a, a) = web_pod(e, &pod_config(sb, "net-a"), "hello-from-a");
+    let (pod_b, b) = web_pod(e, &pod_config(sb, "net-b"), "hello-from-b");
+    let (ip_a, ip_b) = (pod_ip(sb, &pod_a), pod_ip(sb, &pod_b));
+    assert!(
+        ip_a.starts_with("10.88.") && ip_b.starts_with("10.88."),
+        "{ip_a} {ip_b}"
+    );
+    assert_ne!(ip_a, ip_b, "pods get distinct addresses");
+
+    let got = fetch_from(sb, &a, &format!("http://{ip_b}:8080/"));
+    assert_eq!(got.trim(), "hello-from-b", "pod A reaches pod B by IP");
+    let got = fetch_from(sb, &b, "http://127.0.0.1:8080/");
+    assert_eq!(got.trim(), "hello-from-b", "loopback works in pod B");
+    let got = fetch_from(sb, &a, "http://127.0.0.1:8080/");
+    assert_eq!(got.trim(), "hello-from-a", "loopback works in pod A");
+    let got = fetch_from(sb, &a, &format!("http://{}:8099/", outside.addr));
+    assert_eq!(
+        got.trim(),
+        "hello from outside",
+        "pod A reaches the outside"
+    );
+
+    let resolv = exec(sb, &b, &["cat", "/etc/resolv.conf"], 10).expect("exec");
+    let resolv = String::from_utf8_lossy(&resolv.stdout);
+    assert!(
+        resolv.contains("nameserver 10.0.2.3"),
+        "the uplink's resolver: {resolv}"
+    );
+    for pod in [pod_a, pod_b] {
+        stop_pod(sb, &pod);
+        remove_pod(sb, &pod);
+    }
+}
+
+#[test]
+fn pods_reach_each_other_and_the_outside_through_slirp4netns() {
+    let e = env("net-slirp");
+    let info = runtime_status(&e.sb).info;
+    assert!(info["network"].contains("slirp4netns"), "{info:?}");
+    pods_talk_to_each_other_and_the_outside(&e);
+}
+
+#[test]
+fn pods_reach_each_other_and_the_outside_through_pasta() {
+    let e = env_with_config("net-pasta", PASTA);
+    let info = runtime_status(&e.sb).info;
+    assert!(info["network"].contains("\"pasta\""), "{info:?}");
+    pods_talk_to_each_other_and_the_outside(&e);
+}
+
+fn with_host_port(mut config: PodSandboxConfig, host_port: u16, host_ip: &str) -> PodSandboxConfig {
+    config.port_mappings.push(PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: i32::from(host_port),
+        host_ip: host_ip.into(),
+    });
+    config
+}
+
+#[test]
+fn host_ports_reach_the_pod_from_the_host_until_the_pod_stops() {
+    let e = env("net-hostport");
+    let sb = &e.sb;
+    let port = free_port();
+    let config = with_host_port(pod_config(sb, "published"), port, "");
+    let (pod, _) = web_pod(&e, &config, "published-body");
+    let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(
+        body.trim(),
+        "published-body",
+        "hostPort answers on the host's 127.0.0.1"
+    );
+
+    let (client_pod, client) = web_pod(&e, &pod_config(sb, "neighbour"), "unused");
+    let got = fetch_from(sb, &client, &format!("http://10.88.0.1:{port}/"));
+    assert_eq!(
+        got.trim(),
+        "published-body",
+        "portmap keeps hostPort semantics between pods"
+    );
+
+    let taken = with_host_port(pod_config(sb, "taken"), port, "");
+    let err = run_pod(sb, &taken).expect_err("the host port is in use");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&port.to_string()), "{err:?}");
+    let privileged = with_host_port(pod_config(sb, "privileged"), 80, "");
+    let err = run_pod(sb, &privileged).expect_err("port 80 is privileged");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("ip_unprivileged_port_start"),
+        "{err:?}"
+    );
+    let leases = lease_files(sb);
+    assert_eq!(leases.len(), 2, "failed pods leave no lease: {leases:?}");
+
+    stop_pod(sb, &pod);
+    assert!(
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
+        "the host port is closed once the pod stops"
+    );
+    remove_pod(sb, &pod);
+    stop_pod(sb, &client_pod);
+    remove_pod(sb, &client_pod);
+}
+
+#[test]
+fn a_host_network_pod_serves_on_the_hosts_loopback() {
+    let e = env("net-hostnet");
+    let sb = &e.sb;
+    let port = free_port();
+    let config = host_pod(
+        sb,
+        "hostnet-web",
+        NamespaceMode::Node,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    );
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    let status = pod_status(sb, &pod)
+        .expect("status")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.network.unwrap_or_default().ip,
+        "",
+        "no CNI for host network"
+    );
+    let script = format!(
+        "mkdir -p /tmp/www && echo on-the-host > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"
+    );
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "web", &script),
+        &config,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(body.trim(), "on-the-host");
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}
+
+/// host-local's lease files (one per address in use).
+fn lease_files(sb: &Sandbox) -> Vec<String> {
+    let dir = sb.runtime_dir().join("cni/networks/ucri");
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn veths(sb: &Sandbox) -> usize {
+    in_uplink(sb, &["ip", "-o", "link", "show", "type", "veth"])
+        .lines()
+        .count()
+}
+
+/// Per-pod iptables rules carry the pod's ID in a comment.
+fn pod_rules(sb: &Sandbox) -> Vec<String> {
+    in_uplink(sb, &["iptables-save"])
+        .lines()
+        .filter(|l| l.contains(" id: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn twenty_pods_leave_no_veth_lease_rule_or_netns_behind() {
+    let e = env("net-twenty");
+    let sb = &e.sb;
+    let mut pods = Vec::new();
+    let mut ips = std::collections::HashSet::new();
+    for i in 0..20 {
+        let config = with_host_port(
+            pod_config(sb, &format!("many-{i}")),
+            free_port(),
+            "127.0.0.1",
+        );
+        let pod = run_pod(sb, &config).expect("RunPodSandbox");
+        ips.insert(pod_ip(sb, &pod));
+        pods.push(pod);
+    }
+    assert_eq!(ips.len(), 20, "every pod has its own address");
+    assert_eq!(veths(sb), 20);
+    assert_eq!(lease_files(sb).len(), 20);
+    assert!(
+        !pod_rules(sb).is_empty(),
+        "masquerade and portmap rules exist"
+    );
+    for pod in &pods {
+        stop_pod(sb, pod);
+        remove_pod(sb, pod);
+    }
+    assert_eq!(veths(sb), 0, "no veth left");
+    assert_eq!(lease_files(sb), Vec::<String>::new(), "no lease left");
+    assert_eq!(pod_rules(sb), Vec::<String>::new(), "no per-pod rule left");
+    assert!(
+        !daemon_mounts(sb).contains("/pods/"),
+        "no pod namespace pinned"
+    );
+    let results = std::fs::read_dir(sb.runtime_dir().join("cni/results"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(results, 0, "no cached CNI result left");
+}
+
+fn helper_pid(sb: &Sandbox) -> i32 {
+    let text = std::fs::read(sb.runtime_dir().join("uplink/helper.json")).expect("helper.json");
+    let record: serde_json::Value = serde_json::from_slice(&text).expect("json");
+    record["pid"].as_i64().expect("pid") as i32
+}
+
+#[test]
+fn cni_del_after_a_daemon_restart_releases_the_address() {
+    let mut e = env("net-restart");
+    let port = free_port();
+    let config = with_host_port(pod_config(&e.sb, "survivor"), port, "");
+    let (pod, _) = web_pod(&e, &config, "still-here");
+    let ip = pod_ip(&e.sb, &pod);
+    let slirp = helper_pid(&e.sb);
+
+    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    e._daemon.wait_exit(Duration::from_secs(10));
+    e._daemon = e.sb.start_daemon();
+    assert_eq!(
+        helper_pid(&e.sb),
+        slirp,
+        "the uplink helper outlived the daemon"
+    );
+    assert!(process_alive(slirp as u32));
+    assert_eq!(pod_ip(&e.sb, &pod), ip, "the pod keeps its address");
+    let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
+    assert_eq!(
+        body.trim(),
+        "still-here",
+        "the host port is open again after the restart"
+    );
+
+    assert_eq!(lease_files(&e.sb), vec![ip.clone()]);
+    stop_pod(&e.sb, &pod);
+    assert_eq!(
+        lease_files(&e.sb),
+        Vec::<String>::new(),
+        "DEL released {ip}"
+    );
+    assert_eq!(veths(&e.sb), 0);
+    remove_pod(&e.sb, &pod);
+}
+
+#[test]
+fn a_dead_uplink_helper_is_reported_and_restarted() {
+    let e = env("net-helper");
+    let sb = &e.sb;
+    let outside = OutsideServer::start();
+    let (pod, id) = web_pod(&e, &pod_config(sb, "patient"), "x");
+    let first = helper_pid(sb);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill slirp4netns");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while helper_pid(sb) == first {
+        assert!(Instant::now() < deadline, "the helper was never restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(network_condition(sb).status, "{:?}", network_condition(sb));
+    assert!(e
+        ._daemon
+        .log_text()
+        .contains("restarting the uplink helper"));
+    let got = fetch_from(sb, &id, &format!("http://{}:8099/", outside.addr));
+    assert_eq!(
+        got.trim(),
+        "hello from outside",
+        "the running pod is online again"
+    );
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}
+
+#[test]
+fn a_broken_cni_config_makes_the_network_not_ready() {
+    let e = env("net-broken");
+    let sb = &e.sb;
+    let dir = sb.config_dir().join("cni/net.d");
+    assert!(
+        dir.join("10-ucri-bridge.conflist").exists(),
+        "the default network was written"
+    );
+    assert!(network_condition(sb).status);
+    sb.write_user_file(
+        &dir.join("05-broken.conflist"),
+        "{\"cniVersion\": \"1.0.0\",",
+    );
+    std::fs::remove_file(dir.join("10-ucri-bridge.conflist")).expect("rm");
+    let condition = network_condition(sb);
+    assert!(!condition.status);
+    assert_eq!(condition.reason, "NetworkPluginNotReady");
+    assert!(
+        condition.message.contains("05-broken.conflist"),
+        "{condition:?}"
+    );
+    let err = run_pod(sb, &pod_config(sb, "offline")).expect_err("no network");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        std::fs::read_dir(sb.runtime_dir().join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+
+    let missing = r#"{"cniVersion":"1.0.0","name":"m","plugins":[{"type":"no-such-plugin"}]}"#;
+    sb.write_user_file(&dir.join("01-missing.conflist"), missing);
+    let condition = network_condition(sb);
+    assert!(
+        !condition.status && condition.message.contains("no-such-plugin"),
+        "{condition:?}"
+    );
+}
