@@ -242,6 +242,8 @@ fn pods_talk_to_each_other_and_the_outside(e: &Env) {
         "{ip_a} {ip_b}"
     );
     assert_ne!(ip_a, ip_b, "pods get distinct addresses");
+    let info = pod_status(sb, &pod_a).expect("verbose status").info;
+    assert!(info["info"].contains("\"cniCheck\":\"ok\""), "CNI CHECK passes: {info:?}");
 
     let got = fetch_from(sb, &a, &format!("http://{ip_b}:8080/"));
     assert_eq!(got.trim(), "hello-from-b", "pod A reaches pod B by IP");

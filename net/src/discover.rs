@@ -5,8 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The plugins ucri's default network needs (bridge + host-local IPAM,
-/// portmap for hostPort semantics inside the uplink, loopback in every pod).
-pub const REQUIRED_CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
+/// portmap for hostPort semantics inside the uplink). Loopback comes up
+/// in every pod without a plugin.
+pub const REQUIRED_CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "portmap"];
 
 /// For each plugin name, the first executable with that name in `dirs`.
 pub fn find_plugins(dirs: &[PathBuf], names: &[&str]) -> BTreeMap<String, Option<PathBuf>> {

@@ -39,6 +39,8 @@ pub fn all(config: &Config) -> Vec<Check> {
     ));
     checks.extend(uplinks(config));
     checks.push(cni_plugins(config));
+    checks.push(cni_network(config));
+    checks.push(uplink_state(config));
     checks.push(iptables());
     checks.push(runtime_dir(config));
     checks
@@ -457,6 +459,74 @@ fn cni_plugins(config: &Config) -> Check {
             "sudo apt-get install containernetworking-plugins",
         )
     }
+}
+
+/// The default CNI network the daemon will use (or writes on first start).
+fn cni_network(config: &Config) -> Check {
+    let dir = &config.network.cni_config_dir;
+    let has_files = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if !has_files {
+        return Check::ok(
+            "cni_network",
+            format!(
+                "{} is empty: the daemon writes the default network (bridge, 10.88.0.0/16) on start",
+                dir.display()
+            ),
+        );
+    }
+    let cni = ucri_net::cni::Cni {
+        plugin_dirs: config.network.cni_plugin_dirs.clone(),
+        state_dir: config.daemon.runtime_dir.join("cni"),
+        run_in: None,
+    };
+    let checked = ucri_net::cni::load_default_network(dir)
+        .and_then(|list| cni.check_plugins(&list).map(|()| list));
+    match checked {
+        Ok(list) => Check::ok(
+            "cni_network",
+            format!(
+                "{} from {} (plugins: {})",
+                list.name,
+                list.source.display(),
+                list.plugin_types().join(", ")
+            ),
+        ),
+        Err(why) => Check::bad(
+            "cni_network",
+            Verdict::Error,
+            why,
+            format!("fix or remove the file in {}; pods cannot get a network", dir.display()),
+        ),
+    }
+}
+
+/// The uplink the configuration asks for, and whether its helper runs.
+fn uplink_state(config: &Config) -> Check {
+    let net = &config.network;
+    let kind = serde_json::to_value(net.uplink)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let record = std::fs::read(config.daemon.runtime_dir.join("uplink/helper.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok());
+    let pid = record
+        .and_then(|r| r["pid"].as_i64())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let state = match (net.uplink, pid) {
+        (Uplink::None, _) => "no way out (offline)".to_owned(),
+        (_, Some(pid)) => format!("running (pid {pid})"),
+        (_, None) => "not running (the daemon starts it)".to_owned(),
+    };
+    let loopback = if net.allow_host_loopback {
+        "host loopback reachable"
+    } else {
+        "host loopback blocked"
+    };
+    Check::ok(
+        "uplink",
+        format!("{kind}, MTU {}, {loopback}, {state}", net.mtu),
+    )
 }
 
 fn iptables() -> Check {
