@@ -66,7 +66,10 @@ fn daemon_maps_the_subuid_range_and_answers_version_and_status() {
         .iter()
         .find(|c| c.r#type == "NetworkReady")
         .expect("NetworkReady");
-    assert!(network.status, "the uplink and the default CNI network: {network:?}");
+    assert!(
+        network.status,
+        "the uplink and the default CNI network: {network:?}"
+    );
     assert_eq!(status.info["mode"], "rootless");
     let config: serde_json::Value =
         serde_json::from_str(&status.info["config"]).expect("config JSON");

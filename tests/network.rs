@@ -243,7 +243,10 @@ fn pods_talk_to_each_other_and_the_outside(e: &Env) {
     );
     assert_ne!(ip_a, ip_b, "pods get distinct addresses");
     let info = pod_status(sb, &pod_a).expect("verbose status").info;
-    assert!(info["info"].contains("\"cniCheck\":\"ok\""), "CNI CHECK passes: {info:?}");
+    assert!(
+        info["info"].contains("\"cniCheck\":\"ok\""),
+        "CNI CHECK passes: {info:?}"
+    );
 
     let got = fetch_from(sb, &a, &format!("http://{ip_b}:8080/"));
     assert_eq!(got.trim(), "hello-from-b", "pod A reaches pod B by IP");
@@ -298,11 +301,19 @@ fn with_host_port(mut config: PodSandboxConfig, host_port: u16, host_ip: &str) -
 
 #[test]
 fn host_ports_reach_the_pod_from_the_host_until_the_pod_stops() {
-    let e = env("net-hostport");
+    host_ports_work(&env("net-hostport"));
+}
+
+#[test]
+fn host_ports_work_with_the_pasta_uplink_too() {
+    host_ports_work(&env_with_config("net-hostport-pasta", PASTA));
+}
+
+fn host_ports_work(e: &Env) {
     let sb = &e.sb;
     let port = free_port();
     let config = with_host_port(pod_config(sb, "published"), port, "");
-    let (pod, _) = web_pod(&e, &config, "published-body");
+    let (pod, _) = web_pod(e, &config, "published-body");
     let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
     assert_eq!(
         body.trim(),
@@ -310,7 +321,7 @@ fn host_ports_reach_the_pod_from_the_host_until_the_pod_stops() {
         "hostPort answers on the host's 127.0.0.1"
     );
 
-    let (client_pod, client) = web_pod(&e, &pod_config(sb, "neighbour"), "unused");
+    let (client_pod, client) = web_pod(e, &pod_config(sb, "neighbour"), "unused");
     let got = fetch_from(sb, &client, &format!("http://10.88.0.1:{port}/"));
     assert_eq!(
         got.trim(),
@@ -458,22 +469,30 @@ fn helper_pid(sb: &Sandbox) -> i32 {
 
 #[test]
 fn cni_del_after_a_daemon_restart_releases_the_address() {
-    let mut e = env("net-restart");
+    survives_a_daemon_restart(env("net-restart"));
+}
+
+#[test]
+fn a_pasta_uplink_survives_a_daemon_restart_too() {
+    survives_a_daemon_restart(env_with_config("net-restart-pasta", PASTA));
+}
+
+fn survives_a_daemon_restart(mut e: Env) {
     let port = free_port();
     let config = with_host_port(pod_config(&e.sb, "survivor"), port, "");
     let (pod, _) = web_pod(&e, &config, "still-here");
     let ip = pod_ip(&e.sb, &pod);
-    let slirp = helper_pid(&e.sb);
+    let helper = helper_pid(&e.sb);
 
     e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
     e._daemon.wait_exit(Duration::from_secs(10));
     e._daemon = e.sb.start_daemon();
     assert_eq!(
         helper_pid(&e.sb),
-        slirp,
+        helper,
         "the uplink helper outlived the daemon"
     );
-    assert!(process_alive(slirp as u32));
+    assert!(process_alive(helper as u32));
     assert_eq!(pod_ip(&e.sb, &pod), ip, "the pod keeps its address");
     let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
     assert_eq!(

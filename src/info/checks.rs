@@ -495,7 +495,10 @@ fn cni_network(config: &Config) -> Check {
             "cni_network",
             Verdict::Error,
             why,
-            format!("fix or remove the file in {}; pods cannot get a network", dir.display()),
+            format!(
+                "fix or remove the file in {}; pods cannot get a network",
+                dir.display()
+            ),
         ),
     }
 }

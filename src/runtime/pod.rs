@@ -167,10 +167,13 @@ impl Lifecycle {
     fn pod_info(&self, pod: &PodState) -> HashMap<String, String> {
         let dir = PodDir::new(&self.runtime_root, &pod.id);
         // Verbose status runs CNI CHECK, so a broken attachment shows up.
-        let cni_check = pod.network.as_ref().map(|_| match self.network.check(&pod.id) {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => e.to_string(),
-        });
+        let cni_check = pod
+            .network
+            .as_ref()
+            .map(|_| match self.network.check(&pod.id) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            });
         let info = serde_json::json!({
             "network": pod.network,
             "cniCheck": cni_check,
