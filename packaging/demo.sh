@@ -70,12 +70,14 @@ chmod -R a+rX "$BIN_DIR/image"
 as_user "${UCRI[@]}" ctl import "$BIN_DIR/image"
 as_user "${UCRI[@]}" ctl images
 
-say "A pod with two containers: a web server, and a client that fetches from it over the pod's loopback"
+say "A pod with two containers: a web server (published on a hostPort), and a client that fetches from it over the pod's loopback"
+HOST_PORT=18080
 mkdir -p "$BIN_DIR/logs"
 [ "$(id -u)" -eq 0 ] && chown "$DEMO_USER" "$BIN_DIR/logs"
 cat >"$BIN_DIR/pod.json" <<JSON
 {"metadata": {"name": "demo", "namespace": "default", "uid": "demo-uid"}, "hostname": "demo",
- "log_directory": "$BIN_DIR/logs", "linux": {}}
+ "log_directory": "$BIN_DIR/logs", "linux": {},
+ "port_mappings": [{"protocol": 0, "container_port": 8080, "host_port": $HOST_PORT}]}
 JSON
 cat >"$BIN_DIR/server.json" <<'JSON'
 {"metadata": {"name": "server"}, "image": {"image": "localhost/ucri-demo:latest"}, "log_path": "server.log",
@@ -88,6 +90,7 @@ JSON
 chmod a+r "$BIN_DIR"/*.json
 POD=$(as_user "${UCRI[@]}" ctl runp "$BIN_DIR/pod.json")
 echo "pod: $POD"
+echo "its address (CNI bridge in the uplink namespace): $(as_user "${UCRI[@]}" ctl inspectp "$POD" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)"
 SERVER=$(as_user "${UCRI[@]}" ctl create "$POD" "$BIN_DIR/server.json" "$BIN_DIR/pod.json")
 as_user "${UCRI[@]}" ctl start "$SERVER" >/dev/null
 CLIENT=$(as_user "${UCRI[@]}" ctl create "$POD" "$BIN_DIR/client.json" "$BIN_DIR/pod.json")
@@ -99,6 +102,8 @@ done
 as_user "${UCRI[@]}" ctl ps -a
 echo "client's log:"
 as_user "${UCRI[@]}" ctl logs "$CLIENT" | sed 's/^/  /'
+echo "from the host, through the hostPort forwarder (curl http://127.0.0.1:$HOST_PORT/):"
+for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$HOST_PORT/" 2>/dev/null | sed 's/^/  /' && break; sleep 0.1; done
 echo "inside the server, root (ucri ctl exec):"
 as_user "${UCRI[@]}" ctl exec "$SERVER" id | sed 's/^/  /'
 PID=$(as_user "${UCRI[@]}" ctl inspect "$SERVER" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)

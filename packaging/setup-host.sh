@@ -14,7 +14,7 @@ SUDO=""
 
 RUNTIME_PACKAGES=(uidmap fuse-overlayfs fuse3 slirp4netns passt crun runc conmon
   containernetworking-plugins iptables catatonit util-linux procps iproute2)
-BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static)
+BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static curl)
 TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc
   ca-certificates curl apache2-utils zstd openssl)
 RANGE_SIZE=65536
