@@ -1,5 +1,5 @@
-//! The CRI RuntimeService: `Version`, `Status` and `RuntimeConfig` today;
-//! the pod and container RPCs answer `Unimplemented` until their issues land.
+//! The CRI RuntimeService: pods, containers, stats and events through the
+//! lifecycle; streaming, resources and metrics answer `Unimplemented` for now.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -167,7 +167,17 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(crate::error::CriError::Unimplemented { rpc: "GetContainerEvents" }.into())
+        use tokio_stream::StreamExt;
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.lifecycle.subscribe())
+            .filter_map(|event| match event {
+                Ok(event) => Some(Ok(event)),
+                Err(lagged) => {
+                    // A slow subscriber misses events; the runtime never waits for it.
+                    tracing::warn!(%lagged, "an event subscriber fell behind");
+                    None
+                }
+            });
+        Ok(Response::new(Box::pin(events)))
     }
     async fn run_pod_sandbox(&self, request: Request<RunPodSandboxRequest>) -> Result<Response<RunPodSandboxResponse>, Status> {
         let request = request.into_inner();
@@ -273,16 +283,40 @@ impl RuntimeService for CriRuntimeService {
         let (status, info) = self.blocking(span, move |l| l.container_status(&id, verbose)).await?;
         Ok(Response::new(ContainerStatusResponse { status: Some(status), info }))
     }
+
+    async fn container_stats(&self, request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let span = tracing::debug_span!("container_stats", container = %id);
+        let stats = self.blocking(span, move |l| l.container_stats(&id)).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(&self, request: Request<ListContainerStatsRequest>) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let span = tracing::debug_span!("list_container_stats");
+        let stats = self.blocking(span, move |l| Ok(l.list_container_stats(filter))).await?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(&self, request: Request<PodSandboxStatsRequest>) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::debug_span!("pod_sandbox_stats", pod = %id);
+        let stats = self.blocking(span, move |l| l.pod_stats(&id)).await?;
+        Ok(Response::new(PodSandboxStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_pod_sandbox_stats(&self, request: Request<ListPodSandboxStatsRequest>) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let span = tracing::debug_span!("list_pod_sandbox_stats");
+        let stats = self.blocking(span, move |l| Ok(l.list_pod_stats(filter))).await?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
 }
     unimplemented {
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";

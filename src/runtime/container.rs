@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerFilter, ContainerState as CriState, ContainerStatus,
-    ImageSpec, PodSandboxConfig,
+    Container, ContainerConfig, ContainerEventType, ContainerFilter, ContainerState as CriState,
+    ContainerStatus, ImageSpec, PodSandboxConfig,
 };
 
 use super::oci::CreateArgs;
@@ -64,6 +64,7 @@ impl Lifecycle {
                     .inspect_err(|_| self.discard(&id))?;
                 self.containers_mut().insert(id.clone(), state);
                 tracing::info!(container = %id, pod = %pod.id, name = %name, "container created");
+                self.emit_container(&id, ContainerEventType::ContainerCreatedEvent);
                 Ok(id)
             }
             Err(e) => {
@@ -253,6 +254,7 @@ impl Lifecycle {
             c.phase = ContainerPhase::Running;
             c.started_at = started_at;
         })?;
+        self.emit_container(&state.id, ContainerEventType::ContainerStartedEvent);
         self.refresh(&state.id);
         Ok(())
     }
@@ -348,8 +350,13 @@ impl Lifecycle {
         let _ = std::fs::remove_dir_all(self.bundle(&id));
         self.oci.forget(&id);
         self.states.delete_container(&id)?;
-        self.containers_mut().remove(&id);
+        let pod_id = self.containers_mut().remove(&id).map(|c| c.pod_id);
         tracing::info!(container = %id, "container removed");
+        self.emit(
+            &id,
+            &pod_id.unwrap_or_default(),
+            ContainerEventType::ContainerDeletedEvent,
+        );
         Ok(())
     }
 
@@ -441,7 +448,7 @@ impl Lifecycle {
         } else {
             HashMap::new()
         };
-        Ok((container_status(&state), info))
+        Ok((cri_container_status(&state), info))
     }
 
     fn container_info(&self, state: &ContainerState) -> HashMap<String, String> {
@@ -483,8 +490,22 @@ impl Lifecycle {
         // File times come from the kernel's coarse clock: an instant exit can
         // look older than the precise start time taken just before it.
         exited.finished_at = nanos(when).max(exited.started_at);
-        let _ = self.states.save_container(&exited);
-        self.containers_mut().insert(id.to_owned(), exited.clone());
+        // Only the caller that records the exit announces it (the reaper and
+        // an RPC may both see it at once).
+        let recorded = {
+            let mut containers = self.containers_mut();
+            let still_running = containers
+                .get(id)
+                .is_some_and(|c| c.phase != ContainerPhase::Exited);
+            if still_running {
+                containers.insert(id.to_owned(), exited.clone());
+            }
+            still_running
+        };
+        if recorded {
+            let _ = self.states.save_container(&exited);
+            self.emit_container(id, ContainerEventType::ContainerStoppedEvent);
+        }
         Some(exited)
     }
 
@@ -509,7 +530,7 @@ impl Lifecycle {
         resolve_id(containers.keys(), id)
     }
 
-    fn container(&self, id: &str) -> Result<ContainerState, LifecycleError> {
+    pub(super) fn container(&self, id: &str) -> Result<ContainerState, LifecycleError> {
         self.resolve_container(id)
             .and_then(|id| self.containers_mut().get(&id).cloned())
             .filter(|c| c.created_at != 0)
@@ -612,7 +633,8 @@ fn container_summary(c: &ContainerState) -> Container {
     }
 }
 
-fn container_status(c: &ContainerState) -> ContainerStatus {
+/// The CRI view of a container.
+pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
     let reason = match (c.phase, c.exit_code) {
         (ContainerPhase::Exited, 0) => "Completed",
         (ContainerPhase::Exited, _) => "Error",

@@ -3,12 +3,14 @@
 //! runtime, state on disk and recovery after a restart.
 
 mod container;
+mod events;
 mod network;
 mod oci;
 mod pod;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -99,6 +101,9 @@ pub struct Lifecycle {
     pods: Mutex<HashMap<String, PodState>>,
     containers: Mutex<HashMap<String, ContainerState>>,
     locks: IdLocks,
+    /// The previous CPU sample per container or pod, for usage rates.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
+    events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
 }
 
 impl Lifecycle {
@@ -130,6 +135,8 @@ impl Lifecycle {
             pods: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             locks: IdLocks::default(),
+            cpu_samples: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(events::BACKLOG).0,
         };
         lifecycle.recover()?;
         Ok(lifecycle)

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{
-    LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig,
-    PodSandboxFilter, PodSandboxState, PodSandboxStatus,
+    ContainerEventType, LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption,
+    PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStatus,
 };
 
 use super::sandbox::{self, PodDir};
@@ -70,6 +70,8 @@ impl Lifecycle {
         }
         self.pods_mut().insert(id.clone(), state);
         tracing::info!(pod = %id, name = %metadata.name, namespace = %metadata.namespace, "pod sandbox ready");
+        self.emit_pod(&id, ContainerEventType::ContainerCreatedEvent);
+        self.emit_pod(&id, ContainerEventType::ContainerStartedEvent);
         Ok(id)
     }
 
@@ -125,7 +127,9 @@ impl Lifecycle {
         self.update_pod(&id, |p| {
             p.phase = PodPhase::NotReady;
             p.init_pid = 0;
-        })
+        })?;
+        self.emit_pod(&id, ContainerEventType::ContainerStoppedEvent);
+        Ok(())
     }
 
     /// Removes the pod and its containers. Removing an unknown pod succeeds.
@@ -146,6 +150,7 @@ impl Lifecycle {
         self.states.delete_pod(&id)?;
         self.pods_mut().remove(&id);
         tracing::info!(pod = %id, "pod sandbox removed");
+        self.emit_pod(&id, ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }
 
@@ -161,7 +166,7 @@ impl Lifecycle {
         } else {
             HashMap::new()
         };
-        Ok((pod_status(&pod), info))
+        Ok((cri_pod_status(&pod), info))
     }
 
     fn pod_info(&self, pod: &PodState) -> HashMap<String, String> {
@@ -302,7 +307,8 @@ fn pod_summary(pod: &PodState) -> PodSandbox {
     }
 }
 
-fn pod_status(pod: &PodState) -> PodSandboxStatus {
+/// The CRI view of a pod sandbox.
+pub(super) fn cri_pod_status(pod: &PodState) -> PodSandboxStatus {
     let mode = |own: bool| if own { NamespaceMode::Pod } else { NamespaceMode::Node } as i32;
     let pid = match (pod.namespaces.host_pid, pod.namespaces.pid_shared) {
         (true, _) => NamespaceMode::Node,

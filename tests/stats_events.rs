@@ -1,0 +1,268 @@
+//! Container and pod stats (from /proc on this host, which delegates no
+//! cgroups to the user) and the GetContainerEvents stream, through the real
+//! daemon.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cri::*;
+use common::*;
+use k8s_cri::v1::*;
+
+fn container_stats(sb: &Sandbox, id: &str) -> ContainerStats {
+    block_on(async {
+        client(sb)
+            .await
+            .container_stats(ContainerStatsRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("ContainerStats")
+            .into_inner()
+            .stats
+            .expect("stats")
+    })
+}
+
+fn pod_stats(sb: &Sandbox, id: &str) -> PodSandboxStats {
+    block_on(async {
+        client(sb)
+            .await
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("PodSandboxStats")
+            .into_inner()
+            .stats
+            .expect("stats")
+    })
+}
+
+fn cpu_ns(s: &ContainerStats) -> u64 {
+    s.cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value)
+}
+
+fn working_set(s: &ContainerStats) -> u64 {
+    s.memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value)
+}
+
+#[test]
+fn stats_move_when_a_container_burns_cpu_and_allocates_memory() {
+    let e = env("stats");
+    let sb = &e.sb;
+    let config = pod_config(sb, "busy");
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    let idle = create(
+        sb,
+        &pod,
+        container_config(&e.image, "idle", "exec sleep 1000"),
+        &config,
+    )
+    .expect("create");
+    start(sb, &idle).expect("start");
+    // dd keeps a 32 MiB buffer filled from /dev/zero and burns CPU.
+    let script = "dd if=/dev/zero of=/dev/null bs=32M count=100000 & exec sleep 1000";
+    let busy = create(
+        sb,
+        &pod,
+        container_config(&e.image, "busy", script),
+        &config,
+    )
+    .expect("create");
+    start(sb, &busy).expect("start");
+    wait_state(sb, &busy, ContainerState::ContainerRunning);
+
+    let first = container_stats(sb, &busy);
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = container_stats(sb, &busy);
+    let burnt = cpu_ns(&second) - cpu_ns(&first);
+    assert!(burnt > 300_000_000, "dd burnt CPU: {first:?} -> {second:?}");
+    let rate = second
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_nano_cores.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(
+        rate > 200_000_000,
+        "usage_nano_cores from two samples: {second:?}"
+    );
+    assert!(
+        working_set(&second) > 32 << 20,
+        "dd's buffer is resident: {second:?}"
+    );
+    let layer = second.writable_layer.as_ref().expect("writable layer");
+    assert!(
+        layer.inodes_used.as_ref().is_some_and(|v| v.value > 0),
+        "{layer:?}"
+    );
+    let quiet = container_stats(sb, &idle);
+    assert!(
+        working_set(&quiet) < 16 << 20,
+        "sleep stays small: {quiet:?}"
+    );
+
+    let stats = pod_stats(sb, &pod);
+    let linux = stats.linux.expect("linux stats");
+    assert_eq!(linux.containers.len(), 2);
+    assert!(
+        linux
+            .process
+            .as_ref()
+            .and_then(|p| p.process_count.as_ref())
+            .map_or(0, |v| v.value)
+            >= 3,
+        "sleep, sleep and dd: {:?}",
+        linux.process
+    );
+    let net = linux.network.expect("network stats");
+    let eth0 = net.default_interface.expect("eth0");
+    assert_eq!(eth0.name, "eth0");
+    assert!(eth0.tx_bytes.is_some() && eth0.rx_bytes.is_some());
+
+    let listed = block_on(async {
+        client(sb)
+            .await
+            .list_container_stats(ListContainerStatsRequest {
+                filter: Some(ContainerStatsFilter {
+                    pod_sandbox_id: pod.clone(),
+                    label_selector: [("container".to_owned(), "busy".to_owned())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("ListContainerStats")
+            .into_inner()
+            .stats
+    });
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].attributes.as_ref().expect("attributes").id, busy);
+    let pods = block_on(async {
+        client(sb)
+            .await
+            .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+            .await
+            .expect("ListPodSandboxStats")
+            .into_inner()
+            .stats
+    });
+    assert_eq!(pods.len(), 1);
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}
+
+type Seen = Arc<Mutex<Vec<ContainerEventResponse>>>;
+
+/// Subscribes on a thread of its own and collects events until the
+/// daemon goes away.
+fn subscribe(sb: &Sandbox) -> Seen {
+    let seen: Seen = Arc::default();
+    let (socket, sink) = (sb.socket(), seen.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        block_on(async move {
+            let channel = connect(&socket).await.expect("connect");
+            let mut stream =
+                k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel)
+                    .get_container_events(GetEventsRequest {})
+                    .await
+                    .expect("GetContainerEvents")
+                    .into_inner();
+            let _ = ready_tx.send(());
+            while let Ok(Some(event)) = stream.message().await {
+                sink.lock().expect("events lock").push(event);
+            }
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscribed");
+    seen
+}
+
+fn wait_events(seen: &Seen, count: usize) -> Vec<ContainerEventResponse> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = seen.lock().expect("events lock").clone();
+        if events.len() >= count {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} events arrived: {events:?}",
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn events_follow_a_pods_whole_life_in_order_for_every_subscriber() {
+    let e = env("events");
+    let sb = &e.sb;
+    let (first, second) = (subscribe(sb), subscribe(sb));
+    let config = pod_config(sb, "eventful");
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "brief", "sleep 0.5"),
+        &config,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    wait_state(sb, &id, ContainerState::ContainerExited);
+    remove_container(sb, &id);
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+
+    use ContainerEventType::*;
+    let expected = [
+        (&pod, ContainerCreatedEvent),
+        (&pod, ContainerStartedEvent),
+        (&id, ContainerCreatedEvent),
+        (&id, ContainerStartedEvent),
+        (&id, ContainerStoppedEvent),
+        (&id, ContainerDeletedEvent),
+        (&pod, ContainerStoppedEvent),
+        (&pod, ContainerDeletedEvent),
+    ];
+    for seen in [first, second] {
+        let events = wait_events(&seen, expected.len());
+        let got: Vec<(String, i32)> = events
+            .iter()
+            .map(|ev| (ev.container_id.clone(), ev.container_event_type))
+            .collect();
+        let want: Vec<(String, i32)> = expected
+            .iter()
+            .map(|(id, kind)| ((*id).clone(), *kind as i32))
+            .collect();
+        assert_eq!(got, want, "events in order");
+        let started = &events[3];
+        let status = started
+            .pod_sandbox_status
+            .as_ref()
+            .expect("pod status attached");
+        assert_eq!(status.id, pod);
+        assert_eq!(started.containers_statuses.len(), 1);
+        assert_eq!(
+            started.containers_statuses[0].state,
+            ContainerState::ContainerRunning as i32
+        );
+        assert!(events
+            .windows(2)
+            .all(|w| w[0].created_at <= w[1].created_at));
+        assert!(
+            events[7].pod_sandbox_status.is_none(),
+            "a deleted pod has no status"
+        );
+    }
+}
