@@ -137,8 +137,10 @@ pub fn load_default_network(dir: &Path) -> Result<NetworkList, String> {
 }
 
 /// The network ucri writes into an empty config dir: a bridge with
-/// host-local IPAM on 10.88.0.0/16, gateway and masquerade, and portmap for
-/// hostPort semantics between pods.
+/// host-local IPAM on 10.88.0.0/16 and a gateway, and portmap for hostPort
+/// semantics between pods. Masquerade is one rule of the uplink for all
+/// traffic leaving through its helper, so the bridge's per-pod `ipMasq`
+/// rules (several iptables runs per pod start and stop) are off.
 pub fn default_config(mtu: u32) -> Value {
     json!({
         "cniVersion": "1.0.0",
@@ -148,7 +150,7 @@ pub fn default_config(mtu: u32) -> Value {
                 "type": "bridge",
                 "bridge": "cni0",
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": false,
                 "hairpinMode": true,
                 "mtu": mtu,
                 "ipam": {

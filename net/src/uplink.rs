@@ -22,6 +22,10 @@ use crate::{io, NetError};
 /// forwarder; pasta is told to forward it).
 pub const UPLINK_DNS: &str = "10.0.2.3";
 
+/// The uplink's interface towards its helper (both helpers are told to
+/// use this name).
+pub const UPLINK_IFNAME: &str = "tap0";
+
 /// How long a helper may take to get the namespace ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,6 +200,30 @@ impl Uplink {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        self.masquerade_outbound()
+    }
+
+    /// One NAT rule for everything that leaves through the helper, so CNI
+    /// networks need no per-pod masquerade rules (each costs several
+    /// iptables runs at every pod start and stop).
+    fn masquerade_outbound(&self) -> Result<(), NetError> {
+        let mut cmd = Command::new(ucri_rootless::which("iptables").unwrap_or("iptables".into()));
+        cmd.args(["-t", "nat", "-A", "POSTROUTING", "-o", UPLINK_IFNAME])
+            .args(["-m", "comment", "--comment", "ucri uplink masquerade"])
+            .args(["-j", "MASQUERADE"])
+            .env("XTABLES_LOCKFILE", self.dir.join("xtables.lock"));
+        let _ns = ucri_rootless::enter::command_in_netns(&mut cmd, &self.netns())
+            .map_err(io("opening the uplink namespace"))?;
+        let out = cmd
+            .output()
+            .map_err(io("running iptables in the uplink namespace"))?;
+        if !out.status.success() {
+            return Err(NetError::Helper(format!(
+                "adding the uplink's masquerade rule failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
         Ok(())
     }
 
@@ -277,7 +305,7 @@ impl Uplink {
             .arg(format!("--api-socket={}", self.api_socket().display()))
             .arg(format!("--ready-fd={ready_fd}"))
             .arg(self.netns())
-            .arg("tap0");
+            .arg(UPLINK_IFNAME);
         ucri_rootless::syscall::before_exec(&mut cmd, move || {
             ucri_rootless::syscall::keep_across_exec(ready_fd)
         });
@@ -305,6 +333,7 @@ impl Uplink {
         cmd.arg("--config-net")
             .arg("--netns")
             .arg(self.netns())
+            .args(["-I", UPLINK_IFNAME])
             .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
             .args(["--dns-forward", UPLINK_DNS])
             .args(["-m", &self.options.mtu.to_string()]);
