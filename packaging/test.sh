@@ -21,6 +21,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the README's demo (packaging/demo.sh)"
 packaging/demo.sh
+echo "== the benchmark suite, tiny (packaging/bench/run.sh 3)"
+packaging/bench/run.sh 3
 echo "== cargo test"
 log=$(mktemp)
 set +e

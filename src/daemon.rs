@@ -142,7 +142,8 @@ async fn serve_async(
     let (images, storage) = open_storage(&config).await?;
     let lifecycle = open_lifecycle(&config, &images, &storage).await?;
     let reaper = tokio::spawn(reap_monitors(lifecycle.clone()));
-    let runtime_service = CriRuntimeService::new(config.clone(), mode, storage.clone(), lifecycle);
+    let runtime_service =
+        CriRuntimeService::new(config.clone(), mode, storage.clone(), lifecycle.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -176,6 +177,11 @@ async fn serve_async(
     }
     admin_task.abort();
     reaper.abort();
+    if mode != "rootless" {
+        // No holder keeps the namespaces: the uplink helper goes with us.
+        let network = lifecycle.clone();
+        let _ = tokio::task::spawn_blocking(move || network.network().shut_down()).await;
+    }
     let _ = std::fs::remove_file(crate::admin::socket_path(&config.daemon.runtime_dir));
     tracing::info!("stopped");
     Ok(())

@@ -515,6 +515,15 @@ fn already_root_in_a_user_namespace_skips_the_bootstrap() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(!sb.socket().exists());
+    let helpers = std::process::Command::new("pgrep")
+        .args(["-f", &sb.runtime_dir().join("uplink").display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(
+        helpers.stdout.is_empty(),
+        "the uplink helper stops with a holder-less daemon: {}",
+        String::from_utf8_lossy(&helpers.stdout)
+    );
 }
 
 #[test]

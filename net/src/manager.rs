@@ -213,6 +213,12 @@ impl Network {
         self.cni.cached_pods()
     }
 
+    /// Stops the uplink helper and unpins the namespace: for daemons with no
+    /// holder to keep them (nested or host root), at shutdown.
+    pub fn shut_down(&self) {
+        self.uplink.shut_down();
+    }
+
     /// Periodic upkeep: restarts a dead uplink helper.
     pub fn supervise(&self) {
         self.uplink.supervise();

@@ -27,8 +27,17 @@ bench_user() {
   fi
 }
 
+# A TCP port nothing listens on (iproute2's ss; no python needed).
+free_port() {
+  local p
+  while :; do
+    p=$(shuf -i 20000-60999 -n 1)
+    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+  done
+}
+
 bench_registry() {
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  PORT=$(free_port)
   mkdir -p "$WORK/registry"
   printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' \
     "$WORK/registry" "$PORT" >"$WORK/registry.yml"

@@ -47,7 +47,7 @@ in_pod() { # POD CMD... : run a host binary in the pod's network namespace
   ucri nsenter -- nsenter --net="$WORK/run/ucri/pods/$pod/ns/net" -- "$@"
 }
 
-HOST_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HOST_PORT=$(free_port)
 pod_with_port() { # NAME
   cat >"$WORK/$1.json" <<EOF
 {"metadata": {"name": "$1", "namespace": "bench", "uid": "$1"},
