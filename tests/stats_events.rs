@@ -265,4 +265,26 @@ fn events_follow_a_pods_whole_life_in_order_for_every_subscriber() {
             "a deleted pod has no status"
         );
     }
+    let daemon = sb.daemon_pid().to_string();
+    let zombies = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|s| {
+                let rest = s.rsplit_once(") ").map_or("", |(_, r)| r);
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.first() == Some(&"Z") && fields.get(1) == Some(&daemon.as_str())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !zombies().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed container's monitor is reaped: {:?}",
+            zombies()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

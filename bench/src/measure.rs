@@ -498,8 +498,13 @@ fn processes_named(name: &str) -> Vec<u32> {
                 .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
                 .ok()
                 == me.as_ref().ok().copied();
-            mine && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == name)
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            });
+            mine && !zombie
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == name)
         })
         .collect()
 }

@@ -349,6 +349,7 @@ impl Lifecycle {
             .map_err(|e| LifecycleError::Internal(format!("removing the root filesystem: {e}")))?;
         let _ = std::fs::remove_dir_all(self.bundle(&id));
         self.oci.forget(&id);
+        self.adopt_monitor(state.conmon_pid);
         self.states.delete_container(&id)?;
         let pod_id = self.containers_mut().remove(&id).map(|c| c.pod_id);
         tracing::info!(container = %id, "container removed");

@@ -101,6 +101,9 @@ pub struct Lifecycle {
     pods: Mutex<HashMap<String, PodState>>,
     containers: Mutex<HashMap<String, ContainerState>>,
     locks: IdLocks,
+    /// conmon monitors of removed containers, reaped once they exit (they
+    /// re-parent to the daemon, and nothing else waits for them).
+    orphan_monitors: Mutex<Vec<i32>>,
     /// The previous CPU sample per container or pod, for usage rates.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
@@ -136,6 +139,7 @@ impl Lifecycle {
             containers: Mutex::new(HashMap::new()),
             locks: IdLocks::default(),
             cpu_samples: Mutex::new(HashMap::new()),
+            orphan_monitors: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(events::BACKLOG).0,
         };
         lifecycle.recover()?;
@@ -246,7 +250,32 @@ impl Lifecycle {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             );
         }
+        self.orphan_monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|pid| !reaped(*pid));
     }
+
+    /// Takes over reaping the monitor of a container being removed.
+    fn adopt_monitor(&self, pid: i32) {
+        if pid > 0 && !reaped(pid) {
+            self.orphan_monitors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(pid);
+        }
+    }
+}
+
+/// Reaps `pid` if it has exited; true when it is gone (or not our child).
+fn reaped(pid: i32) -> bool {
+    !matches!(
+        nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ),
+        Ok(nix::sys::wait::WaitStatus::StillAlive)
+    )
 }
 
 /// Names of the subdirectories of `dir`.
