@@ -5,8 +5,14 @@
 #   packaging/setup-host.sh                 run-time packages, devices, ranges for $SUDO_USER/$USER
 #   packaging/setup-host.sh --user NAME     also create NAME (if missing) with subuid/subgid ranges
 #   packaging/setup-host.sh --build         also what building ucri and the demo need
+#   packaging/setup-host.sh --delegate-cgroups NAME
+#                                           give NAME a cgroup subtree (ucri-NAME in every
+#                                           cgroup v1 hierarchy; on cgroup v2, systemd delegation)
+#                                           so that container limits apply; v1 subtrees are
+#                                           in memory: run it again after a reboot
 #   packaging/setup-host.sh --test          also test/build packages and the test users
-#                                           ucri-test (with ranges) and ucri-nosubid (without)
+#                                           ucri-test (with ranges), ucri-nosubid (without) and
+#                                           ucri-cgroup (with ranges and delegated cgroups)
 set -euo pipefail
 
 SUDO=""
@@ -88,14 +94,40 @@ ensure_user() { # NAME
   $SUDO chmod 0700 "/run/user/$uid"
 }
 
+delegate_cgroups() { # NAME
+  local name=$1 h d
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    # cgroup v2: systemd hands user sessions their subtree.
+    $SUDO mkdir -p /etc/systemd/system/user@.service.d
+    printf '[Service]\nDelegate=cpu cpuset io memory pids\n' |
+      $SUDO tee /etc/systemd/system/user@.service.d/delegate.conf >/dev/null
+    $SUDO systemctl daemon-reload 2>/dev/null || true
+    log "cgroup v2: delegation enabled for user sessions (log in again); run ucri as a user service"
+    return 0
+  fi
+  for h in /sys/fs/cgroup/*/; do
+    h=${h%/}
+    [ -f "$h/cgroup.procs" ] && [ "${h##*/}" != unified ] || continue
+    d="$h/ucri-$name"
+    $SUDO mkdir -p "$d"
+    if [ "${h##*/}" = cpuset ]; then
+      $SUDO cp "$h/cpuset.cpus" "$d/cpuset.cpus"
+      $SUDO cp "$h/cpuset.mems" "$d/cpuset.mems"
+    fi
+    $SUDO chown -R "$name:$(id -gn "$name")" "$d"
+  done
+  log "cgroup v1: delegated ucri-$name in every hierarchy to $name"
+}
+
 main() {
-  local users=() test=0 build=0
+  local users=() delegate=() test=0 build=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --user) users+=("$2"); shift 2 ;;
+      --delegate-cgroups) delegate+=("$2"); shift 2 ;;
       --test) test=1; shift ;;
       --build) build=1; shift ;;
-      -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
       *) log "unknown argument: $1"; exit 2 ;;
     esac
   done
@@ -114,7 +146,13 @@ main() {
     grant_ranges ucri-test
     ensure_user ucri-nosubid
     revoke_ranges ucri-nosubid
+    ensure_user ucri-cgroup
+    grant_ranges ucri-cgroup
+    delegate+=(ucri-cgroup)
   fi
+  for u in "${delegate[@]}"; do
+    delegate_cgroups "$u"
+  done
   log "done"
 }
 

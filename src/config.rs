@@ -78,6 +78,12 @@ pub struct RuntimeConfig {
     pub log_size_max: i64,
     /// Named OCI runtimes, like crio.conf's `[crio.runtime.runtimes]`.
     pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// The delegated cgroup v1 subtree's name in each hierarchy
+    /// ("": `ucri-$USER`, as `setup-host.sh --delegate-cgroups` makes it).
+    pub cgroup_parent: String,
+    /// Most processes per container when cgroups are delegated (0: no limit),
+    /// like crio.conf's `pids_limit`.
+    pub pids_limit: i64,
 }
 
 /// One named OCI runtime.
@@ -200,6 +206,8 @@ impl Config {
                 conmon: "conmon".into(),
                 cgroup_driver: CgroupDriver::Cgroupfs,
                 log_size_max: -1,
+                cgroup_parent: String::new(),
+                pids_limit: 0,
                 runtimes,
             },
             storage: StorageConfig {

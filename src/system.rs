@@ -29,6 +29,8 @@ pub fn reset(config: &Config, force: bool) -> anyhow::Result<i32> {
         Err(e) => return Err(e.into()),
     };
     let result = remove_everything(&dir, data);
+    // Containers are gone now; their cgroups (delegated ones, on the host) too.
+    crate::runtime::resources_probe(&config.runtime).remove_all_pods();
     lock.release();
     result?;
     std::fs::remove_dir_all(dir.path())

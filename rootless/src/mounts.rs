@@ -67,8 +67,10 @@ fn hide_hybrid_cgroup2() -> Result<bool, MountError> {
         Some("tmpfs"),
         Path::new(HYBRID_UNIFIED),
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-        Some("size=4k,mode=0555"),
+        // Writable: with delegated v1 cgroups crun mirrors each container's
+        // cgroup path here (directories only).
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=1m,mode=0755"),
     )
     .map_err(|source| MountError::Mount {
         what: "covering /sys/fs/cgroup/unified (cgroup v1 hybrid host)",

@@ -93,6 +93,7 @@ impl CriRuntimeService {
                 "network".to_owned(),
                 self.lifecycle.network().describe().to_string(),
             ),
+            ("cgroups".to_owned(), self.lifecycle.cgroups().describe()),
         ])
     }
 }
@@ -120,6 +121,20 @@ fn network_condition(network: &ucri_net::Network) -> RuntimeCondition {
     )
 }
 
+/// Not a condition kubelet acts on: it says whether resource limits apply.
+fn limits_condition(cgroups: &crate::cgroups::CgroupSupport) -> RuntimeCondition {
+    let message = match cgroups {
+        crate::cgroups::CgroupSupport::None { reason, fix } => format!("{reason}; fix: {fix}"),
+        _ => String::new(),
+    };
+    condition(
+        "ResourceLimitsApplied",
+        cgroups.delegated(),
+        "CgroupsNotDelegated",
+        &message,
+    )
+}
+
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
@@ -138,7 +153,11 @@ impl RuntimeService for CriRuntimeService {
         let verbose = request.into_inner().verbose;
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus {
-                conditions: vec![self.runtime_condition(), network_condition(self.lifecycle.network())],
+                conditions: vec![
+                    self.runtime_condition(),
+                    network_condition(self.lifecycle.network()),
+                    limits_condition(self.lifecycle.cgroups()),
+                ],
             }),
             info: if verbose { self.verbose_info() } else { HashMap::new() },
             runtime_handlers: self.runtime_handlers(),
@@ -284,6 +303,14 @@ impl RuntimeService for CriRuntimeService {
         Ok(Response::new(ContainerStatusResponse { status: Some(status), info }))
     }
 
+    async fn update_container_resources(&self, request: Request<UpdateContainerResourcesRequest>) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        let (id, resources) = (request.container_id, request.linux);
+        let span = tracing::info_span!("update_container_resources", container = %id);
+        self.blocking(span, move |l| l.update_resources(&id, resources)).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
     async fn container_stats(&self, request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = request.into_inner().container_id;
         let span = tracing::debug_span!("container_stats", container = %id);
@@ -313,7 +340,6 @@ impl RuntimeService for CriRuntimeService {
     }
 }
     unimplemented {
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -28,7 +28,6 @@ pub fn all(config: &Config) -> Vec<Check> {
     checks.push(storage_driver(config, &overlay, &fuse));
     checks.push(overlay);
     checks.push(fuse);
-    checks.push(cgroups());
     checks.extend(oci_runtimes(config));
     checks.push(conmon(config));
     checks.push(binary_check(
@@ -42,6 +41,7 @@ pub fn all(config: &Config) -> Vec<Check> {
     checks.push(cni_network(config));
     checks.push(uplink_state(config));
     checks.push(iptables());
+    checks.push(cgroups(config));
     checks.push(runtime_dir(config));
     checks
 }
@@ -283,52 +283,6 @@ fn fuse_overlayfs() -> Check {
     }
 }
 
-fn cgroups() -> Check {
-    let fix = "boot with systemd.unified_cgroup_hierarchy=1 and run ucri in a systemd user \
-               session with Delegate=yes; until then limits are not applied";
-    if ucri_rootless::mounts::is_hybrid_cgroup_host() {
-        Check::bad(
-            "cgroups",
-            Verdict::Warning,
-            "cgroup v1 hybrid (cgroup2 at /sys/fs/cgroup/unified, hidden from the OCI runtime); \
-             no delegated subtree: resource limits are not applied",
-            fix,
-        )
-    } else if std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
-        cgroup_v2_delegation(fix)
-    } else {
-        Check::bad(
-            "cgroups",
-            Verdict::Warning,
-            "cgroup v1: no delegated subtree, resource limits are not applied",
-            fix,
-        )
-    }
-}
-
-fn cgroup_v2_delegation(fix: &str) -> Check {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let path = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/");
-    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    let writable = nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok();
-    if writable {
-        Check::ok(
-            "cgroups",
-            format!("cgroup v2, delegated: {}", dir.display()),
-        )
-    } else {
-        Check::bad(
-            "cgroups",
-            Verdict::Warning,
-            format!("cgroup v2, {} is not delegated to this user", dir.display()),
-            fix,
-        )
-    }
-}
-
 fn oci_runtimes(config: &Config) -> Vec<Check> {
     let runtime = &config.runtime;
     runtime
@@ -458,6 +412,20 @@ fn cni_plugins(config: &Config) -> Check {
             format!("missing {} in {}", missing.join(", "), dir_list.join(":")),
             "sudo apt-get install containernetworking-plugins",
         )
+    }
+}
+
+/// Whether container limits can apply (a delegated cgroup subtree).
+fn cgroups(config: &Config) -> Check {
+    let support = crate::runtime::resources_probe(&config.runtime);
+    match support {
+        crate::cgroups::CgroupSupport::None { reason, fix } => Check::bad(
+            "cgroups",
+            Verdict::Warning,
+            format!("{reason}: resource limits are not applied, stats come from /proc"),
+            fix,
+        ),
+        other => Check::ok("cgroups", other.describe()),
     }
 }
 

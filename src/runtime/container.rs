@@ -108,6 +108,7 @@ impl Lifecycle {
             conmon_pid: 0,
             log_path: String::new(),
             runtime: self.runtime_for(&pod.runtime_handler)?,
+            oom_killed: false,
         };
         containers.insert(id.to_owned(), state.clone());
         Ok(state)
@@ -185,6 +186,11 @@ impl Lifecycle {
             hosts: dir.hosts(),
             hostname_file: dir.hostname_file(),
         };
+        let container_id = bundle
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let placement = self.cgroup_placement(&pod.id, container_id, config);
         let inputs = SpecInputs {
             config,
             sandbox,
@@ -192,6 +198,7 @@ impl Lifecycle {
             rootfs,
             pod: &context,
             termination_log: None,
+            cgroup: placement.as_ref(),
         };
         let mut spec = spec::generate(&inputs).map_err(spec_error)?;
         spec.set_root(Some(
@@ -491,6 +498,7 @@ impl Lifecycle {
         // File times come from the kernel's coarse clock: an instant exit can
         // look older than the precise start time taken just before it.
         exited.finished_at = nanos(when).max(exited.started_at);
+        exited.oom_killed = self.was_oom_killed(&exited);
         // Only the caller that records the exit announces it (the reaper and
         // an RPC may both see it at once).
         let recorded = {
@@ -510,7 +518,7 @@ impl Lifecycle {
         Some(exited)
     }
 
-    fn update(
+    pub(super) fn update(
         &self,
         id: &str,
         change: impl FnOnce(&mut ContainerState),
@@ -637,6 +645,7 @@ fn container_summary(c: &ContainerState) -> Container {
 /// The CRI view of a container.
 pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
     let reason = match (c.phase, c.exit_code) {
+        (ContainerPhase::Exited, _) if c.oom_killed => "OOMKilled",
         (ContainerPhase::Exited, 0) => "Completed",
         (ContainerPhase::Exited, _) => "Error",
         _ => "",

@@ -7,6 +7,7 @@ mod events;
 mod network;
 mod oci;
 mod pod;
+mod resources;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
@@ -95,6 +96,7 @@ pub struct Lifecycle {
     images: Arc<Images>,
     storage: Arc<Storage>,
     network: Arc<ucri_net::Network>,
+    cgroups: crate::cgroups::CgroupSupport,
     states: StateStore,
     oci: OciPaths,
     runtime_root: PathBuf,
@@ -127,11 +129,13 @@ impl Lifecycle {
             log_size_max: config.runtime.log_size_max,
         };
         oci.prepare()?;
+        let cgroups = resources::detect_cgroups(&config.runtime);
         let lifecycle = Lifecycle {
             config,
             images,
             storage,
             network,
+            cgroups,
             states,
             oci,
             runtime_root,
@@ -265,6 +269,24 @@ impl Lifecycle {
                 .push(pid);
         }
     }
+}
+
+/// What cgroups the user may control, seen from here (for `ucri info`; the
+/// daemon's own detection also prepares a v2 subtree).
+pub fn resources_probe(config: &crate::config::RuntimeConfig) -> crate::cgroups::CgroupSupport {
+    let parent = if config.cgroup_parent.is_empty() {
+        format!(
+            "ucri-{}",
+            std::env::var("USER").unwrap_or_else(|_| "user".into())
+        )
+    } else {
+        config.cgroup_parent.clone()
+    };
+    crate::cgroups::detect(
+        std::path::Path::new(crate::cgroups::CGROUP_ROOT),
+        &parent,
+        crate::cgroups::own_v2_cgroup().as_deref(),
+    )
 }
 
 /// Reaps `pid` if it has exited; true when it is gone (or not our child).

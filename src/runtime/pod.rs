@@ -142,6 +142,7 @@ impl Lifecycle {
         for container in self.containers_of(&id) {
             self.remove_container(&container)?;
         }
+        self.remove_pod_cgroup(&id);
         self.detach_network(&id)?;
         if let Some(pod) = self.pods_mut().get(&id) {
             sandbox::stop_pid_init(pod.init_pid);

@@ -67,6 +67,18 @@ pub struct SpecInputs<'a> {
     pub pod: &'a PodContext,
     /// Host path of the termination message file (already created), if any.
     pub termination_log: Option<&'a Path>,
+    /// Where the container's cgroup goes and its limits, when the user has
+    /// delegated cgroups; `None` = no cgroupsPath and no resources.
+    pub cgroup: Option<&'a CgroupPlacement>,
+}
+
+/// A container's cgroup: its path and OCI `linux.resources`.
+#[derive(Debug, Clone)]
+pub struct CgroupPlacement {
+    /// The cgroupsPath.
+    pub path: String,
+    /// The resources, as OCI JSON.
+    pub resources: serde_json::Value,
 }
 
 /// Why a spec cannot be generated.
@@ -225,7 +237,7 @@ fn warn_once(once: &'static Once, adaptation: &'static str, message: &'static st
 /// Logs, once per daemon, each request ucri cannot honour without delegated
 /// cgroups or root on the host.
 fn note_rootless_adaptations(inputs: &SpecInputs) {
-    if resources(inputs.config).is_some_and(has_limits) {
+    if inputs.cgroup.is_none() && resources(inputs.config).is_some_and(has_limits) {
         warn_once(
             &RESOURCES_IGNORED,
             "resources",
@@ -237,7 +249,7 @@ fn note_rootless_adaptations(inputs: &SpecInputs) {
         .linux
         .as_ref()
         .map_or("", |l| l.cgroup_parent.as_str());
-    if !parent.is_empty() {
+    if inputs.cgroup.is_none() && !parent.is_empty() {
         warn_once(
             &CGROUP_PARENT_IGNORED,
             "cgroups_path",
@@ -258,6 +270,15 @@ fn note_rootless_adaptations(inputs: &SpecInputs) {
             "devices are bind-mounted (mknod is denied); device cgroup rules are omitted",
         );
     }
+}
+
+fn cgroup_resources(
+    cgroup: Option<&CgroupPlacement>,
+) -> Result<Option<oci_spec::runtime::LinuxResources>, SpecError> {
+    cgroup
+        .map(|c| serde_json::from_value(c.resources.clone()))
+        .transpose()
+        .map_err(|e| invalid(format!("container resources: {e}")))
 }
 
 fn has_limits(r: &cri::LinuxContainerResources) -> bool {
@@ -1070,8 +1091,8 @@ fn linux(
     linux
         .set_uid_mappings(None)
         .set_gid_mappings(None)
-        .set_resources(None)
-        .set_cgroups_path(None)
+        .set_resources(cgroup_resources(inputs.cgroup)?)
+        .set_cgroups_path(inputs.cgroup.map(|c| PathBuf::from(&c.path)))
         .set_devices(None)
         .set_mount_label(None)
         .set_namespaces(Some(namespaces(inputs.pod)))
@@ -1606,6 +1627,7 @@ mod tests {
                 rootfs: &rootfs,
                 pod: &self.pod,
                 termination_log: self.termination_log.as_deref(),
+                cgroup: None,
             })
         }
 

@@ -98,6 +98,9 @@ pub struct ContainerState {
     pub log_path: String,
     /// The OCI runtime binary.
     pub runtime: PathBuf,
+    /// The kernel's OOM killer ended it (read from its memory cgroup).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// The state directory.

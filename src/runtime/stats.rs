@@ -64,6 +64,10 @@ fn process_table() -> HashMap<i32, Proc> {
 struct TreeUsage {
     cpu_ns: u64,
     rss_bytes: u64,
+    /// From a cgroup: usage minus inactive file pages (0 = use RSS).
+    working_set_bytes: u64,
+    /// From a cgroup: all memory charged (0 = use RSS).
+    usage_bytes: u64,
     minor_faults: u64,
     major_faults: u64,
     processes: u64,
@@ -170,10 +174,19 @@ impl Lifecycle {
         page: u64,
     ) -> ContainerStats {
         let now = now_nanos();
-        let usage = if c.phase == ContainerPhase::Running {
-            tree_usage(table, c.pid, tick, page)
-        } else {
-            TreeUsage::default()
+        let running = c.phase == ContainerPhase::Running;
+        let cgroup = running.then(|| self.cgroup_usage(c)).flatten();
+        let usage = match cgroup {
+            Some(u) => TreeUsage {
+                cpu_ns: u.cpu_ns,
+                rss_bytes: u.rss_bytes,
+                working_set_bytes: u.working_set_bytes,
+                usage_bytes: u.memory_bytes,
+                processes: u.processes,
+                ..Default::default()
+            },
+            None if running => tree_usage(table, c.pid, tick, page),
+            None => TreeUsage::default(),
         };
         let disk = self.storage.rootfs().usage(&c.id);
         ContainerStats {
@@ -331,12 +344,20 @@ impl Lifecycle {
 fn memory_usage(now: i64, usage: &TreeUsage) -> MemoryUsage {
     MemoryUsage {
         timestamp: now,
-        working_set_bytes: value(usage.rss_bytes),
+        working_set_bytes: value(nonzero_or(usage.working_set_bytes, usage.rss_bytes)),
         available_bytes: None,
-        usage_bytes: value(usage.rss_bytes),
+        usage_bytes: value(nonzero_or(usage.usage_bytes, usage.rss_bytes)),
         rss_bytes: value(usage.rss_bytes),
         page_faults: value(usage.minor_faults),
         major_page_faults: value(usage.major_faults),
+    }
+}
+
+fn nonzero_or(value: u64, fallback: u64) -> u64 {
+    if value == 0 {
+        fallback
+    } else {
+        value
     }
 }
 

@@ -31,9 +31,14 @@ pub fn env(name: &str) -> Env {
 
 /// Like [`env`], with `config` (TOML) as the user's `ucri.toml`.
 pub fn env_with_config(name: &str, config: &str) -> Env {
+    env_as(name, default_user(), config)
+}
+
+/// Like [`env_with_config`], with the daemon running as `user`.
+pub fn env_as(name: &str, user: TestUser, config: &str) -> Env {
     let registry = TestRegistry::start(None);
     registry.push_test_image("busybox", "latest", "test/busybox:latest");
-    let mut sb = Sandbox::new(name);
+    let mut sb = Sandbox::for_user(name, user);
     if !config.is_empty() {
         sb.write_user_file(&sb.config_dir().join("ucri.toml"), config);
     }

@@ -1,0 +1,125 @@
+//! Container resources through delegated cgroups: where each container's
+//! cgroup goes, its limits at create time, UpdateContainerResources, OOM
+//! kills and the pod cgroup's removal. Without delegated cgroups, limits
+//! are dropped with a warning and nothing fails.
+
+use k8s_cri::v1::{ContainerConfig, LinuxContainerResources};
+
+use super::spec::CgroupPlacement;
+use super::state::ContainerState;
+use super::{Lifecycle, LifecycleError};
+use crate::cgroups::{self, CgroupSupport};
+use crate::config::RuntimeConfig;
+
+/// Finds what the daemon's user may control (and, on cgroup v2, moves the
+/// daemon into a leaf so its subtree can hold containers).
+pub fn detect_cgroups(config: &RuntimeConfig) -> CgroupSupport {
+    let root = std::path::Path::new(cgroups::CGROUP_ROOT);
+    let own = cgroups::own_v2_cgroup();
+    let mut support = super::resources_probe(config);
+    if let (CgroupSupport::V2 { .. }, Some(own)) = (&support, &own) {
+        if let Err(e) = cgroups::prepare_v2(root, own) {
+            support = CgroupSupport::None {
+                reason: format!("cgroup v2: preparing the delegated subtree {own}: {e}"),
+                fix: "run ucri in a cgroup of its own (packaging/ucri.service)".into(),
+            };
+        }
+    }
+    if support.delegated() {
+        tracing::info!(cgroups = %support.describe(), "container resource limits are applied");
+    } else {
+        tracing::warn!(cgroups = %support.describe(), "container resource limits are not applied");
+    }
+    support
+}
+
+impl Lifecycle {
+    /// What the user may control.
+    pub fn cgroups(&self) -> &CgroupSupport {
+        &self.cgroups
+    }
+
+    /// The cgroup and limits of a new container, when cgroups are delegated.
+    pub(super) fn cgroup_placement(
+        &self,
+        pod_id: &str,
+        container_id: &str,
+        config: &ContainerConfig,
+    ) -> Option<CgroupPlacement> {
+        let path = self.cgroups.container_path(pod_id, container_id)?;
+        if let Err(e) = self.cgroups.prepare_container(&path) {
+            tracing::warn!(%e, %path, "preparing the container's cgroup parent");
+        }
+        let requested = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+        let v2 = matches!(self.cgroups, CgroupSupport::V2 { .. });
+        Some(CgroupPlacement {
+            path,
+            resources: cgroups::oci_resources(requested, self.config.runtime.pids_limit, v2),
+        })
+    }
+
+    /// Whether the OOM killer ended the container.
+    pub(super) fn was_oom_killed(&self, c: &ContainerState) -> bool {
+        self.cgroups
+            .container_path(&c.pod_id, &c.id)
+            .is_some_and(|path| self.cgroups.oom_killed(&path))
+    }
+
+    /// Usage from the container's cgroup, when it has one.
+    pub(super) fn cgroup_usage(&self, c: &ContainerState) -> Option<cgroups::CgroupUsage> {
+        let path = self.cgroups.container_path(&c.pod_id, &c.id)?;
+        self.cgroups.usage(&path)
+    }
+
+    /// Removes the pod's parent cgroup.
+    pub(super) fn remove_pod_cgroup(&self, pod_id: &str) {
+        self.cgroups.remove_pod(pod_id);
+    }
+
+    /// UpdateContainerResources: new limits on a live container (`crun
+    /// update`). Without delegated cgroups the request is logged and
+    /// dropped; it never fails the container.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+    ) -> Result<(), LifecycleError> {
+        let state = self.container(id)?;
+        if !self.cgroups.delegated() {
+            tracing::warn!(container = %state.id, cgroups = %self.cgroups.describe(), "UpdateContainerResources: limits are not applied");
+            return self.remember_resources(&state.id, resources);
+        }
+        let v2 = matches!(self.cgroups, CgroupSupport::V2 { .. });
+        let json = cgroups::oci_resources(resources.as_ref(), self.config.runtime.pids_limit, v2);
+        let file = self
+            .runtime_root
+            .join("containers")
+            .join(&state.id)
+            .join("resources-update.json");
+        std::fs::write(&file, json.to_string()).map_err(|source| LifecycleError::Io {
+            context: "writing the resources update".into(),
+            source,
+        })?;
+        let arg = format!("--resources={}", file.display());
+        self.oci.runtime(
+            &state.runtime,
+            &["update", &arg, &state.id],
+            "updating the container's resources",
+        )?;
+        let _ = std::fs::remove_file(&file);
+        self.remember_resources(&state.id, resources)
+    }
+
+    fn remember_resources(
+        &self,
+        id: &str,
+        resources: Option<LinuxContainerResources>,
+    ) -> Result<(), LifecycleError> {
+        self.update(id, |c| {
+            c.config
+                .linux
+                .get_or_insert_with(Default::default)
+                .resources = resources;
+        })
+    }
+}
