@@ -43,6 +43,18 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Pod networking.
     pub network: NetworkConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: an optional Prometheus endpoint (off by default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Where (`HOST:PORT`; port 0 picks one and logs it).
+    pub address: String,
 }
 
 /// `[daemon]`: socket, directories, logging.
@@ -219,6 +231,10 @@ impl Config {
                 cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
                 mtu: 65520,
                 allow_host_loopback: false,
+            },
+            metrics: MetricsConfig {
+                enabled: false,
+                address: "127.0.0.1:9090".into(),
             },
         }
     }

@@ -146,6 +146,7 @@ async fn serve_async(
         CriRuntimeService::new(config.clone(), mode, storage.clone(), lifecycle.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(RuntimeServiceServer::new(runtime_service))
         .add_service(ImageServiceServer::new(CriImageService::new(
@@ -158,6 +159,7 @@ async fn serve_async(
     let admin =
         crate::admin::bind(&config.daemon.runtime_dir).context("binding the admin socket")?;
     let admin_task = tokio::spawn(crate::admin::serve(admin, images.clone()));
+    let metrics_task = start_metrics(&config, &lifecycle).await?;
     if let Some(reporter) = reporter {
         reporter.serving();
     }
@@ -177,6 +179,9 @@ async fn serve_async(
     }
     admin_task.abort();
     reaper.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if mode != "rootless" {
         // No holder keeps the namespaces: the uplink helper goes with us.
         let network = lifecycle.clone();
@@ -224,6 +229,23 @@ async fn open_lifecycle(
     }));
     lifecycle_images(&lifecycle).set_in_use_check(check);
     Ok(lifecycle)
+}
+
+/// Binds the Prometheus endpoint when the configuration enables it.
+async fn start_metrics(
+    config: &Config,
+    lifecycle: &Arc<Lifecycle>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !config.metrics.enabled {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.metrics.address)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {}", config.metrics.address))?;
+    tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+    let weak = Arc::downgrade(lifecycle);
+    let gauges = Arc::new(move || weak.upgrade().map(|l| l.gauges()).unwrap_or_default());
+    Ok(Some(tokio::spawn(crate::metrics::serve(listener, gauges))))
 }
 
 /// Pod networking settings from the configuration.

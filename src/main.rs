@@ -13,6 +13,7 @@ mod error;
 mod image;
 mod info;
 mod logging;
+mod metrics;
 mod nsenter;
 mod runtime;
 mod storage;

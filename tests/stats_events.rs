@@ -288,3 +288,158 @@ fn events_follow_a_pods_whole_life_in_order_for_every_subscriber() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A strict reading of the Prometheus text format: every sample belongs to
+/// a family declared by `# TYPE` before it, names and labels are well
+/// formed, values are numbers, histogram buckets are cumulative.
+fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut types = std::collections::HashMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(name_ok(name), "bad family name {name:?}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "bad type {kind:?}"
+            );
+            types.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line:?}");
+        let (series, value) = line.rsplit_once(' ').expect("sample and value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value of {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').expect("closing brace")),
+            None => (series, ""),
+        };
+        assert!(name_ok(name), "bad metric name {name:?}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE before it");
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once("=\"").expect("label=\"value\"");
+            assert!(name_ok(key), "bad label name {key:?}");
+            let mut escaped = false;
+            let end = after
+                .char_indices()
+                .find(|(_, c)| {
+                    let stop = *c == '"' && !escaped;
+                    escaped = *c == '\\' && !escaped;
+                    stop
+                })
+                .map(|(i, _)| i)
+                .expect("closing quote");
+            rest = after[end + 1..].trim_start_matches(',');
+        }
+        samples.push((name.to_owned(), labels.to_owned(), value));
+    }
+    samples
+}
+
+#[test]
+fn metrics_are_served_as_valid_prometheus_text_and_over_cri() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let e = env_with_config(
+        "metrics",
+        &format!("[metrics]\nenabled = true\naddress = \"127.0.0.1:{port}\"\n"),
+    );
+    let sb = &e.sb;
+    let config = pod_config(sb, "measured");
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "m", "exec sleep 600"),
+        &config,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let missing = status(sb, "no-such-container").expect_err("unknown container");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let text = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("read");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        reply.split_once("\r\n\r\n").expect("body").1.to_owned()
+    };
+    let samples = parse_prometheus(&text);
+    let find = |name: &str, label: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.contains(label))
+            .map(|(_, _, v)| *v)
+    };
+    assert_eq!(find("ucri_pods", "state=\"ready\""), Some(1.0), "{text}");
+    assert_eq!(find("ucri_containers", "state=\"running\""), Some(1.0));
+    assert!(find("ucri_image_pull_bytes_total", "").is_some_and(|v| v > 0.0));
+    assert_eq!(
+        find("ucri_rpc_errors_total", "ContainerStatus\",code=\"5\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        find("ucri_rpc_duration_seconds_count", "RunPodSandbox").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+
+    let (descriptors, metrics) = block_on(async {
+        let mut c = client(sb).await;
+        let d = c
+            .list_metric_descriptors(ListMetricDescriptorsRequest {})
+            .await
+            .expect("ListMetricDescriptors")
+            .into_inner()
+            .descriptors;
+        let m = c
+            .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+            .await
+            .expect("ListPodSandboxMetrics")
+            .into_inner()
+            .pod_metrics;
+        (d, m)
+    });
+    assert!(descriptors
+        .iter()
+        .any(|d| d.name == "container_memory_working_set_bytes"));
+    assert_eq!(metrics.len(), 1);
+    let container = &metrics[0].container_metrics;
+    assert_eq!(container.len(), 1);
+    assert_eq!(container[0].container_id, id);
+    let working_set = container[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .expect("working set");
+    assert!(working_set.value.as_ref().is_some_and(|v| v.value > 0));
+    assert_eq!(working_set.label_values[..3], ["m", "measured", "default"]);
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}

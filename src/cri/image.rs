@@ -136,7 +136,9 @@ cri_service! {
             let spec = image_spec(request.image.as_ref())?.to_owned();
             let auth = request_auth(request.auth);
             let span = tracing::info_span!("pull", image = %spec);
+            let started = std::time::Instant::now();
             let record = self.images.pull(&spec, auth).instrument(span).await.map_err(CriError::from)?;
+            crate::metrics::global().pulled(record.size, started.elapsed());
             Ok(Response::new(PullImageResponse { image_ref: record.id.to_string() }))
         }
 

@@ -311,6 +311,16 @@ impl RuntimeService for CriRuntimeService {
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
+    async fn list_metric_descriptors(&self, _: Request<ListMetricDescriptorsRequest>) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(ListMetricDescriptorsResponse { descriptors: crate::runtime::pod_metrics::descriptors() }))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _: Request<ListPodSandboxMetricsRequest>) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        let span = tracing::debug_span!("list_pod_sandbox_metrics");
+        let pod_metrics = self.blocking(span, |l| Ok(l.pod_metrics())).await?;
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
+    }
+
     async fn container_stats(&self, request: Request<ContainerStatsRequest>) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = request.into_inner().container_id;
         let span = tracing::debug_span!("container_stats", container = %id);
@@ -345,8 +355,6 @@ impl RuntimeService for CriRuntimeService {
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
     }
 }
 

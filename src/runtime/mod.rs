@@ -7,6 +7,7 @@ mod events;
 mod network;
 mod oci;
 mod pod;
+pub mod pod_metrics;
 mod resources;
 pub mod sandbox;
 pub mod spec;
