@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_cri::v1::{ContainerStatsRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{
+    CheckpointContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+};
 use nix::sys::signal::Signal;
 
 fn subuid_start(user: &str) -> u64 {
@@ -97,12 +99,12 @@ fn unimplemented_rpcs_say_so_and_runtime_config_reports_cgroupfs() {
     block_on(async {
         let mut c = sb.runtime_client().await;
         let err = c
-            .container_stats(ContainerStatsRequest::default())
+            .checkpoint_container(CheckpointContainerRequest::default())
             .await
-            .expect_err("ContainerStats is not implemented yet");
+            .expect_err("CheckpointContainer is not implemented");
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert!(
-            err.message().contains("ContainerStats"),
+            err.message().contains("CheckpointContainer"),
             "{}",
             err.message()
         );
