@@ -152,8 +152,49 @@ pub enum CtlCommand {
     },
     /// Print a container's log (the content, without the CRI prefixes).
     Logs {
+        /// Keep printing new lines until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines (-1: all).
+        #[arg(long, default_value_t = -1)]
+        tail: i64,
+        /// Prefix each line with its timestamp.
+        #[arg(short, long)]
+        timestamps: bool,
         /// The container ID.
         id: String,
+    },
+    /// Show containers' resource usage (CPU % over half a second).
+    Stats {
+        /// Only this container.
+        id: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: crate::ctl_watch::Output,
+    },
+    /// Show pods' resource usage and network counters.
+    Statsp {
+        /// Only this pod.
+        id: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: crate::ctl_watch::Output,
+    },
+    /// Print container and pod events as they happen.
+    Events {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: crate::ctl_watch::Output,
+    },
+    /// Pull the image if missing, run the pod, create and start the container.
+    Run {
+        /// Container config file.
+        container_config: PathBuf,
+        /// Pod config file.
+        pod_config: PathBuf,
+        /// Runtime handler.
+        #[arg(short = 'r', long = "runtime")]
+        handler: Option<String>,
     },
     /// Show a container's status (JSON).
     Inspect {
@@ -203,6 +244,31 @@ async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {
             "import of {} goes through the admin socket",
             path.display()
         )),
+        CtlCommand::Logs {
+            follow,
+            tail,
+            timestamps,
+            id,
+        } => crate::ctl_watch::logs(&mut client, id, follow, tail, timestamps).await,
+        CtlCommand::Stats { id, output } => crate::ctl_watch::stats(&mut client, id, output).await,
+        CtlCommand::Statsp { id, output } => {
+            crate::ctl_watch::statsp(&mut client, id, output).await
+        }
+        CtlCommand::Events { output } => crate::ctl_watch::events(&mut client, output).await,
+        CtlCommand::Run {
+            container_config,
+            pod_config,
+            handler,
+        } => {
+            crate::ctl_watch::run(
+                &mut client,
+                &mut images,
+                &container_config,
+                &pod_config,
+                handler.unwrap_or_default(),
+            )
+            .await
+        }
         other => crate::ctl_pods::run(&mut client, other).await,
     }
 }

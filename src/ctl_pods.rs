@@ -30,7 +30,6 @@ pub async fn run(client: &mut Client, command: CtlCommand) -> anyhow::Result<()>
         CtlCommand::Pods { quiet } => pods(client, quiet).await,
         CtlCommand::Ps { all, quiet, pod } => ps(client, all, quiet, pod).await,
         CtlCommand::Exec { timeout, id, cmd } => exec(client, id, cmd, timeout).await,
-        CtlCommand::Logs { id } => logs(client, id).await,
         CtlCommand::Inspect { id } => inspect(client, id).await,
         CtlCommand::Inspectp { id } => inspectp(client, id).await,
         other => Err(anyhow!("{other:?} is not a pod or container command")),
@@ -297,29 +296,6 @@ async fn exec(
     std::io::stderr().write_all(&reply.stderr)?;
     if reply.exit_code != 0 {
         return Err(anyhow!("command exited with {}", reply.exit_code));
-    }
-    Ok(())
-}
-
-async fn logs(client: &mut Client, id: String) -> anyhow::Result<()> {
-    let status = client
-        .container_status(ContainerStatusRequest {
-            container_id: id,
-            verbose: false,
-        })
-        .await?
-        .into_inner();
-    let path = status.status.map(|s| s.log_path).unwrap_or_default();
-    let text = read(std::path::Path::new(&path))?;
-    for line in text.lines() {
-        let mut parts = line.splitn(4, ' ');
-        let (stream, tag, content) = (parts.nth(1), parts.next(), parts.next().unwrap_or(""));
-        let end = if tag == Some("P") { "" } else { "\n" };
-        if stream == Some("stderr") {
-            eprint!("{content}{end}");
-        } else {
-            print!("{content}{end}");
-        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod cri;
 mod ctl;
 mod ctl_config;
 mod ctl_pods;
+mod ctl_watch;
 mod daemon;
 mod error;
 mod image;

@@ -92,3 +92,124 @@ fn crictl_style_commands_run_a_pod_end_to_end() {
         !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.json")
     );
 }
+
+fn ctl_owned(sb: &Sandbox, args: &[String]) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ctl(sb, &refs)
+}
+
+#[test]
+fn run_logs_follow_tail_stats_and_events() {
+    use std::io::Read;
+    let registry = TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "demo/busybox:latest");
+    let mut sb = Sandbox::new("ctl-watch");
+    let _daemon = sb.start_daemon();
+    let image = registry.image("demo/busybox:latest");
+    let mut events = sb
+        .ucri(&["ctl", "events", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ucri ctl events");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (pod_json, counter_json, sleeper_json) = (
+        sb.root.join("pod.json"),
+        sb.root.join("counter.json"),
+        sb.root.join("sleeper.json"),
+    );
+    let logs = sb.home().join("logs");
+    sb.write_user_file(
+        &pod_json,
+        &format!(r#"{{"metadata": {{"name": "watched", "namespace": "default", "uid": "w1"}}, "log_directory": "{}"}}"#, logs.display()),
+    );
+    sb.write_user_file(
+        &counter_json,
+        &format!(r#"{{"metadata": {{"name": "counter"}}, "image": {{"image": "{image}"}}, "command": ["/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done"], "log_path": "counter.log"}}"#),
+    );
+    // `run` pulls the missing image itself.
+    let id = ctl_owned(
+        &sb,
+        &[
+            "run".into(),
+            counter_json.display().to_string(),
+            pod_json.display().to_string(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    assert_eq!(id.len(), 64, "run prints the container ID");
+    let followed = ctl(&sb, &["logs", "-f", &id]);
+    assert_eq!(
+        followed, "line 1\nline 2\nline 3\nline 4\nline 5\n",
+        "-f follows until the container exits"
+    );
+    assert_eq!(ctl(&sb, &["logs", "--tail", "2", &id]), "line 4\nline 5\n");
+    let stamped = ctl(&sb, &["logs", "-t", "--tail", "1", &id]);
+    assert!(
+        stamped.starts_with("20") && stamped.trim_end().ends_with(" line 5"),
+        "{stamped:?}"
+    );
+
+    sb.write_user_file(
+        &sleeper_json,
+        &format!(r#"{{"metadata": {{"name": "sleeper"}}, "image": {{"image": "{image}"}}, "command": ["sleep", "600"], "log_path": "sleeper.log"}}"#),
+    );
+    let pod = ctl(&sb, &["pods", "-q"]).trim().to_owned();
+    let sleeper = ctl_owned(
+        &sb,
+        &[
+            "create".into(),
+            pod.clone(),
+            sleeper_json.display().to_string(),
+            pod_json.display().to_string(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    ctl(&sb, &["start", &sleeper]);
+    let table = ctl(&sb, &["stats"]);
+    assert!(table.starts_with("CONTAINER"), "{table}");
+    assert!(
+        table.contains(&sleeper[..13]) && table.contains("sleeper"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl(&sb, &["stats", "-o", "json", &sleeper])).expect("json");
+    assert_eq!(json["stats"].as_array().map(Vec::len), Some(1), "{json}");
+    assert!(ctl(&sb, &["statsp"]).contains("watched"));
+
+    ctl(&sb, &["stopp", &pod]);
+    ctl(&sb, &["rmp", &pod]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = events.kill();
+    let mut out = String::new();
+    events
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("events output");
+    let _ = events.wait();
+    let seen: Vec<(String, String)> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON event per line"))
+        .map(|e| {
+            (
+                e["container_id"].as_str().unwrap_or("").to_owned(),
+                e["container_event_type"].to_string(),
+            )
+        })
+        .collect();
+    for (who, kind) in [
+        (&id, "0"),
+        (&id, "1"),
+        (&id, "2"),
+        (&sleeper, "3"),
+        (&pod, "3"),
+    ] {
+        assert!(
+            seen.iter().any(|(i, k)| i == who && k == kind),
+            "event {kind} of {who} in {seen:?}"
+        );
+    }
+}
