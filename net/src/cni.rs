@@ -578,14 +578,14 @@ mod tests {
         assert_eq!(list.plugin_types(), ["bridge", "host-local"]);
         let old = br#"{"cniVersion":"0.2.0","name":"n","type":"bridge"}"#;
         assert!(NetworkList::parse(Path::new("b"), old)
-            .unwrap_err()
+            .expect_err("an error")
             .contains("0.2.0"));
         let untyped = br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"x":1}]}"#;
         assert!(NetworkList::parse(Path::new("c"), untyped)
-            .unwrap_err()
+            .expect_err("an error")
             .contains("no \"type\""));
         assert!(NetworkList::parse(Path::new("d"), b"{")
-            .unwrap_err()
+            .expect_err("an error")
             .contains("JSON"));
     }
 
@@ -593,10 +593,10 @@ mod tests {
     fn the_first_valid_file_wins_and_broken_ones_are_named() {
         let dir = tempfile::tempdir().expect("tmp");
         assert!(load_default_network(dir.path())
-            .unwrap_err()
+            .expect_err("an error")
             .contains("no CNI network config"));
         fs::write(dir.path().join("05-broken.conflist"), "{").expect("write");
-        let err = load_default_network(dir.path()).unwrap_err();
+        let err = load_default_network(dir.path()).expect_err("an error");
         assert!(
             err.contains("05-broken.conflist") && err.contains("JSON"),
             "{err}"
@@ -658,8 +658,8 @@ mod tests {
         assert_eq!(
             result_ips(&result),
             vec![
-                "10.88.0.7".parse::<IpAddr>().unwrap(),
-                "fd00::7".parse().unwrap()
+                "10.88.0.7".parse::<IpAddr>().expect("ok"),
+                "fd00::7".parse().expect("ok")
             ]
         );
         let out = std::process::Command::new("false").output().expect("false");

@@ -437,15 +437,15 @@ mod tests {
         let free = |udp: bool| {
             if udp {
                 UdpSocket::bind("127.0.0.1:0")
-                    .unwrap()
+                    .expect("ok")
                     .local_addr()
-                    .unwrap()
+                    .expect("ok")
                     .port()
             } else {
                 TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
+                    .expect("ok")
                     .local_addr()
-                    .unwrap()
+                    .expect("ok")
                     .port()
             }
         };
@@ -453,13 +453,13 @@ mod tests {
         let mappings = [
             PortMapping {
                 protocol: Protocol::Tcp,
-                container_port: tcp_server.local_addr().unwrap().port(),
+                container_port: tcp_server.local_addr().expect("ok").port(),
                 host_port: tcp_port,
                 host_ip: "127.0.0.1".into(),
             },
             PortMapping {
                 protocol: Protocol::Udp,
-                container_port: udp_server.local_addr().unwrap().port(),
+                container_port: udp_server.local_addr().expect("ok").port(),
                 host_port: udp_port,
                 host_ip: "127.0.0.1".into(),
             },
@@ -490,7 +490,7 @@ mod tests {
         let udp_client = UdpSocket::bind("127.0.0.1:0").expect("bind");
         udp_client
             .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+            .expect("ok");
         udp_client
             .send_to(b"ping over udp", ("127.0.0.1", udp_port))
             .expect("send");
@@ -516,11 +516,13 @@ mod tests {
     fn privileged_duplicate_and_sctp_ports_are_refused() {
         let floor = unprivileged_port_start();
         if floor > 1 {
-            let err = validate(&[tcp(floor - 1, 80)]).unwrap_err().to_string();
+            let err = validate(&[tcp(floor - 1, 80)])
+                .expect_err("an error")
+                .to_string();
             assert!(err.contains("ip_unprivileged_port_start"), "{err}");
         }
         assert!(validate(&[tcp(40000, 80), tcp(40000, 81)])
-            .unwrap_err()
+            .expect_err("an error")
             .to_string()
             .contains("mapped twice"));
         let sctp = PortMapping {

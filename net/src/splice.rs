@@ -51,9 +51,9 @@ mod tests {
     fn relays_every_byte_and_forwards_end_of_stream() {
         let a = TcpListener::bind("127.0.0.1:0").expect("bind");
         let b = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut writer = TcpStream::connect(a.local_addr().unwrap()).expect("connect");
+        let mut writer = TcpStream::connect(a.local_addr().expect("ok")).expect("connect");
         let (from, _) = a.accept().expect("accept");
-        let to = TcpStream::connect(b.local_addr().unwrap()).expect("connect");
+        let to = TcpStream::connect(b.local_addr().expect("ok")).expect("connect");
         let (mut reader, _) = b.accept().expect("accept");
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
