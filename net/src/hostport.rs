@@ -302,6 +302,7 @@ type Flows = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;
 
 fn udp_loop(host: Arc<UdpSocket>, target: SocketAddr, uplink: Arc<File>, stop: Arc<AtomicBool>) {
     let flows: Flows = Arc::default();
+    let mut threads = Vec::new();
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
         let (n, client) = match host.recv_from(&mut buf) {
@@ -318,7 +319,7 @@ fn udp_loop(host: Arc<UdpSocket>, target: SocketAddr, uplink: Arc<File>, stop: A
             }
             Err(e) => {
                 tracing::warn!(%e, "receiving on a UDP host port");
-                return;
+                break;
             }
         };
         let existing = flows
@@ -328,11 +329,21 @@ fn udp_loop(host: Arc<UdpSocket>, target: SocketAddr, uplink: Arc<File>, stop: A
             .and_then(|s| s.try_clone().ok());
         let flow = match existing {
             Some(s) => Some(s),
-            None => open_flow(&host, client, target, &uplink, &flows, &stop),
+            None => {
+                let (socket, thread) = open_flow(&host, client, target, &uplink, &flows, &stop);
+                threads.extend(thread);
+                socket
+            }
         };
         if let Some(flow) = flow {
             let _ = flow.send(&buf[..n]);
         }
+        threads.retain(|t: &JoinHandle<()>| !t.is_finished());
+    }
+    // Flow threads hold the host socket: the port is free once they end.
+    stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        let _ = thread.join();
     }
 }
 
@@ -345,10 +356,10 @@ fn open_flow(
     uplink: &Arc<File>,
     flows: &Flows,
     stop: &Arc<AtomicBool>,
-) -> Option<UdpSocket> {
+) -> (Option<UdpSocket>, Option<JoinHandle<()>>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let (host, uplink, flows, stop) = (host.clone(), uplink.clone(), flows.clone(), stop.clone());
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("hostport-udp".into())
         .spawn(move || {
             let socket = match connect_udp_in(&uplink, target) {
@@ -372,8 +383,9 @@ fn open_flow(
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&client);
         })
-        .ok()?;
-    rx.recv().ok().flatten()
+        .ok();
+    let socket = thread.as_ref().and_then(|_| rx.recv().ok().flatten());
+    (socket, thread)
 }
 
 fn connect_udp_in(uplink: &File, target: SocketAddr) -> io::Result<UdpSocket> {
