@@ -213,3 +213,31 @@ fn run_logs_follow_tail_stats_and_events() {
         );
     }
 }
+
+#[test]
+fn install_puts_the_binary_and_the_user_unit_in_place() {
+    let sb = Sandbox::new("install");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/install.sh");
+    let out = sb
+        .command_as_user(&script)
+        .arg("--binary")
+        .arg(ucri_binary())
+        .output()
+        .expect("install.sh");
+    assert!(out.status.success(), "{}", describe(&out));
+    let installed = sb.home().join(".local/bin/ucri");
+    let version = std::process::Command::new(&installed)
+        .arg("--version")
+        .output()
+        .expect("the installed binary runs");
+    assert!(version.status.success());
+    let unit = std::fs::read_to_string(sb.home().join(".config/systemd/user/ucri.service"))
+        .expect("the unit is installed");
+    for line in [
+        "ExecStart=%h/.local/bin/ucri daemon",
+        "Delegate=yes",
+        "KillMode=process",
+    ] {
+        assert!(unit.contains(line), "{line} in {unit}");
+    }
+}
