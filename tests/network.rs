@@ -583,3 +583,31 @@ fn a_broken_cni_config_makes_the_network_not_ready() {
         "{condition:?}"
     );
 }
+
+#[test]
+fn a_plugin_error_is_reported_with_its_message_and_undone() {
+    let e = env("net-plugin-error");
+    let sb = &e.sb;
+    let dir = sb.config_dir().join("cni/net.d");
+    // A /30 with a gateway leaves one address: the second pod cannot get one.
+    let tiny = r#"{"cniVersion": "1.0.0", "name": "tiny", "plugins": [{"type": "bridge",
+        "bridge": "cni1", "isGateway": true, "ipam": {"type": "host-local",
+        "ranges": [[{"subnet": "10.99.0.0/30", "gateway": "10.99.0.1"}]]}}]}"#;
+    sb.write_user_file(&dir.join("05-tiny.conflist"), tiny);
+    let first = run_pod(sb, &pod_config(sb, "first")).expect("the one address");
+    assert_eq!(pod_ip(sb, &first), "10.99.0.2");
+    let err = run_pod(sb, &pod_config(sb, "second")).expect_err("the range is full");
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(
+        err.message().contains("CNI plugin bridge ADD failed")
+            && err.message().contains("no IP addresses available"),
+        "the plugin's own message: {err:?}"
+    );
+    assert_eq!(veths(sb), 1, "the failed ADD left no veth");
+    let pods = std::fs::read_dir(sb.runtime_dir().join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(pods, 1, "and no pod dir or namespace");
+    stop_pod(sb, &first);
+    remove_pod(sb, &first);
+}
