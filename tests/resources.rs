@@ -89,18 +89,7 @@ fn update_memory(sb: &Sandbox, id: &str, bytes: i64) {
 }
 
 fn stats_cpu_and_memory(sb: &Sandbox, id: &str) -> (u64, u64) {
-    let stats = block_on(async {
-        client(sb)
-            .await
-            .container_stats(ContainerStatsRequest {
-                container_id: id.into(),
-            })
-            .await
-            .expect("ContainerStats")
-            .into_inner()
-            .stats
-            .expect("stats")
-    });
+    let stats = container_stats(sb, id);
     let cpu = stats
         .cpu
         .and_then(|c| c.usage_core_nano_seconds)

@@ -11,21 +11,6 @@ use common::cri::*;
 use common::*;
 use k8s_cri::v1::*;
 
-fn container_stats(sb: &Sandbox, id: &str) -> ContainerStats {
-    block_on(async {
-        client(sb)
-            .await
-            .container_stats(ContainerStatsRequest {
-                container_id: id.into(),
-            })
-            .await
-            .expect("ContainerStats")
-            .into_inner()
-            .stats
-            .expect("stats")
-    })
-}
-
 fn pod_stats(sb: &Sandbox, id: &str) -> PodSandboxStats {
     block_on(async {
         client(sb)

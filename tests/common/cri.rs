@@ -345,3 +345,19 @@ pub fn exec(
             .map(|r| r.into_inner())
     })
 }
+
+/// ContainerStats of one container.
+pub fn container_stats(sb: &Sandbox, id: &str) -> ContainerStats {
+    block_on(async {
+        client(sb)
+            .await
+            .container_stats(ContainerStatsRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("ContainerStats")
+            .into_inner()
+            .stats
+            .expect("stats")
+    })
+}
