@@ -19,6 +19,10 @@ use crate::{io, NetError};
 /// Result versions ucri understands (they all carry `ips`).
 const SUPPORTED_VERSIONS: [&str; 6] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "1.1"];
 
+/// How long one plugin may run (libcni has no limit; a hung plugin would
+/// hang RunPodSandbox for ever).
+const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The interface name pods get.
 pub const POD_IFNAME: &str = "eth0";
 
@@ -499,9 +503,9 @@ impl Cni {
                 .write_all(conf.to_string().as_bytes())
                 .map_err(io(format!("writing the config to CNI plugin {plugin}")))?;
         }
-        let out = child
-            .wait_with_output()
-            .map_err(io(format!("waiting for CNI plugin {plugin}")))?;
+        let out = wait_with_timeout(child, PLUGIN_TIMEOUT)
+            .map_err(io(format!("waiting for CNI plugin {plugin}")))?
+            .ok_or_else(|| failed(format!("did not finish within {PLUGIN_TIMEOUT:?}; killed")))?;
         let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
         if !out.status.success() {
             return Err(failed(plugin_error_message(parsed.as_ref(), &out)));
@@ -516,6 +520,27 @@ impl Cni {
                 "printed something that is not JSON: {}",
                 String::from_utf8_lossy(&out.stdout).trim()
             ))),
+        }
+    }
+}
+
+/// Waits for `child` and its output; kills it after `limit` (None then).
+fn wait_with_timeout(
+    child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.map(Some),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            // The waiting thread reaps it.
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+            Ok(None)
         }
     }
 }
@@ -648,6 +673,28 @@ mod tests {
             json!({"portMappings": [{"hostPort": 8080}]})
         );
         assert_eq!(portmap["prevResult"], prev);
+    }
+
+    #[test]
+    fn a_hung_plugin_is_killed_after_the_timeout() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sleep");
+        let started = std::time::Instant::now();
+        let out = wait_with_timeout(child, std::time::Duration::from_millis(200)).expect("wait");
+        assert!(out.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let quick = std::process::Command::new("echo")
+            .arg("{}")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("echo");
+        let out = wait_with_timeout(quick, std::time::Duration::from_secs(5))
+            .expect("wait")
+            .expect("finished");
+        assert_eq!(out.stdout, b"{}\n");
     }
 
     #[test]
