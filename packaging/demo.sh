@@ -70,47 +70,30 @@ chmod -R a+rX "$BIN_DIR/image"
 as_user "${UCRI[@]}" ctl import "$BIN_DIR/image"
 as_user "${UCRI[@]}" ctl images
 
-say "A pod with two containers: a web server (published on a hostPort), and a client that fetches from it over the pod's loopback"
+say "ucri play: a Kubernetes Pod manifest with a web server (published on a hostPort) and a client that fetches from it over the pod's network"
 HOST_PORT=18080
-mkdir -p "$BIN_DIR/logs"
-[ "$(id -u)" -eq 0 ] && chown "$DEMO_USER" "$BIN_DIR/logs"
-cat >"$BIN_DIR/pod.json" <<JSON
-{"metadata": {"name": "demo", "namespace": "default", "uid": "demo-uid"}, "hostname": "demo",
- "log_directory": "$BIN_DIR/logs", "linux": {},
- "port_mappings": [{"protocol": 0, "container_port": 8080, "host_port": $HOST_PORT}]}
-JSON
-cat >"$BIN_DIR/server.json" <<'JSON'
-{"metadata": {"name": "server"}, "image": {"image": "localhost/ucri-demo:latest"}, "log_path": "server.log",
- "command": ["/bin/sh", "-c", "echo \"hello from $(hostname), served rootless by ucri\" > /www/index.html && exec httpd -f -v -p 8080 -h /www"]}
-JSON
-cat >"$BIN_DIR/client.json" <<'JSON'
-{"metadata": {"name": "client"}, "image": {"image": "localhost/ucri-demo:latest"}, "log_path": "client.log",
- "command": ["/bin/sh", "-c", "sleep 1; wget -q -O - http://127.0.0.1:8080/"]}
-JSON
-chmod a+r "$BIN_DIR"/*.json
-POD=$(as_user "${UCRI[@]}" ctl runp "$BIN_DIR/pod.json")
-echo "pod: $POD"
-echo "its address (CNI bridge in the uplink namespace): $(as_user "${UCRI[@]}" ctl inspectp "$POD" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)"
-SERVER=$(as_user "${UCRI[@]}" ctl create "$POD" "$BIN_DIR/server.json" "$BIN_DIR/pod.json")
-as_user "${UCRI[@]}" ctl start "$SERVER" >/dev/null
-CLIENT=$(as_user "${UCRI[@]}" ctl create "$POD" "$BIN_DIR/client.json" "$BIN_DIR/pod.json")
-as_user "${UCRI[@]}" ctl start "$CLIENT" >/dev/null
-for _ in $(seq 100); do
-  as_user "${UCRI[@]}" ctl ps -a | grep -q "Exited.*client" && break
-  sleep 0.1
-done
-as_user "${UCRI[@]}" ctl ps -a
-echo "client's log:"
-as_user "${UCRI[@]}" ctl logs "$CLIENT" | sed 's/^/  /'
+sed "s/HOST_PORT/$HOST_PORT/" packaging/demo-pod.yaml >"$BIN_DIR/demo-pod.yaml"
+chmod a+r "$BIN_DIR/demo-pod.yaml"
+cat "$BIN_DIR/demo-pod.yaml"
+"${AS_USER[@]}" "${UCRI[@]}" play "$BIN_DIR/demo-pod.yaml" >"$BIN_DIR/play.log" 2>&1 &
+PLAY=$!
+for _ in $(seq 100); do grep -q "^\[client\] hello" "$BIN_DIR/play.log" 2>/dev/null && break; sleep 0.1; done
+echo "ucri play's output so far (logs prefixed with the container name):"
+sed 's/^/  /' "$BIN_DIR/play.log"
 echo "from the host, through the hostPort forwarder (curl http://127.0.0.1:$HOST_PORT/):"
 for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$HOST_PORT/" 2>/dev/null | sed 's/^/  /' && break; sleep 0.1; done
+as_user "${UCRI[@]}" ctl ps
+SERVER=$(as_user "${UCRI[@]}" ctl ps | awk '/ server / { print $1 }')
+echo "its address (CNI bridge in the uplink namespace): $(as_user "${UCRI[@]}" ctl inspectp "$(as_user "${UCRI[@]}" ctl pods -q | head -n 1)" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)"
 echo "inside the server, root (ucri ctl exec):"
 as_user "${UCRI[@]}" ctl exec "$SERVER" id | sed 's/^/  /'
 PID=$(as_user "${UCRI[@]}" ctl inspect "$SERVER" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p' | head -n 1)
 echo "the same process seen from the host (an ordinary user):"
 ps -o user:16=,pid=,args= -p "$PID" | sed 's/^/  /'
-as_user "${UCRI[@]}" ctl stopp "$POD" >/dev/null
-as_user "${UCRI[@]}" ctl rmp "$POD"
+echo "stopping ucri play (SIGTERM, as Ctrl-C would): it stops and removes the pod"
+kill -TERM "$PLAY"
+wait "$PLAY" || true
+tail -n 3 "$BIN_DIR/play.log" | sed 's/^/  /'
 
 say "Stopping the daemon (SIGTERM drains in-flight RPCs) and resetting"
 kill -TERM "$DAEMON"

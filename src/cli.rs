@@ -52,6 +52,12 @@ pub enum Command {
     },
     /// Print the effective configuration, every default included.
     Config,
+    /// Run a Kubernetes Pod manifest (YAML or JSON) until it ends or Ctrl-C,
+    /// printing its containers' logs; unsupported fields are listed, not ignored.
+    Play {
+        /// The Pod manifest.
+        file: std::path::PathBuf,
+    },
     /// Run a command inside the daemon's user and mount namespaces and the
     /// uplink network namespace (where pod IPs are reachable).
     Nsenter {

@@ -77,8 +77,9 @@ fn parse<T: Default + Serialize + DeserializeOwned>(
     text: &str,
     nested: &HashMap<&str, Value>,
 ) -> anyhow::Result<T> {
+    // YAML is a superset of JSON: crictl accepts both.
     let given: Value =
-        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("not valid JSON: {e}"))?;
+        yaml_serde::from_str(text).map_err(|e| anyhow::anyhow!("not valid JSON or YAML: {e}"))?;
     let merged = merge(default_of::<T>(), given, "", nested);
     serde_json::from_value(merged).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -124,6 +125,18 @@ fn merge(base: Value, given: Value, path: &str, nested: &HashMap<&str, Value>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_config_files_parse_too() {
+        let pod = pod_config(
+            "metadata:\n  name: web\n  namespace: default\n  uid: u1\nport_mappings:\n  - container_port: 80\n    host_port: 8080\n",
+        )
+        .expect("yaml pod config");
+        let metadata = pod.metadata.expect("metadata");
+        assert_eq!((metadata.name.as_str(), metadata.attempt), ("web", 0));
+        assert_eq!(pod.port_mappings[0].host_port, 8080);
+        assert!(pod_config("metadata: [").is_err());
+    }
 
     #[test]
     fn crictl_example_files_parse() {

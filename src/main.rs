@@ -16,6 +16,7 @@ mod info;
 mod logging;
 mod metrics;
 mod nsenter;
+mod play;
 mod runtime;
 mod storage;
 mod system;
@@ -71,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             command,
             host_network,
         } => nsenter::run(&config, command, !host_network),
+        Command::Play { file } => play::run(&config, &file),
         Command::System {
             action: SystemAction::Reset { force },
         } => system::reset(&config, force),
