@@ -46,6 +46,9 @@ pub enum CtlCommand {
     },
     /// List images.
     Images {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: crate::ctl_watch::Output,
         /// Only this image.
         image: Option<String>,
         /// Only print image IDs.
@@ -54,6 +57,9 @@ pub enum CtlCommand {
     },
     /// Show an image's status (JSON).
     Inspecti {
+        /// Output format (json or yaml).
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: crate::ctl_watch::Output,
         /// The image reference or ID.
         image: String,
     },
@@ -123,12 +129,18 @@ pub enum CtlCommand {
     },
     /// List pods.
     Pods {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: crate::ctl_watch::Output,
         /// Only print IDs.
         #[arg(short, long)]
         quiet: bool,
     },
     /// List containers (running ones unless --all).
     Ps {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: crate::ctl_watch::Output,
         /// Include containers that are not running.
         #[arg(short, long)]
         all: bool,
@@ -198,11 +210,17 @@ pub enum CtlCommand {
     },
     /// Show a container's status (JSON).
     Inspect {
+        /// Output format (json or yaml).
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: crate::ctl_watch::Output,
         /// The container ID.
         id: String,
     },
     /// Show a pod's status (JSON).
     Inspectp {
+        /// Output format (json or yaml).
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: crate::ctl_watch::Output,
         /// The pod ID.
         id: String,
     },
@@ -236,8 +254,12 @@ async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {
         CtlCommand::Version => print_version(&mut client).await,
         CtlCommand::Info => print_info(&mut client).await,
         CtlCommand::Pull { image, creds } => pull(&mut images, image, creds).await,
-        CtlCommand::Images { image, quiet } => list_images(&mut images, image, quiet).await,
-        CtlCommand::Inspecti { image } => inspect_image(&mut images, image).await,
+        CtlCommand::Images {
+            image,
+            quiet,
+            output,
+        } => list_images(&mut images, image, quiet, output).await,
+        CtlCommand::Inspecti { image, output } => inspect_image(&mut images, image, output).await,
         CtlCommand::Rmi { images: names } => remove_images(&mut images, names).await,
         CtlCommand::Imagefsinfo => image_fs_info(&mut images).await,
         CtlCommand::Import { path } => Err(anyhow!(
@@ -367,13 +389,17 @@ async fn list_images(
     client: &mut ImageServiceClient<Channel>,
     image: Option<String>,
     quiet: bool,
+    output: crate::ctl_watch::Output,
 ) -> anyhow::Result<()> {
     let filter = image.map(|i| ImageFilter { image: spec(i) });
-    let images = client
+    let reply = client
         .list_images(ListImagesRequest { filter })
         .await?
-        .into_inner()
-        .images;
+        .into_inner();
+    if output != crate::ctl_watch::Output::Table {
+        return crate::ctl_watch::print_structured(&serde_json::to_value(&reply)?, output);
+    }
+    let images = reply.images;
     if quiet {
         images.iter().for_each(|i| println!("{}", i.id));
         return Ok(());
@@ -428,6 +454,7 @@ fn human_size(bytes: u64) -> String {
 async fn inspect_image(
     client: &mut ImageServiceClient<Channel>,
     image: String,
+    output: crate::ctl_watch::Output,
 ) -> anyhow::Result<()> {
     let request = ImageStatusRequest {
         image: spec(image.clone()),
@@ -443,8 +470,7 @@ async fn inspect_image(
         .and_then(|i| serde_json::from_str(i).ok())
         .unwrap_or_default();
     let out = serde_json::json!({ "status": status, "info": info });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    crate::ctl_watch::print_structured(&out, output)
 }
 
 async fn remove_images(

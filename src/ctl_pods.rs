@@ -7,6 +7,7 @@ use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
 use crate::ctl::CtlCommand;
+use crate::ctl_watch::{print_structured, Output};
 
 type Client = RuntimeServiceClient<Channel>;
 
@@ -27,11 +28,16 @@ pub async fn run(client: &mut Client, command: CtlCommand) -> anyhow::Result<()>
         CtlCommand::Rm { ids } => each(client, ids, Action::Rm).await,
         CtlCommand::Stopp { ids } => each(client, ids, Action::Stopp).await,
         CtlCommand::Rmp { ids } => each(client, ids, Action::Rmp).await,
-        CtlCommand::Pods { quiet } => pods(client, quiet).await,
-        CtlCommand::Ps { all, quiet, pod } => ps(client, all, quiet, pod).await,
+        CtlCommand::Pods { quiet, output } => pods(client, quiet, output).await,
+        CtlCommand::Ps {
+            all,
+            quiet,
+            pod,
+            output,
+        } => ps(client, all, quiet, pod, output).await,
         CtlCommand::Exec { timeout, id, cmd } => exec(client, id, cmd, timeout).await,
-        CtlCommand::Inspect { id } => inspect(client, id).await,
-        CtlCommand::Inspectp { id } => inspectp(client, id).await,
+        CtlCommand::Inspect { id, output } => inspect(client, id, output).await,
+        CtlCommand::Inspectp { id, output } => inspectp(client, id, output).await,
         other => Err(anyhow!("{other:?} is not a pod or container command")),
     }
 }
@@ -180,12 +186,15 @@ fn age(created_ns: i64) -> String {
     }
 }
 
-async fn pods(client: &mut Client, quiet: bool) -> anyhow::Result<()> {
-    let items = client
+async fn pods(client: &mut Client, quiet: bool, output: Output) -> anyhow::Result<()> {
+    let reply = client
         .list_pod_sandbox(ListPodSandboxRequest { filter: None })
         .await?
-        .into_inner()
-        .items;
+        .into_inner();
+    if output != Output::Table {
+        return print_structured(&serde_json::to_value(&reply)?, output);
+    }
+    let items = reply.items;
     if !quiet {
         println!(
             "{:<13}  {:<16}  {:<8}  {:<20}  {:<12}  {:<7}  RUNTIME",
@@ -234,6 +243,7 @@ async fn ps(
     all: bool,
     quiet: bool,
     pod: Option<String>,
+    output: Output,
 ) -> anyhow::Result<()> {
     let state = (!all).then_some(ContainerStateValue {
         state: ContainerState::ContainerRunning as i32,
@@ -243,13 +253,16 @@ async fn ps(
         pod_sandbox_id: pod.unwrap_or_default(),
         ..Default::default()
     };
-    let containers = client
+    let reply = client
         .list_containers(ListContainersRequest {
             filter: Some(filter),
         })
         .await?
-        .into_inner()
-        .containers;
+        .into_inner();
+    if output != Output::Table {
+        return print_structured(&serde_json::to_value(&reply)?, output);
+    }
+    let containers = reply.containers;
     if !quiet {
         println!(
             "{:<13}  {:<13}  {:<16}  {:<8}  {:<16}  {:<7}  POD ID",
@@ -300,7 +313,7 @@ async fn exec(
     Ok(())
 }
 
-async fn inspect(client: &mut Client, id: String) -> anyhow::Result<()> {
+async fn inspect(client: &mut Client, id: String, output: Output) -> anyhow::Result<()> {
     let reply = client
         .container_status(ContainerStatusRequest {
             container_id: id,
@@ -308,10 +321,10 @@ async fn inspect(client: &mut Client, id: String) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    print_status(serde_json::to_value(reply.status)?, &reply.info)
+    print_status(serde_json::to_value(reply.status)?, &reply.info, output)
 }
 
-async fn inspectp(client: &mut Client, id: String) -> anyhow::Result<()> {
+async fn inspectp(client: &mut Client, id: String, output: Output) -> anyhow::Result<()> {
     let reply = client
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: id,
@@ -319,20 +332,20 @@ async fn inspectp(client: &mut Client, id: String) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    print_status(serde_json::to_value(reply.status)?, &reply.info)
+    print_status(serde_json::to_value(reply.status)?, &reply.info, output)
 }
 
 fn print_status(
     status: serde_json::Value,
     info: &std::collections::HashMap<String, String>,
+    output: Output,
 ) -> anyhow::Result<()> {
     let info: serde_json::Value = info
         .get("info")
         .and_then(|i| serde_json::from_str(i).ok())
         .unwrap_or_default();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&serde_json::json!({ "status": status, "info": info }))?
-    );
-    Ok(())
+    print_structured(
+        &serde_json::json!({ "status": status, "info": info }),
+        output,
+    )
 }

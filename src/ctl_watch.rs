@@ -20,6 +20,17 @@ pub enum Output {
     Table,
     /// The CRI response as JSON.
     Json,
+    /// The CRI response as YAML.
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML (a table is the caller's business).
+pub fn print_structured(value: &serde_json::Value, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Yaml => print!("{}", yaml_serde::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
 }
 
 /// One CRI log line split into its parts.
@@ -166,9 +177,8 @@ pub async fn stats(client: &mut Client, id: Option<String>, output: Output) -> a
     let _ = sample(client).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let reply = sample(client).await?;
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-        return Ok(());
+    if output != Output::Table {
+        return print_structured(&serde_json::to_value(&reply)?, output);
     }
     println!(
         "{:<15}{:<20}{:<10}{:<12}{:<12}{:<8}",
@@ -203,9 +213,8 @@ pub async fn statsp(client: &mut Client, id: Option<String>, output: Output) -> 
         })
         .await?
         .into_inner();
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
-        return Ok(());
+    if output != Output::Table {
+        return print_structured(&serde_json::to_value(&reply)?, output);
     }
     println!(
         "{:<15}{:<20}{:<12}{:<10}{:<12}{:<12}",
@@ -249,9 +258,16 @@ pub async fn events(client: &mut Client, output: Output) -> anyhow::Result<()> {
         .await?
         .into_inner();
     while let Some(event) = stream.message().await? {
-        if output == Output::Json {
-            println!("{}", serde_json::to_string(&event)?);
-            continue;
+        match output {
+            Output::Json => {
+                println!("{}", serde_json::to_string(&event)?);
+                continue;
+            }
+            Output::Yaml => {
+                print!("---\n{}", yaml_serde::to_string(&event)?);
+                continue;
+            }
+            Output::Table => {}
         }
         let kind = ContainerEventType::try_from(event.container_event_type)
             .map(|k| k.as_str_name().to_owned())

@@ -109,6 +109,7 @@ fn run_logs_follow_tail_stats_and_events() {
     let mut events = sb
         .ucri(&["ctl", "events", "-o", "json"])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("ucri ctl events");
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -177,6 +178,22 @@ fn run_logs_follow_tail_stats_and_events() {
         serde_json::from_str(&ctl(&sb, &["stats", "-o", "json", &sleeper])).expect("json");
     assert_eq!(json["stats"].as_array().map(Vec::len), Some(1), "{json}");
     assert!(ctl(&sb, &["statsp"]).contains("watched"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ctl(&sb, &["ps", "-o", "json"])).expect("ps -o json");
+    assert_eq!(listed["containers"][0]["id"], sleeper.as_str(), "{listed}");
+    let pods_yaml = ctl(&sb, &["pods", "-o", "yaml"]);
+    assert!(
+        pods_yaml.starts_with("items:") && pods_yaml.contains(&pod),
+        "{pods_yaml}"
+    );
+    let images: serde_json::Value =
+        serde_json::from_str(&ctl(&sb, &["images", "-o", "json"])).expect("images -o json");
+    assert_eq!(images["images"].as_array().map(Vec::len), Some(1));
+    let inspected = ctl(&sb, &["inspect", "-o", "yaml", &sleeper]);
+    assert!(
+        inspected.starts_with("info:") || inspected.contains("\nstatus:"),
+        "{inspected}"
+    );
 
     ctl(&sb, &["stopp", &pod]);
     ctl(&sb, &["rmp", &pod]);
