@@ -305,24 +305,7 @@ pub async fn run(
             container_file.display()
         );
     };
-    let present = images
-        .image_status(ImageStatusRequest {
-            image: Some(image.clone()),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .image
-        .is_some();
-    if !present {
-        images
-            .pull_image(PullImageRequest {
-                image: Some(image),
-                auth: None,
-                sandbox_config: Some(pod.clone()),
-            })
-            .await?;
-    }
+    pull_if_missing(images, image, Some(&pod)).await?;
     let pod_id = client
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(pod.clone()),
@@ -347,6 +330,36 @@ pub async fn run(
         .await?;
     println!("{id}");
     Ok(())
+}
+
+/// Pulls `image` unless the store has it; true when it pulled.
+pub async fn pull_if_missing(
+    images: &mut ImageServiceClient<Channel>,
+    image: ImageSpec,
+    pod: Option<&PodSandboxConfig>,
+) -> anyhow::Result<bool> {
+    let present = images
+        .image_status(ImageStatusRequest {
+            image: Some(image.clone()),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image
+        .is_some();
+    if present {
+        return Ok(false);
+    }
+    let name = image.image.clone();
+    images
+        .pull_image(PullImageRequest {
+            image: Some(image),
+            auth: None,
+            sandbox_config: pod.cloned(),
+        })
+        .await
+        .with_context(|| format!("pulling {name}"))?;
+    Ok(true)
 }
 
 #[cfg(test)]

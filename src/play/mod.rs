@@ -174,26 +174,8 @@ impl Play {
                 image: c.image.clone(),
                 ..Default::default()
             };
-            let present = self
-                .images
-                .image_status(ImageStatusRequest {
-                    image: Some(spec.clone()),
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .image
-                .is_some();
-            if !present {
-                println!("[play] pulling {}", c.image);
-                self.images
-                    .pull_image(PullImageRequest {
-                        image: Some(spec),
-                        auth: None,
-                        sandbox_config: None,
-                    })
-                    .await
-                    .with_context(|| format!("pulling {}", c.image))?;
+            if crate::ctl_watch::pull_if_missing(&mut self.images, spec, None).await? {
+                println!("[play] pulled {}", c.image);
             }
         }
         Ok(())
