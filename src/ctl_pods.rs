@@ -118,7 +118,8 @@ async fn create(
     Ok(())
 }
 
-async fn start(client: &mut Client, id: String) -> anyhow::Result<()> {
+/// Starts a container and prints its ID.
+pub async fn start(client: &mut Client, id: String) -> anyhow::Result<()> {
     client
         .start_container(StartContainerRequest {
             container_id: id.clone(),

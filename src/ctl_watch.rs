@@ -323,13 +323,7 @@ pub async fn run(
         .await?
         .into_inner()
         .container_id;
-    client
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    println!("{id}");
-    Ok(())
+    crate::ctl_pods::start(client, id).await
 }
 
 /// Pulls `image` unless the store has it; true when it pulled.
