@@ -45,6 +45,23 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The streaming server (Exec, Attach, PortForward).
+    pub streaming: StreamingConfig,
+}
+
+/// `[streaming]`: where `kubectl exec`/`attach`/`port-forward` streams go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// The address to listen on (a loopback address: the URLs carry no TLS).
+    pub address: std::net::IpAddr,
+    /// The port (0 picks a free one at start).
+    pub port: u16,
+    /// Also listen on the same address and port inside the uplink network
+    /// namespace, where a rootless kubelet runs (usernetes).
+    pub in_uplink: bool,
+    /// How long a streaming URL stays valid, in seconds (it works once).
+    pub url_ttl_seconds: u64,
 }
 
 /// `[metrics]`: an optional Prometheus endpoint (off by default).
@@ -235,6 +252,12 @@ impl Config {
             metrics: MetricsConfig {
                 enabled: false,
                 address: "127.0.0.1:9090".into(),
+            },
+            streaming: StreamingConfig {
+                address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port: 0,
+                in_uplink: true,
+                url_ttl_seconds: 60,
             },
         }
     }

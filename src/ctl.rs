@@ -151,17 +151,14 @@ pub enum CtlCommand {
         #[arg(long = "pod")]
         pod: Option<String>,
     },
-    /// Run a command in a running container and print its output.
-    Exec {
-        /// Seconds before the command is killed (0: no limit).
-        #[arg(long, default_value_t = 0)]
-        timeout: i64,
-        /// The container ID.
-        id: String,
-        /// The command.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        cmd: Vec<String>,
-    },
+    /// Run a command in a running container, streaming its stdio (`-it` for
+    /// an interactive terminal; `--sync` for ExecSync).
+    Exec(crate::ctl_stream::ExecArgs),
+    /// Attach to a running container's stdio.
+    Attach(crate::ctl_stream::AttachArgs),
+    /// Forward local ports to a pod's ports until Ctrl-C.
+    #[command(name = "port-forward")]
+    PortForward(crate::ctl_stream::PortForwardArgs),
     /// Print a container's log (the content, without the CRI prefixes).
     Logs {
         /// Keep printing new lines until the container exits.
@@ -240,11 +237,18 @@ pub fn run(config: &Config, args: CtlArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let channel = connect(&socket, std::time::Duration::from_secs(timeout)).await?;
-        run_cri(channel, command).await
-    })?;
-    Ok(0)
+        match command {
+            CtlCommand::Exec(args) => crate::ctl_stream::exec(channel, args).await,
+            CtlCommand::Attach(args) => crate::ctl_stream::attach(channel, args).await,
+            CtlCommand::PortForward(args) => crate::ctl_stream::port_forward(channel, args).await,
+            other => run_cri(channel, other).await.map(|()| 0),
+        }
+    });
+    // A read of the local stdin may still wait in a blocking thread.
+    runtime.shutdown_background();
+    code
 }
 
 async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {

@@ -35,7 +35,6 @@ pub async fn run(client: &mut Client, command: CtlCommand) -> anyhow::Result<()>
             pod,
             output,
         } => ps(client, all, quiet, pod, output).await,
-        CtlCommand::Exec { timeout, id, cmd } => exec(client, id, cmd, timeout).await,
         CtlCommand::Inspect { id, output } => inspect(client, id, output).await,
         CtlCommand::Inspectp { id, output } => inspectp(client, id, output).await,
         other => Err(anyhow!("{other:?} is not a pod or container command")),
@@ -287,29 +286,6 @@ async fn ps(
             m.attempt,
             short(&c.pod_sandbox_id)
         );
-    }
-    Ok(())
-}
-
-async fn exec(
-    client: &mut Client,
-    id: String,
-    cmd: Vec<String>,
-    timeout: i64,
-) -> anyhow::Result<()> {
-    let reply = client
-        .exec_sync(ExecSyncRequest {
-            container_id: id,
-            cmd,
-            timeout,
-        })
-        .await?
-        .into_inner();
-    use std::io::Write;
-    std::io::stdout().write_all(&reply.stdout)?;
-    std::io::stderr().write_all(&reply.stderr)?;
-    if reply.exit_code != 0 {
-        return Err(anyhow!("command exited with {}", reply.exit_code));
     }
     Ok(())
 }

@@ -142,8 +142,15 @@ async fn serve_async(
     let (images, storage) = open_storage(&config).await?;
     let lifecycle = open_lifecycle(&config, &images, &storage).await?;
     let reaper = tokio::spawn(reap_monitors(lifecycle.clone()));
-    let runtime_service =
-        CriRuntimeService::new(config.clone(), mode, storage.clone(), lifecycle.clone());
+    let (streaming, streaming_tasks) =
+        crate::streaming::start(&config.streaming, lifecycle.clone()).await?;
+    let runtime_service = CriRuntimeService::new(
+        config.clone(),
+        mode,
+        storage.clone(),
+        lifecycle.clone(),
+        streaming,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .layer(crate::metrics::RpcMetricsLayer)
@@ -179,6 +186,9 @@ async fn serve_async(
     }
     admin_task.abort();
     reaper.abort();
+    for task in streaming_tasks {
+        task.abort();
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -39,9 +39,23 @@ pub enum CriError {
     /// Content is corrupt (a digest mismatch).
     #[error("{0}")]
     DataLoss(String),
+    /// Too many requests of a kind are in flight.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Anything else; a bug or an environment failure.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::streaming::StreamingError> for CriError {
+    fn from(err: crate::streaming::StreamingError) -> CriError {
+        use crate::streaming::StreamingError as E;
+        match err {
+            E::InvalidArgument(message) => CriError::InvalidArgument(message),
+            E::Lifecycle(e) => CriError::from(e),
+            E::Exhausted(e) => CriError::ResourceExhausted(e.to_string()),
+        }
+    }
 }
 
 impl From<crate::runtime::LifecycleError> for CriError {
@@ -108,6 +122,7 @@ impl From<CriError> for tonic::Status {
             CriError::Unavailable(_) => tonic::Status::unavailable(message),
             CriError::DataLoss(_) => tonic::Status::data_loss(message),
             CriError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+            CriError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             CriError::Internal(_) => tonic::Status::internal(message),
         }
     }

@@ -8,6 +8,7 @@ mod cri;
 mod ctl;
 mod ctl_config;
 mod ctl_pods;
+mod ctl_stream;
 mod ctl_watch;
 mod daemon;
 mod error;
@@ -19,6 +20,7 @@ mod nsenter;
 mod play;
 mod runtime;
 mod storage;
+mod streaming;
 mod system;
 
 use std::process::ExitCode;

@@ -122,3 +122,62 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
     let rc = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
     rc >= 0
 }
+
+/// Receives one descriptor passed with `SCM_RIGHTS` on a Unix socket (how
+/// `crun --console-socket` hands over a terminal's master side).
+pub fn receive_fd(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let fds = msg.cmsgs().map_err(io::Error::from)?.find_map(|c| match c {
+        ControlMessageOwned::ScmRights(fds) => fds.into_iter().next(),
+        _ => None,
+    });
+    let fd = fds.ok_or_else(|| io::Error::other("no descriptor came with the message"))?;
+    // SAFETY: the kernel just installed `fd` in this process for us; nothing
+    // else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`), which also signals the
+/// foreground process group with `SIGWINCH`.
+pub fn set_window_size(tty: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives for the call.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A terminal's window size (`TIOCGWINSZ`) as `(rows, columns)`, or `None`
+/// when `tty` is not a terminal.
+pub fn window_size(tty: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
+    use std::os::fd::AsRawFd;
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which lives for the call.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    (rc == 0).then_some((size.ws_row, size.ws_col))
+}

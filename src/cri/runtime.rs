@@ -1,5 +1,5 @@
 //! The CRI RuntimeService: pods, containers, stats and events through the
-//! lifecycle; streaming, resources and metrics answer `Unimplemented` for now.
+//! lifecycle; Exec, Attach and PortForward hand out streaming-server URLs.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::error::CriError;
 use crate::runtime::{Lifecycle, LifecycleError};
 use crate::storage::Storage;
+use crate::streaming::{Streaming, StreamingError};
 
 /// The CRI API version ucri serves.
 pub const CRI_API_VERSION: &str = "v1";
@@ -27,6 +28,7 @@ pub struct CriRuntimeService {
     mode: &'static str,
     storage: Arc<Storage>,
     lifecycle: Arc<Lifecycle>,
+    streaming: Arc<Streaming>,
 }
 
 impl CriRuntimeService {
@@ -36,13 +38,29 @@ impl CriRuntimeService {
         mode: &'static str,
         storage: Arc<Storage>,
         lifecycle: Arc<Lifecycle>,
+        streaming: Arc<Streaming>,
     ) -> Self {
         CriRuntimeService {
             config,
             mode,
             storage,
             lifecycle,
+            streaming,
         }
+    }
+
+    /// Runs a blocking streaming-URL check off the async workers, in `span`.
+    async fn stream_url(
+        &self,
+        span: tracing::Span,
+        work: impl FnOnce(&Streaming, &Lifecycle) -> Result<String, StreamingError> + Send + 'static,
+    ) -> Result<String, Status> {
+        let (streaming, lifecycle) = (self.streaming.clone(), self.lifecycle.clone());
+        let result =
+            tokio::task::spawn_blocking(move || span.in_scope(|| work(&streaming, &lifecycle)))
+                .await
+                .map_err(|e| Status::internal(format!("streaming task: {e}")))?;
+        result.map_err(|e| Status::from(CriError::from(e)))
     }
 
     /// Runs blocking lifecycle work off the async workers, in `span`.
@@ -277,6 +295,27 @@ impl RuntimeService for CriRuntimeService {
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("exec", container = %request.container_id);
+        let url = self.stream_url(span, move |s, l| s.exec_url(l, request)).await?;
+        Ok(Response::new(ExecResponse { url }))
+    }
+
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("attach", container = %request.container_id);
+        let url = self.stream_url(span, move |s, l| s.attach_url(l, request)).await?;
+        Ok(Response::new(AttachResponse { url }))
+    }
+
+    async fn port_forward(&self, request: Request<PortForwardRequest>) -> Result<Response<PortForwardResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("port_forward", pod = %request.pod_sandbox_id);
+        let url = self.stream_url(span, move |s, l| s.port_forward_url(l, request)).await?;
+        Ok(Response::new(PortForwardResponse { url }))
+    }
+
     async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
         let request = request.into_inner();
         let (id, cmd, timeout) = (request.container_id, request.cmd, request.timeout);
@@ -350,9 +389,6 @@ impl RuntimeService for CriRuntimeService {
     }
 }
     unimplemented {
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     }

@@ -114,7 +114,7 @@ impl Lifecycle {
         Ok(state)
     }
 
-    fn bundle(&self, id: &str) -> PathBuf {
+    pub(super) fn bundle(&self, id: &str) -> PathBuf {
         self.runtime_root.join("containers").join(id)
     }
 
@@ -384,7 +384,7 @@ impl Lifecycle {
         let state = self.running(id)?;
         let session = new_id();
         let work = self.runtime_root.join("exec").join(&session);
-        let result = self.prepare_exec(&state, &work, cmd).and_then(|()| {
+        let result = self.prepare_exec(&state, &work, cmd, false).and_then(|()| {
             self.oci.exec_sync(&super::oci::ExecArgs {
                 id: &state.id,
                 session: &session,
@@ -399,13 +399,14 @@ impl Lifecycle {
         result
     }
 
-    /// The exec's process.json: the container's process with new args and
-    /// no terminal.
-    fn prepare_exec(
+    /// The exec's process.json: the container's process with new args, with
+    /// or without a terminal.
+    pub(super) fn prepare_exec(
         &self,
         state: &ContainerState,
         work: &Path,
         cmd: Vec<String>,
+        terminal: bool,
     ) -> Result<(), LifecycleError> {
         let io = |context: &str| {
             let context = context.to_owned();
@@ -418,14 +419,14 @@ impl Lifecycle {
             serde_json::from_slice(&spec).map_err(|e| LifecycleError::Internal(e.to_string()))?;
         let mut process = spec["process"].clone();
         process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(false);
+        process["terminal"] = serde_json::json!(terminal);
         let json =
             serde_json::to_vec(&process).map_err(|e| LifecycleError::Internal(e.to_string()))?;
         std::fs::write(work.join("process.json"), json).map_err(io("writing process.json"))
     }
 
     /// The current state of container `id`, which must be running.
-    fn running(&self, id: &str) -> Result<ContainerState, LifecycleError> {
+    pub(super) fn running(&self, id: &str) -> Result<ContainerState, LifecycleError> {
         let state = self.container(id)?;
         let state = self.refresh(&state.id).ok_or_else(|| not_found(id))?;
         if state.phase != ContainerPhase::Running {

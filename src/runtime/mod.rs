@@ -13,6 +13,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod state;
 mod stats;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -358,8 +358,10 @@ impl OciPaths {
         if args.stdin {
             cmd.arg("-i");
         }
-        if args.stdin_once {
-            cmd.arg("--stdin-once");
+        // conmon closes the container's stdin when an attached client's
+        // input ends, unless told to leave it open (CRI's StdinOnce=false).
+        if args.stdin && !args.stdin_once {
+            cmd.arg("--leave-stdin-open");
         }
         cmd
     }

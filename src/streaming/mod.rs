@@ -1,0 +1,272 @@
+//! The streaming server: `Exec`, `Attach` and `PortForward` return a URL on
+//! it with a single-use token; the client (kubelet's proxy, crictl, kubectl,
+//! `ucri ctl`) upgrades that URL to SPDY/3.1 or WebSocket and streams.
+//!
+//! It listens on a loopback address in the daemon's network namespace and,
+//! on the same address and port, in the uplink namespace, where a rootless
+//! kubelet runs (usernetes).
+
+pub mod portforward;
+pub mod remotecommand;
+mod spdy;
+pub mod tokens;
+mod websocket;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
+
+use crate::config::StreamingConfig;
+use crate::runtime::{Lifecycle, LifecycleError};
+use tokens::{StreamRequest, Tokens};
+
+/// The running server's address and pending tokens.
+#[derive(Debug)]
+pub struct Streaming {
+    tokens: Tokens,
+    address: SocketAddr,
+}
+
+/// Why a streaming RPC was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamingError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The container or pod cannot stream.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// Too many URLs wait for their clients.
+    #[error(transparent)]
+    Exhausted(#[from] tokens::TooManyPending),
+}
+
+impl Streaming {
+    /// Validates an Exec request against the running container and returns
+    /// its URL.
+    pub fn exec_url(
+        &self,
+        lifecycle: &Lifecycle,
+        mut request: ExecRequest,
+    ) -> Result<String, StreamingError> {
+        if request.cmd.is_empty() {
+            return Err(StreamingError::InvalidArgument(
+                "Exec needs a command".into(),
+            ));
+        }
+        check_streams(request.stdin, request.stdout, request.stderr, request.tty)?;
+        request.container_id = lifecycle.streamable_container(&request.container_id)?;
+        self.url(StreamRequest::Exec(request))
+    }
+
+    /// Validates an Attach request and returns its URL.
+    pub fn attach_url(
+        &self,
+        lifecycle: &Lifecycle,
+        mut request: AttachRequest,
+    ) -> Result<String, StreamingError> {
+        check_streams(request.stdin, request.stdout, request.stderr, request.tty)?;
+        request.container_id = lifecycle.streamable_container(&request.container_id)?;
+        self.url(StreamRequest::Attach(request))
+    }
+
+    /// Validates a PortForward request against the running pod and returns
+    /// its URL.
+    pub fn port_forward_url(
+        &self,
+        lifecycle: &Lifecycle,
+        mut request: PortForwardRequest,
+    ) -> Result<String, StreamingError> {
+        if let Some(port) = request.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(StreamingError::InvalidArgument(format!(
+                "port {port} is not a valid TCP port"
+            )));
+        }
+        request.pod_sandbox_id = lifecycle.pod_netns(&request.pod_sandbox_id)?.0;
+        self.url(StreamRequest::PortForward(request))
+    }
+
+    fn url(&self, request: StreamRequest) -> Result<String, StreamingError> {
+        let kind = request.kind();
+        let token = self.tokens.insert(request)?;
+        Ok(format!("http://{}/{kind}/{token}", self.address))
+    }
+}
+
+/// kubelet's rules: some stream, and no separate stderr with a terminal.
+fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), StreamingError> {
+    if !(stdin || stdout || stderr) {
+        return Err(StreamingError::InvalidArgument(
+            "one of stdin, stdout or stderr must be requested".into(),
+        ));
+    }
+    if tty && stderr {
+        return Err(StreamingError::InvalidArgument(
+            "tty and stderr cannot both be requested (a terminal merges them)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What handlers share.
+#[derive(Clone)]
+struct Shared {
+    streaming: Arc<Streaming>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// Binds the listeners and serves until the returned tasks are aborted.
+pub async fn start(
+    config: &StreamingConfig,
+    lifecycle: Arc<Lifecycle>,
+) -> anyhow::Result<(Arc<Streaming>, Vec<tokio::task::JoinHandle<()>>)> {
+    let host = tokio::net::TcpListener::bind((config.address, config.port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding the streaming server on {}:{}",
+                config.address, config.port
+            )
+        })?;
+    let address = host.local_addr()?;
+    let streaming = Arc::new(Streaming {
+        tokens: Tokens::new(std::time::Duration::from_secs(config.url_ttl_seconds)),
+        address,
+    });
+    let shared = Shared {
+        streaming: streaming.clone(),
+        lifecycle: lifecycle.clone(),
+    };
+    let mut tasks = vec![tokio::spawn(serve(host, shared.clone()))];
+    if config.in_uplink {
+        match bind_in_uplink(&lifecycle.network().uplink_netns(), address).await {
+            Ok(listener) => tasks.push(tokio::spawn(serve(listener, shared))),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "streaming server not reachable from the uplink namespace"
+            ),
+        }
+    }
+    tracing::info!(%address, "streaming server listening");
+    Ok((streaming, tasks))
+}
+
+/// Binds `address` inside the uplink network namespace (from a thread of
+/// its own, which setns moves there and then ends).
+async fn bind_in_uplink(
+    netns: &Path,
+    address: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let netns = netns.to_owned();
+    let listener = run_in_netns(Some(netns.clone()), move || {
+        std::net::TcpListener::bind(address)
+    })
+    .await
+    .with_context(|| format!("binding {address} in {}", netns.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
+/// Runs `work` on a new thread that first joins the network namespace
+/// pinned at `netns` (or stays in the daemon's for `None`). Sockets made
+/// there stay in that namespace wherever they are used.
+pub async fn run_in_netns<T: Send + 'static>(
+    netns: Option<std::path::PathBuf>,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ucri-netns".into())
+        .spawn(move || {
+            let result = netns
+                .map(|path| -> std::io::Result<()> {
+                    let file = std::fs::File::open(&path)?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                })
+                .transpose()
+                .and_then(|_| work());
+            let _ = tx.send(result);
+        })?;
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Shared) {
+    let app = axum::Router::new()
+        .route("/{kind}/{token}", axum::routing::any(handle))
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "streaming server stopped");
+    }
+}
+
+async fn handle(
+    State(shared): State<Shared>,
+    UrlPath((kind, token)): UrlPath<(String, String)>,
+    request: Request,
+) -> Response {
+    let Some(stream) = shared.streaming.tokens.take(&kind, &token) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "unknown, expired or already used streaming URL\n",
+        )
+            .into_response();
+    };
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match upgrade.as_str() {
+        "websocket" => websocket::serve(shared.lifecycle, stream, request).await,
+        u if u == ucri_stream::spdy::UPGRADE.to_ascii_lowercase() => {
+            spdy::serve(shared.lifecycle, stream, request)
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "this URL must be upgraded to SPDY/3.1 or websocket\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Picks the first of `supported` (server preference) the client offered;
+/// `Ok(None)` when it offered nothing.
+fn negotiate(
+    offered: &[String],
+    supported: &[&'static str],
+) -> Result<Option<&'static str>, Box<Response>> {
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    supported
+        .iter()
+        .find(|s| offered.iter().any(|o| o == *s))
+        .map(|s| Some(*s))
+        .ok_or_else(|| {
+            let message = format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}\n"
+            );
+            Box::new((StatusCode::FORBIDDEN, message).into_response())
+        })
+}
+
+/// Every value of a header that may repeat or hold a comma-separated list.
+fn header_values(headers: &axum::http::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
