@@ -2,6 +2,7 @@
 //! streaming URL, then the project's own SPDY/3.1 (default) or WebSocket
 //! client on it, with the local terminal in raw mode for `-t`.
 
+use std::io::Write;
 use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context};
@@ -261,7 +262,8 @@ async fn accept_loop(
     forward: std::sync::Arc<remote::SpdyPortForward>,
 ) {
     while let Ok((conn, peer)) = listener.accept().await {
-        println!("Handling connection for {port}");
+        // Like kubectl; a closed stdout must not stop the forwarding.
+        let _ = writeln!(std::io::stdout(), "Handling connection for {port}");
         let forward = forward.clone();
         tokio::spawn(async move {
             if let Err(e) = remote::forward_connection(&forward, port, conn).await {

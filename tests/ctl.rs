@@ -68,11 +68,15 @@ fn crictl_style_commands_run_a_pod_end_to_end() {
         "{ps}"
     );
     assert_eq!(ctl(&sb, &["exec", &id, "id", "-u"]).trim(), "0");
-    let failing = sb.run_ucri(&["ctl", "exec", &id, "sh", "-c", "exit 3"]);
+    let failing = sb.run_ucri(&["ctl", "exec", &id, "sh", "-c", "echo bad >&2; exit 3"]);
+    assert_eq!(failing.status.code(), Some(3), "{}", describe(&failing));
     assert!(
-        !failing.status.success()
-            && String::from_utf8_lossy(&failing.stderr).contains("exited with 3")
+        String::from_utf8_lossy(&failing.stderr).ends_with("\nbad\n"),
+        "{}",
+        describe(&failing)
     );
+    let sync = sb.run_ucri(&["ctl", "exec", "--sync", &id, "sh", "-c", "exit 4"]);
+    assert_eq!(sync.status.code(), Some(4), "{}", describe(&sync));
     let inspect: serde_json::Value =
         serde_json::from_str(&ctl(&sb, &["inspect", &id])).expect("JSON");
     assert!(
@@ -257,4 +261,186 @@ fn install_puts_the_binary_and_the_user_unit_in_place() {
     ] {
         assert!(unit.contains(line), "{line} in {unit}");
     }
+}
+
+/// A pod for the streaming commands: httpd on 8080 and a shell reading the
+/// container's stdin (closed after the first attach: StdinOnce).
+fn streaming_pod(sb: &mut Sandbox, registry: &TestRegistry) -> (String, String) {
+    let image = registry.image("demo/busybox:latest");
+    ctl(sb, &["pull", &image]);
+    let pod_json = sb.root.join("pod.json");
+    let container_json = sb.root.join("container.json");
+    let logs = sb.home().join("logs");
+    sb.write_user_file(
+        &pod_json,
+        &format!(r#"{{"metadata": {{"name": "streams", "namespace": "default", "uid": "u2"}}, "log_directory": "{}", "linux": {{}}}}"#, logs.display()),
+    );
+    let script = "mkdir -p /www && echo via-port-forward > /www/index.html && httpd -p 8080 -h /www && exec sh";
+    sb.write_user_file(
+        &container_json,
+        &format!(r#"{{"metadata": {{"name": "shell"}}, "image": {{"image": "{image}"}}, "command": ["/bin/sh", "-c", "{script}"], "stdin": true, "stdin_once": true, "log_path": "shell.log", "linux": {{}}}}"#),
+    );
+    let id = ctl(
+        sb,
+        &[
+            "run",
+            &container_json.display().to_string(),
+            &pod_json.display().to_string(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    let pod = ctl(sb, &["pods", "-q"]).trim().to_owned();
+    (pod, id)
+}
+
+/// Runs `command` (a shell line) as the user inside `script`'s pseudo-terminal
+/// of 40 rows and 100 columns, with `input` typed into it.
+fn in_terminal(sb: &Sandbox, command: &str, input: &str) -> String {
+    use std::io::Write;
+    let line = format!("stty rows 40 cols 100; {command}");
+    let mut child = sb
+        .command_as_user("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) is needed for the terminal test");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stdin.write_all(input.as_bytes()).expect("type");
+    let out = wait_output(child, std::time::Duration::from_secs(30));
+    drop(stdin);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "timed out: {:?}",
+                child.wait_with_output().map(|o| describe(&o))
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
+    let registry = TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "demo/busybox:latest");
+    let mut sb = Sandbox::new("ctl-streams");
+    let _daemon = sb.start_daemon();
+    let (pod, id) = streaming_pod(&mut sb, &registry);
+    let ucri = ucri_binary().display().to_string();
+
+    // exec -it: a remote terminal of the local terminal's size, typed into.
+    let typed = in_terminal(
+        &sb,
+        &format!("{ucri} ctl exec -it {id} sh"),
+        "stty size; echo typed-$((6 * 7)); exit 5\n",
+    );
+    assert!(
+        typed.contains("40 100"),
+        "the terminal size came along: {typed:?}"
+    );
+    assert!(
+        typed.contains("typed-42"),
+        "keystrokes reached the shell: {typed:?}"
+    );
+    let code = in_terminal(
+        &sb,
+        &format!("{ucri} ctl exec -it {id} sh -c 'exit 6'; echo local-exit=$?"),
+        "",
+    );
+    assert!(
+        code.contains("local-exit=6"),
+        "exit code of exec -it: {code:?}"
+    );
+
+    // port-forward: a local port to httpd in the pod, until interrupted.
+    let mut forward = sb
+        .ucri(&["ctl", "port-forward", &pod, ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("port-forward");
+    let mut first = String::new();
+    let stdout = forward.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout);
+    std::io::BufRead::read_line(&mut lines, &mut first).expect("line");
+    let handled = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut lines, &mut rest);
+        rest
+    });
+    let local = first
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("Forwarding from ADDR -> PORT: {first:?}"))
+        .to_owned();
+    assert!(first.ends_with("-> 8080\n"), "{first:?}");
+    for _ in 0..2 {
+        match http_get(&local) {
+            Ok(response) if response.contains("via-port-forward") => {}
+            other => {
+                let _ = forward.kill();
+                panic!(
+                    "{other:?}: {}",
+                    describe(&forward.wait_with_output().expect("output"))
+                );
+            }
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(forward.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("interrupt");
+    let stopped = wait_output(forward, std::time::Duration::from_secs(10));
+    assert!(stopped.status.success(), "{}", describe(&stopped));
+    let handled = handled.join().expect("reader");
+    assert_eq!(
+        handled.matches("Handling connection for 8080").count(),
+        2,
+        "{handled}"
+    );
+
+    // attach -i: input reaches the shell; its end closes stdin (StdinOnce),
+    // the shell exits, and attach ends with it.
+    let mut attach = sb
+        .ucri(&["ctl", "attach", "-i", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let mut input = attach.stdin.take().expect("stdin");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::io::Write::write_all(&mut input, b"echo attached-$((40 + 2))\n").expect("write");
+    drop(input);
+    let attached = wait_output(attach, std::time::Duration::from_secs(30));
+    assert!(attached.status.success(), "{}", describe(&attached));
+    assert!(
+        String::from_utf8_lossy(&attached.stdout).contains("attached-42"),
+        "{}",
+        describe(&attached)
+    );
+    assert!(ctl(&sb, &["ps", "-a"]).contains("Exited"));
+    ctl(&sb, &["rmp", &pod]);
+}
+
+fn http_get(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(address)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    Ok(response)
 }
