@@ -494,10 +494,14 @@ fn port_forward_reaches_httpd_in_the_pod_over_spdy_and_websocket() {
         }
         for (index, expected) in [(0, "served-on-8080"), (1, "served-on-8081")] {
             let mut body = Vec::new();
-            while let Ok(Some(chunk)) =
-                tokio::time::timeout(Duration::from_secs(10), forward.data[index].recv()).await
-            {
-                body.extend_from_slice(&chunk);
+            loop {
+                let next =
+                    tokio::time::timeout(Duration::from_secs(10), forward.data[index].recv());
+                match next.await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(_) => panic!("the forward did not end after httpd closed: {body:?}"),
+                }
             }
             let body = String::from_utf8_lossy(&body);
             assert!(body.contains(expected), "websocket port {index}: {body}");

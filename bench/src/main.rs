@@ -8,6 +8,7 @@
 
 mod measure;
 mod report;
+mod streams;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -31,6 +31,11 @@ pub async fn run_all(args: &Args, channel: Channel) -> anyhow::Result<Value> {
     }
     eprintln!("ucri-bench: ExecSync x{}", args.execs);
     let exec = exec_sync(&mut client, args).await?;
+    eprintln!(
+        "ucri-bench: streaming (exec x{} per transport, port-forward)",
+        args.execs
+    );
+    let streaming = crate::streams::run(&mut client, args).await?;
     eprintln!("ucri-bench: {} running pods", args.scale);
     let scale = at_scale(&mut client, args, idle_rss_kib).await?;
     let pull = match &args.pull_image {
@@ -46,6 +51,7 @@ pub async fn run_all(args: &Args, channel: Channel) -> anyhow::Result<Value> {
         "floor": floor,
         "batches": batches,
         "execSync": exec,
+        "streaming": streaming,
         "scale": scale,
         "pull": pull,
     }))
@@ -67,7 +73,7 @@ pub fn summary(samples: &mut [Duration]) -> Value {
            "p95": at(0.95), "p99": at(0.99)})
 }
 
-fn pod_config(args: &Args, name: &str) -> PodSandboxConfig {
+pub fn pod_config(args: &Args, name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -80,7 +86,7 @@ fn pod_config(args: &Args, name: &str) -> PodSandboxConfig {
     }
 }
 
-fn container_config(args: &Args, command: &[&str]) -> ContainerConfig {
+pub fn container_config(args: &Args, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: "c".into(),
@@ -137,7 +143,7 @@ async fn start_pod(
     Ok((pod, id, [t1 - t0, t2 - t1, t3 - t2]))
 }
 
-async fn remove_pod(client: &mut Client, pod: &str) -> anyhow::Result<(Duration, Duration)> {
+pub async fn remove_pod(client: &mut Client, pod: &str) -> anyhow::Result<(Duration, Duration)> {
     let t0 = Instant::now();
     client
         .stop_pod_sandbox(StopPodSandboxRequest {

@@ -26,6 +26,7 @@ pub fn markdown(r: &Value) -> String {
     lifecycle(&mut out, r);
     batches(&mut out, r);
     exec_and_scale(&mut out, r);
+    streaming(&mut out, r);
     pull(&mut out, r);
     out
 }
@@ -154,4 +155,43 @@ fn pull(out: &mut String, r: &Value) {
         num(&p["skopeoMBps"])
     );
     let _ = writeln!(out, "| ratio ucri / skopeo | | {} |", num(&p["ratio"]));
+}
+
+fn streaming(out: &mut String, r: &Value) {
+    let s = &r["streaming"];
+    if s.is_null() {
+        return;
+    }
+    let _ = writeln!(out, "| streaming figure | value |");
+    let _ = writeln!(out, "|---|---|");
+    for (name, key) in [
+        ("Exec + SPDY/3.1 `true`, exit status", "execSpdy"),
+        ("Exec + WebSocket v5 `true`, exit status", "execWebSocket"),
+        ("ExecSync `true` (same run)", "execSync"),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name}: p50 / p99 (N={}) | {} / {} ms |",
+            s[key]["n"],
+            num(&s[key]["p50"]),
+            num(&s[key]["p99"])
+        );
+    }
+    for (name, key) in [
+        ("port-forward download, SPDY", "portForwardSpdyGbps"),
+        (
+            "port-forward download, WebSocket",
+            "portForwardWebSocketGbps",
+        ),
+        ("hostPort forwarder download (reference)", "hostPortGbps"),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} ({} MiB, median of {}) | {} Gbit/s |",
+            s["transferMiB"],
+            s["rounds"],
+            num(&s[key])
+        );
+    }
+    out.push('\n');
 }

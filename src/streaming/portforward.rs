@@ -39,28 +39,27 @@ pub async fn connect(
     tokio::net::TcpStream::from_std(stream).map_err(|e| failed(&e))
 }
 
-/// Copies both ways until both directions ended: the client's end of data
-/// half-closes the connection, the pod's end half-closes the client stream.
+/// Copies both ways until the pod closes its side, as kubelet's runtimes
+/// do: the client's end of data half-closes the connection, and the pod's
+/// end finishes the forward (a WebSocket client has no way to half-close).
 pub async fn forward(conn: tokio::net::TcpStream, mut from_client: Reader, mut to_client: Writer) {
     let (mut pod_read, mut pod_write) = conn.into_split();
-    let upstream = async move {
+    let upstream = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut from_client, &mut pod_write).await;
         let _ = pod_write.shutdown().await;
-    };
-    let downstream = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match pod_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to_client.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    let _ = to_client.flush().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pod_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to_client.write_all(&buf[..n]).await.is_err() {
+                    break;
                 }
+                let _ = to_client.flush().await;
             }
         }
-        let _ = to_client.shutdown().await;
-    };
-    tokio::join!(upstream, downstream);
+    }
+    let _ = to_client.shutdown().await;
+    upstream.abort();
 }

@@ -218,9 +218,13 @@ struct Copies {
 
 impl Copies {
     async fn finish(self) {
+        let aborts: Vec<_> = self.output.iter().map(|t| t.abort_handle()).collect();
         let outputs = futures::future::join_all(self.output);
         if tokio::time::timeout(OUTPUT_GRACE, outputs).await.is_err() {
             tracing::debug!("output still open after the process exited; closing it");
+            for task in aborts {
+                task.abort();
+            }
         }
         for task in self.input {
             task.abort();

@@ -156,8 +156,17 @@ impl Outgoing {
 
     /// Waits for every channel's queued bytes.
     async fn drain(&mut self) {
-        let pumps = futures::future::join_all(std::mem::take(&mut self.pumps));
-        let _ = tokio::time::timeout(DRAIN, pumps).await;
+        let pumps = std::mem::take(&mut self.pumps);
+        let aborts: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
+        if tokio::time::timeout(DRAIN, futures::future::join_all(pumps))
+            .await
+            .is_err()
+        {
+            // A channel whose writer never ended must not keep the socket open.
+            for pump in aborts {
+                pump.abort();
+            }
+        }
     }
 }
 
