@@ -134,6 +134,11 @@ main() {
   install_packages "${RUNTIME_PACKAGES[@]}"
   [ "$build" -eq 1 ] && install_packages "${BUILD_PACKAGES[@]}"
   [ "$test" -eq 1 ] && install_packages "${TEST_PACKAGES[@]}"
+  # kubectl (Debian's client-go, SPDY) for the streaming interop test,
+  # unless one is installed already (another package owns /usr/bin/kubectl).
+  if [ "$test" -eq 1 ] && ! command -v kubectl >/dev/null; then
+    install_packages kubernetes-client
+  fi
   open_devices
   local invoking="${SUDO_USER:-$(id -un)}"
   [ "$invoking" != root ] && users+=("$invoking")

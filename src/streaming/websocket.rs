@@ -186,7 +186,13 @@ fn split(
                 return;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        // A normal closure (1000): Go clients report a close without a
+        // status code (1005) as an error on every stream.
+        let normal = axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(normal))).await;
         let _ = sink.close().await;
     });
     let (gone_tx, gone) = oneshot::channel();
