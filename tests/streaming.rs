@@ -273,8 +273,25 @@ fn bad_streaming_requests_get_protocol_errors_and_tokens_work_once() {
     let garbage = raw_http(&url, "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n");
     assert!(garbage.starts_with("HTTP/1.1 101"), "{garbage}");
 
-    // A stopped container cannot be streamed to.
+    // A container that stops under a running exec ends the stream; then it
+    // cannot be streamed to.
+    let long = exec_url(&e.sb, exec_request(&id, &["sleep", "300"], false, false)).expect("Exec");
+    let running = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let ran = stream(&long, Transport::Spdy, options(false, false), None, None);
+        (ran.result, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
     stop(&e.sb, &id, 0).expect("StopContainer");
+    let (result, took) = running.join().expect("exec thread");
+    assert!(
+        took < Duration::from_secs(30),
+        "the exec outlived its container by {took:?}"
+    );
+    assert!(
+        !matches!(result, Ok(0)),
+        "a killed exec does not report success: {result:?}"
+    );
     let status = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect_err("stopped");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     let attach = block_on(async {
