@@ -99,12 +99,7 @@ pub async fn exec(channel: Channel, args: ExecArgs) -> anyhow::Result<i32> {
         stdout: true,
         stderr: !args.tty,
     };
-    let options = Options {
-        stdin: request.stdin,
-        stdout: true,
-        stderr: request.stderr,
-        tty: request.tty,
-    };
+    let options = options(request.stdin, request.tty);
     let url = client.exec(request).await?.into_inner().url;
     stream(&url, args.transport.into(), options).await
 }
@@ -133,14 +128,19 @@ pub async fn attach(channel: Channel, args: AttachArgs) -> anyhow::Result<i32> {
         stdout: true,
         stderr: !args.tty,
     };
-    let options = Options {
-        stdin: request.stdin,
-        stdout: true,
-        stderr: request.stderr,
-        tty: request.tty,
-    };
+    let options = options(request.stdin, request.tty);
     let url = Client::new(channel).attach(request).await?.into_inner().url;
     stream(&url, args.transport.into(), options).await
+}
+
+/// What `ucri ctl` asks for: stdout always, stderr unless a terminal merges it.
+fn options(stdin: bool, tty: bool) -> Options {
+    Options {
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    }
 }
 
 /// Streams a remote command with this process's stdio.

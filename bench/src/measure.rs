@@ -317,22 +317,27 @@ async fn exec_sync(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
     let (pod, id, _) = start_pod(client, args, "exec", &["sleep", "3600"], true).await?;
     let mut samples = Vec::new();
     for _ in 0..args.execs {
-        let t = Instant::now();
-        let reply = client
-            .exec_sync(ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: vec!["true".into()],
-                timeout: 10,
-            })
-            .await?
-            .into_inner();
-        samples.push(t.elapsed());
-        if reply.exit_code != 0 {
-            bail!("ExecSync of true exited {}", reply.exit_code);
-        }
+        samples.push(exec_sync_true(client, &id).await?);
     }
     remove_pod(client, &pod).await?;
     Ok(summary(&mut samples))
+}
+
+/// One ExecSync of `true`: its round trip.
+pub async fn exec_sync_true(client: &mut Client, id: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let reply = client
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["true".into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    if reply.exit_code != 0 {
+        bail!("ExecSync of true exited {}", reply.exit_code);
+    }
+    Ok(t.elapsed())
 }
 
 /// `scale` running pods: the daemon's and the monitors' memory, and the

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 use ucri_stream::remote::{self, Io, Options, Transport};
 
-use crate::measure::{container_config, pod_config, remove_pod, summary};
+use crate::measure::{container_config, exec_sync_true, pod_config, remove_pod, summary};
 use crate::Args;
 
 type Client = RuntimeServiceClient<Channel>;
@@ -46,7 +46,7 @@ async fn measure(
     for _ in 0..args.execs {
         spdy.push(exec_round_trip(client, id, Transport::Spdy).await?);
         ws.push(exec_round_trip(client, id, Transport::WebSocket).await?);
-        sync.push(exec_sync(client, id).await?);
+        sync.push(exec_sync_true(client, id).await?);
     }
     let bytes = megabytes << 20;
     let rounds = if args.pods < 10 { 1 } else { 3 };
@@ -167,22 +167,6 @@ async fn exec_round_trip(
     let code = remote::run(&url, transport, options, Io::default()).await?;
     if code != 0 {
         bail!("exec of true over {transport:?} exited {code}");
-    }
-    Ok(t.elapsed())
-}
-
-async fn exec_sync(client: &mut Client, id: &str) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let reply = client
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["true".into()],
-            timeout: 10,
-        })
-        .await?
-        .into_inner();
-    if reply.exit_code != 0 {
-        bail!("ExecSync of true exited {}", reply.exit_code);
     }
     Ok(t.elapsed())
 }

@@ -7,16 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::runtime::streams::ExecProcess;
 use crate::runtime::{Lifecycle, LifecycleError};
+use ucri_stream::remote::{copy_then_close as pump, sink_or};
 
-/// A byte source from the client.
-pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
-/// A byte sink to the client.
-pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+pub use ucri_stream::remote::{Reader, Writer};
 
 /// How long output may keep flowing after the process exited (a background
 /// child can hold the pipes or the terminal open).
@@ -47,6 +45,18 @@ pub enum Version {
     V4,
     /// `v5.channel.k8s.io` (WebSocket): adds the close signal.
     V5,
+}
+
+impl Wanted {
+    /// The streams of a CRI request (a terminal merges stderr into stdout).
+    pub fn new(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Wanted {
+        Wanted {
+            stdin,
+            stdout,
+            stderr: stderr && !tty,
+            tty,
+        }
+    }
 }
 
 impl Version {
@@ -298,10 +308,6 @@ fn connect_process(process: &mut ExecProcess, io: Stdio) -> std::io::Result<Copi
     Ok(copies)
 }
 
-fn sink_or(writer: Option<Writer>) -> Writer {
-    writer.unwrap_or_else(|| Box::new(tokio::io::sink()))
-}
-
 /// Wires a terminal's master side: output to stdout, stdin to it, resize
 /// events to `TIOCSWINSZ`.
 fn connect_terminal(
@@ -353,22 +359,6 @@ impl AsyncRead for TerminalReader {
             other => other,
         }
     }
-}
-
-/// Copies until end of file, then shuts the sink down (closing a pipe or
-/// half-closing a stream); errors end the copy quietly.
-async fn pump(mut from: Reader, mut to: Writer) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
 }
 
 /// Runs an Attach: the container's output from conmon's attach socket to the

@@ -82,7 +82,7 @@ async fn run(
     use tracing::Instrument;
     match stream {
         StreamRequest::Exec(request) => {
-            let wanted = wanted(request.stdin, request.stdout, request.stderr, request.tty);
+            let wanted = Wanted::new(request.stdin, request.stdout, request.stderr, request.tty);
             let span = tracing::info_span!("exec_stream", container = %request.container_id, transport = "spdy");
             remotecommand_session(session, incoming, version, wanted, move |io, gone| {
                 remotecommand::run_exec(lifecycle, request, io, gone)
@@ -91,7 +91,7 @@ async fn run(
             .await
         }
         StreamRequest::Attach(request) => {
-            let wanted = wanted(request.stdin, request.stdout, request.stderr, request.tty);
+            let wanted = Wanted::new(request.stdin, request.stdout, request.stderr, request.tty);
             let span = tracing::info_span!("attach_stream", container = %request.container_id, transport = "spdy");
             remotecommand_session(session, incoming, version, wanted, move |io, gone| {
                 remotecommand::run_attach(lifecycle, request, io, gone)
@@ -105,15 +105,6 @@ async fn run(
                 .instrument(span)
                 .await
         }
-    }
-}
-
-fn wanted(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Wanted {
-    Wanted {
-        stdin,
-        stdout,
-        stderr: stderr && !tty,
-        tty,
     }
 }
 

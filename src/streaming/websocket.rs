@@ -65,7 +65,7 @@ pub async fn serve(lifecycle: Arc<Lifecycle>, stream: StreamRequest, request: Re
     upgrade.on_upgrade(move |socket| async move {
         match stream {
             StreamRequest::Exec(request) => {
-                let wanted = wanted(request.stdin, request.stdout, request.stderr, request.tty);
+                let wanted = Wanted::new(request.stdin, request.stdout, request.stderr, request.tty);
                 let span = tracing::info_span!("exec_stream", container = %request.container_id, transport = "websocket");
                 let session = remotecommand_session(socket, version, wanted, move |io, gone| {
                     remotecommand::run_exec(lifecycle, request, io, gone)
@@ -73,7 +73,7 @@ pub async fn serve(lifecycle: Arc<Lifecycle>, stream: StreamRequest, request: Re
                 tracing::Instrument::instrument(session, span).await;
             }
             StreamRequest::Attach(request) => {
-                let wanted = wanted(request.stdin, request.stdout, request.stderr, request.tty);
+                let wanted = Wanted::new(request.stdin, request.stdout, request.stderr, request.tty);
                 let span = tracing::info_span!("attach_stream", container = %request.container_id, transport = "websocket");
                 let session = remotecommand_session(socket, version, wanted, move |io, gone| {
                     remotecommand::run_attach(lifecycle, request, io, gone)
@@ -87,15 +87,6 @@ pub async fn serve(lifecycle: Arc<Lifecycle>, stream: StreamRequest, request: Re
             }
         }
     })
-}
-
-fn wanted(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Wanted {
-    Wanted {
-        stdin,
-        stdout,
-        stderr: stderr && !tty,
-        tty,
-    }
 }
 
 /// `port=80&port=8080` (kubelet also accepts `ports=80,8080`).

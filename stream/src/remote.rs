@@ -200,12 +200,15 @@ async fn send_resizes(mut resize: mpsc::Receiver<(u16, u16)>, writer: StreamWrit
     }
 }
 
-fn sink_or(writer: Option<Writer>) -> Writer {
+/// `writer`, or a sink that drops what it gets.
+pub fn sink_or(writer: Option<Writer>) -> Writer {
     writer.unwrap_or_else(|| Box::new(tokio::io::sink()))
 }
 
-/// Copies to end of file, then shuts the sink down.
-async fn copy_then_close(mut from: Reader, mut to: Writer) {
+/// Copies to end of file (or the first error, on either side), flushing as
+/// it goes, then shuts the sink down: closing a pipe or half-closing a
+/// stream.
+pub async fn copy_then_close(mut from: Reader, mut to: Writer) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
