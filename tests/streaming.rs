@@ -216,8 +216,83 @@ fn exec_streams_output_exit_codes_stdin_and_a_resized_terminal() {
         let code = ran.result.expect(&what);
         assert!(code != 0, "{what}: a missing program fails");
     }
+    older_protocol_versions_still_work(&e, &id);
     stop_pod(&e.sb, &pod);
     remove_pod(&e.sb, &pod);
+}
+
+/// SPDY v1–v3 (plain-text errors, resize from v3) and WebSocket v4 (no
+/// close signal), as older clients offer them.
+fn older_protocol_versions_still_work(e: &Env, id: &str) {
+    let run = |transport,
+               version: &str,
+               request: ExecRequest,
+               stdin: Option<&[u8]>,
+               size: Option<(u16, u16)>| {
+        let url = exec_url(&e.sb, request.clone()).expect("Exec");
+        let stdout = Capture::default();
+        let io = Io {
+            stdin: stdin.map(|b| Box::new(std::io::Cursor::new(b.to_vec())) as remote::Reader),
+            stdout: Some(Box::new(stdout.clone())),
+            stderr: None,
+            resize: size.map(|size| {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.try_send(size).expect("resize");
+                std::mem::forget(tx);
+                rx
+            }),
+        };
+        let opts = options(request.stdin, request.tty);
+        let result = block_on(remote::run_with(&url, transport, &[version], opts, io));
+        (result, stdout.text())
+    };
+    for version in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
+        let (result, out) = run(
+            Transport::Spdy,
+            version,
+            exec_request(id, &["echo", "old"], false, false),
+            None,
+            None,
+        );
+        assert_eq!(
+            (result.expect(version), out.as_str()),
+            (0, "old\n"),
+            "{version}"
+        );
+        let failing = exec_request(id, &["sh", "-c", "exit 3"], false, false);
+        let err = run(Transport::Spdy, version, failing, None, None)
+            .0
+            .expect_err(version);
+        assert!(
+            err.to_string().contains("non-zero exit code"),
+            "{version}: plain text: {err}"
+        );
+    }
+    let tty = exec_request(id, &["sh", "-c", "sleep 1; stty size"], true, true);
+    let (result, out) = run(
+        Transport::Spdy,
+        "v3.channel.k8s.io",
+        tty,
+        Some(b""),
+        Some((70, 21)),
+    );
+    assert_eq!(result.expect("v3 tty"), 0);
+    assert!(out.contains("21 70"), "v3 has the resize stream: {out:?}");
+    // v4 cannot signal the end of stdin: the command stops after one line.
+    let line = exec_request(
+        id,
+        &["sh", "-c", "read l; echo $l | tr a-z A-Z"],
+        true,
+        false,
+    );
+    let (result, out) = run(
+        Transport::WebSocket,
+        "v4.channel.k8s.io",
+        line,
+        Some(b"four\n"),
+        None,
+    );
+    assert_eq!((result.expect("ws v4"), out.as_str()), (0, "FOUR\n"));
 }
 
 #[test]
@@ -389,6 +464,42 @@ fn attach_reaches_a_running_shell_and_ends_when_it_exits() {
     }
     let status = wait_state(&e.sb, &id, ContainerState::ContainerExited);
     assert_eq!(status.exit_code, 0);
+
+    // A container with a terminal: attach resizes it through conmon.
+    let mut config = container_config(&e.image, "terminal", "");
+    config.command = vec!["/bin/sh".into()];
+    (config.stdin, config.tty) = (true, true);
+    let sandbox = pod_config(&e.sb, "attach");
+    let tty_id = create(&e.sb, &pod, config, &sandbox).expect("CreateContainer");
+    start(&e.sb, &tty_id).expect("StartContainer");
+    wait_state(&e.sb, &tty_id, ContainerState::ContainerRunning);
+    let url = block_on(async {
+        client(&e.sb)
+            .await
+            .attach(AttachRequest {
+                container_id: tty_id.clone(),
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                tty: true,
+            })
+            .await
+            .expect("Attach")
+            .into_inner()
+            .url
+    });
+    let (out, _, _) = attach_with(
+        &url,
+        Transport::Spdy,
+        b"stty size\n",
+        true,
+        "19 77",
+        Some((77, 19)),
+    );
+    assert!(
+        out.contains("19 77"),
+        "the attached terminal was resized: {out:?}"
+    );
     stop_pod(&e.sb, &pod);
     remove_pod(&e.sb, &pod);
 }
@@ -401,19 +512,36 @@ fn attach_until(
     detach: bool,
     marker: &str,
 ) -> (String, String, Result<i32, RemoteError>) {
+    attach_with(url, transport, input, detach, marker, None)
+}
+
+/// Like [`attach_until`]; with `size`, as a terminal of that size.
+fn attach_with(
+    url: &str,
+    transport: Transport,
+    input: &[u8],
+    detach: bool,
+    marker: &str,
+    size: Option<(u16, u16)>,
+) -> (String, String, Result<i32, RemoteError>) {
     let (stdout, stderr) = (Capture::default(), Capture::default());
     let (mut feed, stdin) = tokio::io::duplex(4096);
     let io = Io {
         stdin: Some(Box::new(stdin)),
         stdout: Some(Box::new(stdout.clone())),
         stderr: Some(Box::new(stderr.clone())),
-        resize: None,
+        resize: size.map(|size| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.try_send(size).expect("resize");
+            std::mem::forget(tx);
+            rx
+        }),
     };
     let opts = Options {
         stdin: true,
         stdout: true,
-        stderr: true,
-        tty: false,
+        stderr: size.is_none(),
+        tty: size.is_some(),
     };
     let result = block_on(async {
         let run = tokio::spawn({
@@ -577,6 +705,19 @@ fn the_streaming_server_also_listens_in_the_uplink_namespace() {
         container_config(&e.image, "uplink", "exec sleep 3600"),
     );
     let url = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
+    let status = block_on(async {
+        client(&e.sb)
+            .await
+            .status(StatusRequest { verbose: true })
+            .await
+            .expect("Status")
+            .into_inner()
+    });
+    let server = &status.info["streamingServer"];
+    assert!(
+        url.starts_with(&format!("{server}/exec/")),
+        "{server} vs {url}"
+    );
     let bogus = format!("{}bogus", &url[..url.rfind('/').expect("slash") + 1]);
     let out =
         e.sb.ucri(&["nsenter", "--", "busybox", "wget", "-q", "-O", "-", &bogus])

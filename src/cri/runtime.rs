@@ -112,6 +112,10 @@ impl CriRuntimeService {
                 self.lifecycle.network().describe().to_string(),
             ),
             ("cgroups".to_owned(), self.lifecycle.cgroups().describe()),
+            (
+                "streamingServer".to_owned(),
+                format!("http://{}", self.streaming.address()),
+            ),
         ])
     }
 }

@@ -48,6 +48,11 @@ pub enum StreamingError {
 }
 
 impl Streaming {
+    /// Where the server listens (and the URLs point).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
     /// Validates an Exec request against the running container and returns
     /// its URL.
     pub fn exec_url(

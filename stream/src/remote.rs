@@ -91,9 +91,25 @@ pub async fn run(
     options: Options,
     io: Io,
 ) -> Result<i32, RemoteError> {
+    let versions: &[&str] = match transport {
+        Transport::Spdy => &SPDY_VERSIONS,
+        Transport::WebSocket => &WS_VERSIONS,
+    };
+    run_with(url, transport, versions, options, io).await
+}
+
+/// Like [`run`], offering only `versions` (best first): older clients'
+/// behaviour, for tests and odd servers.
+pub async fn run_with(
+    url: &str,
+    transport: Transport,
+    versions: &[&str],
+    options: Options,
+    io: Io,
+) -> Result<i32, RemoteError> {
     match transport {
-        Transport::Spdy => run_spdy(url, options, io).await,
-        Transport::WebSocket => run_websocket(url, options, io).await,
+        Transport::Spdy => run_spdy(url, versions, options, io).await,
+        Transport::WebSocket => run_websocket(url, versions, options, io).await,
     }
 }
 
@@ -137,8 +153,13 @@ async fn open(session: &Session, kind: &str) -> Result<spdy::Stream, SpdyError> 
         .await
 }
 
-async fn run_spdy(url: &str, options: Options, io: Io) -> Result<i32, RemoteError> {
-    let (session, _incoming, protocol) = spdy::connect(url, &SPDY_VERSIONS).await?;
+async fn run_spdy(
+    url: &str,
+    versions: &[&str],
+    options: Options,
+    io: Io,
+) -> Result<i32, RemoteError> {
+    let (session, _incoming, protocol) = spdy::connect(url, versions).await?;
     let (mut error, error_writer) = open(&session, "error").await?.split();
     let _ = error_writer.finish().await;
     let mut tasks = Vec::new();
@@ -268,8 +289,13 @@ fn describe_ws_error(e: tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
-async fn run_websocket(url: &str, options: Options, io: Io) -> Result<i32, RemoteError> {
-    let (socket, protocol) = connect_websocket(url, &WS_VERSIONS).await?;
+async fn run_websocket(
+    url: &str,
+    versions: &[&str],
+    options: Options,
+    io: Io,
+) -> Result<i32, RemoteError> {
+    let (socket, protocol) = connect_websocket(url, versions).await?;
     let close_signal = protocol == "v5.channel.k8s.io";
     let (mut sink, mut source) = socket.split();
     let (queue, mut queued) = mpsc::channel::<Message>(64);
@@ -319,7 +345,10 @@ async fn run_websocket(url: &str, options: Options, io: Io) -> Result<i32, Remot
     }
     drop(queue);
     let _ = writer.await;
-    parse_final_status(&status, !protocol.is_empty())
+    parse_final_status(
+        &status,
+        matches!(protocol.as_str(), "v4.channel.k8s.io" | "v5.channel.k8s.io"),
+    )
 }
 
 async fn ws_stdin(mut stdin: Reader, queue: mpsc::Sender<Message>, close_signal: bool) {
