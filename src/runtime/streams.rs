@@ -36,7 +36,10 @@ impl ExecProcess {
     pub async fn wait(mut self) -> Result<(i32, String), LifecycleError> {
         use std::os::unix::process::ExitStatusExt;
         let status = self.child.wait().await;
-        reap_container_orphans();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            // Only a failed runtime leaves its child to the daemon.
+            reap_container_orphans();
+        }
         let stderr = std::fs::read_to_string(self.work.join("runtime.stderr")).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&self.work);
         let status =
