@@ -1,5 +1,5 @@
-//! Interoperability with a real Go client: `kubectl exec` and `kubectl
-//! port-forward` (client-go's SPDY and, in newer kubectl, WebSocket clients)
+//! Interoperability with a real Go client: `kubectl exec`, `attach` and
+//! `port-forward` (client-go's SPDY and, in newer kubectl, WebSocket clients)
 //! against ucri's streaming server. A small fake API server in the test
 //! answers kubectl's discovery and pod lookups and pipes each exec or
 //! port-forward upgrade to the next streaming URL the daemon handed out, as
@@ -33,12 +33,13 @@ fn document(path: &str) -> serde_json::Value {
                 {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": ["get", "list"]},
                 {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
                 {"name": "pods/portforward", "singularName": "", "namespaced": true, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]},
+                {"name": "pods/attach", "singularName": "", "namespaced": true, "kind": "PodAttachOptions", "verbs": ["create", "get"]},
             ]})
         }
         _ => serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default"},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            "spec": {"containers": [{"name": "c", "image": "busybox", "stdin": true, "stdinOnce": true}]},
             "status": {"phase": "Running"},
         }),
     }
@@ -74,7 +75,7 @@ async fn answer(mut conn: tokio::net::TcpStream, urls: Urls) {
     let mut lines: Vec<String> = head.trim_end().split("\r\n").map(str::to_owned).collect();
     let request: Vec<String> = lines[0].split(' ').map(str::to_owned).collect();
     let (path, query) = request[1].split_once('?').unwrap_or((&request[1], ""));
-    if path.ends_with("/exec") || path.ends_with("/portforward") {
+    if path.ends_with("/exec") || path.ends_with("/portforward") || path.ends_with("/attach") {
         let Some(url) = urls.lock().expect("urls").pop_front() else {
             let _ = conn
                 .write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
@@ -169,7 +170,7 @@ fn exec_url(sb: &Sandbox, id: &str, cmd: &[&str], stdin: bool) -> String {
 }
 
 #[test]
-fn kubectl_exec_and_port_forward_work_against_the_streaming_server() {
+fn kubectl_exec_attach_and_port_forward_work_against_the_streaming_server() {
     let e = env("kubectl");
     let pod_config = pod_config(&e.sb, "kubectl");
     let pod = run_pod(&e.sb, &pod_config).expect("RunPodSandbox");
@@ -261,6 +262,42 @@ fn kubectl_exec_and_port_forward_work_against_the_streaming_server() {
     }
     let _ = forward.kill();
     let _ = forward.wait();
+
+    // kubectl attach -i to a shell reading the container's stdin: the end
+    // of kubectl's stdin closes it (StdinOnce), the shell exits, and so does
+    // kubectl.
+    let mut shell = container_config(&e.image, "shell", "");
+    shell.command = vec!["/bin/sh".into()];
+    (shell.stdin, shell.stdin_once) = (true, true);
+    let shell = create(&e.sb, &pod, shell, &pod_config).expect("CreateContainer");
+    start(&e.sb, &shell).expect("StartContainer");
+    wait_state(&e.sb, &shell, ContainerState::ContainerRunning);
+    queue(&urls, || {
+        block_on(async {
+            client(&e.sb)
+                .await
+                .attach(AttachRequest {
+                    container_id: shell.clone(),
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    tty: false,
+                })
+                .await
+                .expect("Attach")
+                .into_inner()
+                .url
+        })
+    });
+    let (code, stdout, stderr) = kubectl(
+        &home,
+        port,
+        &["attach", "-i", "p"],
+        "echo attached-by-$((6 * 7))\n",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("attached-by-42"), "{stdout} {stderr}");
     stop_pod(&e.sb, &pod);
     remove_pod(&e.sb, &pod);
 }
