@@ -248,11 +248,21 @@ pub async fn port_forward(channel: Channel, args: PortForwardArgs) -> anyhow::Re
             forward.clone(),
         )));
     }
-    tokio::signal::ctrl_c().await?;
+    let lost = tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted?;
+            false
+        }
+        () = forward.closed() => true,
+    };
     for listener in listeners {
         listener.abort();
     }
     forward.close().await;
+    if lost {
+        // kubectl exits too when the connection to the pod is gone.
+        return Err(anyhow!("lost the connection to the streaming server"));
+    }
     Ok(0)
 }
 

@@ -335,7 +335,7 @@ fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
     let registry = TestRegistry::start(None);
     registry.push_test_image("busybox", "latest", "demo/busybox:latest");
     let mut sb = Sandbox::new("ctl-streams");
-    let _daemon = sb.start_daemon();
+    let mut daemon = sb.start_daemon();
     let (pod, id) = streaming_pod(&mut sb, &registry);
     let ucri = ucri_binary().display().to_string();
 
@@ -410,6 +410,31 @@ fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
         2,
         "{handled}"
     );
+
+    // A port-forward whose daemon goes away ends with an error instead of
+    // listening on forever; containers survive the restart.
+    let mut orphan = sb
+        .ucri(&["ctl", "port-forward", &pod, ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("port-forward");
+    let mut first = String::new();
+    let mut lines = std::io::BufReader::new(orphan.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut lines, &mut first).expect("line");
+    assert!(first.starts_with("Forwarding from"), "{first:?}");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon
+        .wait_exit(std::time::Duration::from_secs(15))
+        .success());
+    let lost = wait_output(orphan, std::time::Duration::from_secs(15));
+    assert!(
+        !lost.status.success()
+            && String::from_utf8_lossy(&lost.stderr).contains("lost the connection"),
+        "{}",
+        describe(&lost)
+    );
+    let _daemon = sb.start_daemon();
 
     // attach -i: input reaches the shell; its end closes stdin (StdinOnce),
     // the shell exits, and attach ends with it.

@@ -429,6 +429,11 @@ impl SpdyPortForward {
     pub async fn close(&self) {
         self.session.close().await;
     }
+
+    /// Resolves when the session ended (the server went away).
+    pub async fn closed(&self) {
+        self.session.closed().await;
+    }
 }
 
 /// Forwards one local connection through `forward` to `port`; returns the
