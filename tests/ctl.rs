@@ -330,6 +330,28 @@ fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -> st
     child.wait_with_output().expect("output")
 }
 
+/// `ucri ctl port-forward POD :8080` started: the process, its first line
+/// (`Forwarding from ADDR -> 8080`) and the rest of its stdout.
+fn port_forward(
+    sb: &Sandbox,
+    pod: &str,
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let mut child = sb
+        .ucri(&["ctl", "port-forward", pod, ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("port-forward");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).expect("line");
+    (child, first, lines)
+}
+
 #[test]
 fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
     let registry = TestRegistry::start(None);
@@ -364,16 +386,7 @@ fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
     );
 
     // port-forward: a local port to httpd in the pod, until interrupted.
-    let mut forward = sb
-        .ucri(&["ctl", "port-forward", &pod, ":8080"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("port-forward");
-    let mut first = String::new();
-    let stdout = forward.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout);
-    std::io::BufRead::read_line(&mut lines, &mut first).expect("line");
+    let (mut forward, first, mut lines) = port_forward(&sb, &pod);
     let handled = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut lines, &mut rest);
@@ -413,15 +426,7 @@ fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
 
     // A port-forward whose daemon goes away ends with an error instead of
     // listening on forever; containers survive the restart.
-    let mut orphan = sb
-        .ucri(&["ctl", "port-forward", &pod, ":8080"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("port-forward");
-    let mut first = String::new();
-    let mut lines = std::io::BufReader::new(orphan.stdout.take().expect("stdout"));
-    std::io::BufRead::read_line(&mut lines, &mut first).expect("line");
+    let (orphan, first, _lines) = port_forward(&sb, &pod);
     assert!(first.starts_with("Forwarding from"), "{first:?}");
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(daemon
@@ -458,14 +463,4 @@ fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
     );
     assert!(ctl(&sb, &["ps", "-a"]).contains("Exited"));
     ctl(&sb, &["rmp", &pod]);
-}
-
-fn http_get(address: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(address)?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)?;
-    Ok(response)
 }

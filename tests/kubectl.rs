@@ -10,7 +10,6 @@ mod common;
 use std::collections::VecDeque;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::cri::*;
 use common::*;
@@ -257,7 +256,7 @@ fn kubectl_exec_attach_and_port_forward_work_against_the_streaming_server() {
         .unwrap_or_else(|| panic!("Forwarding from ADDR -> 8080: {first:?}"))
         .to_owned();
     for _ in 0..2 {
-        let response = http_get(&local);
+        let response = http_get(&local).expect("GET through kubectl port-forward");
         assert!(response.contains("kubectl-pf-ok"), "{response}");
     }
     let _ = forward.kill();
@@ -300,15 +299,4 @@ fn kubectl_exec_attach_and_port_forward_work_against_the_streaming_server() {
     assert!(stdout.contains("attached-by-42"), "{stdout} {stderr}");
     stop_pod(&e.sb, &pod);
     remove_pod(&e.sb, &pod);
-}
-
-fn http_get(address: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(address).expect("connect to kubectl's port");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).expect("response");
-    response
 }

@@ -484,3 +484,14 @@ pub fn chain_hexes(info: &serde_json::Value) -> Vec<String> {
         .map(|c| c.trim_start_matches("sha256:").to_owned())
         .collect()
 }
+
+/// `GET /` over HTTP/1.0 to `address` (`HOST:PORT`): the whole response.
+pub fn http_get(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(address)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    Ok(response)
+}
