@@ -203,7 +203,14 @@ impl Lifecycle {
             .spawn()
             .map_err(|e| io_error(&format!("starting {}", state.runtime.display()), e))?;
         let terminal = match console {
-            Some(listener) => Some(receive_terminal(&listener, &mut child, work)?),
+            Some(listener) => match receive_terminal(&listener, &mut child, work) {
+                Ok(terminal) => Some(terminal),
+                Err(e) => {
+                    // Nothing may outlive a failed call.
+                    let _ = child.start_kill();
+                    return Err(e);
+                }
+            },
             None => None,
         };
         Ok(ExecProcess {
