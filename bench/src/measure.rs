@@ -112,6 +112,16 @@ async fn start_pod(
     start: bool,
 ) -> anyhow::Result<(String, String, [Duration; 3])> {
     let sandbox = pod_config(args, name);
+    start_pod_with(client, sandbox, container_config(args, command), start).await
+}
+
+/// Like [`start_pod`], with the configs given.
+pub async fn start_pod_with(
+    client: &mut Client,
+    sandbox: PodSandboxConfig,
+    container: ContainerConfig,
+    start: bool,
+) -> anyhow::Result<(String, String, [Duration; 3])> {
     let t0 = Instant::now();
     let pod = client
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -125,7 +135,7 @@ async fn start_pod(
     let id = client
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(container_config(args, command)),
+            config: Some(container),
             sandbox_config: Some(sandbox),
         })
         .await?

@@ -13,7 +13,9 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 use ucri_stream::remote::{self, Io, Options, Transport};
 
-use crate::measure::{container_config, exec_sync_true, pod_config, remove_pod, summary};
+use crate::measure::{
+    container_config, exec_sync_true, pod_config, remove_pod, start_pod_with, summary,
+};
 use crate::Args;
 
 type Client = RuntimeServiceClient<Channel>;
@@ -76,28 +78,8 @@ async fn start(client: &mut Client, args: &Args, script: &str) -> anyhow::Result
         host_port: HOST_PORT,
         host_ip: String::new(),
     }];
-    let pod = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config(args, &["sh", "-c", script])),
-            sandbox_config: Some(sandbox),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    client
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    let container = container_config(args, &["sh", "-c", script]);
+    let (pod, id, _) = start_pod_with(client, sandbox, container, true).await?;
     Ok((pod, id))
 }
 
