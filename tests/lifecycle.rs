@@ -349,9 +349,16 @@ fn host_network_pid_and_ipc_pods_see_the_host() {
         NamespaceMode::Container,
     );
 
+    // A host-network pod joins the node's network namespace (where kubelet
+    // runs: `ucri nsenter`), not the host's.
+    let node_netns = sb.run_ucri(&["nsenter", "--", "readlink", "/proc/self/ns/net"]);
+    assert!(node_netns.status.success(), "ucri nsenter readlink");
+    let node_netns = String::from_utf8_lossy(&node_netns.stdout).trim().to_owned();
     let host_net = host_pod(sb, "hostnet", node, container, pod_mode);
     let pod = run_pod(sb, &host_net).expect("host network pod");
-    let script = format!("grep -q ':{port_hex} 00000000:0000 0A' /proc/net/tcp");
+    let script = format!(
+        "test \"$(readlink /proc/self/ns/net)\" = '{node_netns}' && ! grep -q ':{port_hex} 00000000:0000 0A' /proc/net/tcp"
+    );
     let (code, _) = run_to_exit(
         &e,
         &pod,
@@ -360,7 +367,7 @@ fn host_network_pid_and_ipc_pods_see_the_host() {
     );
     assert_eq!(
         code, 0,
-        "the host's 127.0.0.1 listener is visible in a hostNetwork pod"
+        "a hostNetwork pod is in the node namespace {node_netns}, not the host's"
     );
     remove_pod(sb, &pod);
 

@@ -358,13 +358,21 @@ fn a_host_network_pod_serves_on_the_hosts_loopback() {
     let e = env("net-hostnet");
     let sb = &e.sb;
     let port = free_port();
-    let config = host_pod(
+    let mut config = host_pod(
         sb,
         "hostnet-web",
         NamespaceMode::Node,
         NamespaceMode::Container,
         NamespaceMode::Pod,
     );
+    // Kubelet declares a host-network pod's ports with hostPort = containerPort;
+    // ucri publishes them on the host and forwards into the node namespace.
+    config.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: i32::from(port),
+        host_port: i32::from(port),
+        host_ip: "127.0.0.1".into(),
+    }];
     let pod = run_pod(sb, &config).expect("RunPodSandbox");
     let status = pod_status(sb, &pod)
         .expect("status")
@@ -388,7 +396,13 @@ fn a_host_network_pod_serves_on_the_hosts_loopback() {
     start(sb, &id).expect("start");
     let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
     assert_eq!(body.trim(), "on-the-host");
+    let inside = in_uplink(sb, &["busybox", "wget", "-qO-", &format!("http://127.0.0.1:{port}/")]);
+    assert_eq!(inside.trim(), "on-the-host", "the pod serves in the node namespace");
     stop_pod(sb, &pod);
+    assert!(
+        std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
+        "the published port closes with the pod"
+    );
     remove_pod(sb, &pod);
 }
 

@@ -54,11 +54,19 @@ pub struct PodAttachment {
     pub ips: Vec<IpAddr>,
     /// Host ports forwarded to it.
     pub port_mappings: Vec<PortMapping>,
+    /// A host-network pod: it has the node namespace's addresses, and its
+    /// declared ports are forwarded to the node namespace's loopback.
+    #[serde(default)]
+    pub node: bool,
 }
 
 impl PodAttachment {
-    /// The address host ports forward to: the first IPv4, else the first.
+    /// The address host ports forward to: the node namespace's loopback for a
+    /// host-network pod, else the first IPv4, else the first address.
     pub fn forward_target(&self) -> Option<IpAddr> {
+        if self.node {
+            return Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        }
         self.ips
             .iter()
             .find(|ip| ip.is_ipv4())
@@ -137,6 +145,7 @@ impl Network {
             network: list.name.clone(),
             ips: cni::result_ips(&result),
             port_mappings: pod.port_mappings.clone(),
+            node: false,
         };
         let exposed = match done.forward_target() {
             None => Err(NetError::Plugin {
@@ -154,6 +163,36 @@ impl Network {
             return Err(e);
         }
         Ok(done)
+    }
+
+    /// A host-network pod: no CNI; its declared host ports are published on
+    /// the host and forwarded to the node namespace's loopback, where the
+    /// pod listens. `None` when it declares none.
+    pub fn attach_node(
+        &self,
+        pod_id: &str,
+        port_mappings: Vec<PortMapping>,
+    ) -> Result<Option<PodAttachment>, NetError> {
+        let published: Vec<PortMapping> = port_mappings
+            .into_iter()
+            .filter(|m| m.host_port != 0)
+            .collect();
+        if published.is_empty() {
+            return Ok(None);
+        }
+        hostport::validate(&published)?;
+        let done = PodAttachment {
+            network: String::new(),
+            ips: Vec::new(),
+            port_mappings: published,
+            node: true,
+        };
+        let target = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        if let Err(e) = self.ports.expose(pod_id, target, &done.port_mappings) {
+            self.ports.unexpose(pod_id);
+            return Err(e);
+        }
+        Ok(Some(done))
     }
 
     fn cni_attachment(&self, pod: &PodNetwork) -> Attachment {

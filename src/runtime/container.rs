@@ -18,6 +18,10 @@ use crate::runtime::spec::{self, PodContext, SpecInputs};
 
 /// How long a SIGKILLed container may take to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long ReopenContainerLog waits for conmon to create the new file.
+const LOG_REOPEN_GRACE: Duration = Duration::from_secs(5);
+/// How long a failed signal waits for conmon to record an exit that raced it.
+const EXIT_RECORD_GRACE: Duration = Duration::from_secs(2);
 
 impl Lifecycle {
     /// Creates a container in pod `pod_id`; nothing remains on failure.
@@ -176,7 +180,13 @@ impl Lifecycle {
         let ns = pod.namespaces;
         let context = PodContext {
             hostname: pod.hostname.clone(),
-            netns: ns.network.then(|| dir.ns("net")),
+            // Host-network pods join the node's network namespace (the
+            // uplink), where kubelet, critest and node daemons run.
+            netns: Some(if ns.network {
+                dir.ns("net")
+            } else {
+                self.network.uplink_netns()
+            }),
             ipcns: ns.ipc.then(|| dir.ns("ipc")),
             utsns: ns.network.then(|| dir.ns("uts")),
             pidns: ns.pid_shared.then(|| dir.ns("pid")),
@@ -269,7 +279,12 @@ impl Lifecycle {
     /// Stops a container: its stop signal, then SIGKILL after `timeout`
     /// seconds (0: at once). Stopping a stopped container succeeds.
     pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), LifecycleError> {
-        let state = self.container(id)?;
+        let Ok(state) = self.container(id) else {
+            // Stopping is idempotent: kubelet and critest stop what may
+            // already be gone (CRI-O and containerd answer OK too).
+            tracing::debug!(container = %id, "stop of an unknown container");
+            return Ok(());
+        };
         let lock = self.locks.get(&state.id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(state) = self.refresh(&state.id) else {
@@ -308,7 +323,10 @@ impl Lifecycle {
             "signalling the container",
         );
         match sent {
-            Err(_) if self.oci.exit_status(&state.id).is_some() => Ok(()),
+            // The container exited between the state check and the signal
+            // (crun: "open pidfd: No such process"); conmon writes the exit
+            // file a moment later.
+            Err(_) if self.oci.wait_exit(&state.id, EXIT_RECORD_GRACE).is_some() => Ok(()),
             other => other,
         }
     }
@@ -439,9 +457,25 @@ impl Lifecycle {
     }
 
     /// Makes conmon reopen the log file after kubelet rotated it.
+    /// Returns once the new file exists, as kubelet and critest expect.
     pub fn reopen_log(&self, id: &str) -> Result<(), LifecycleError> {
         let state = self.running(id)?;
-        self.oci.reopen_log(&self.bundle(&state.id))
+        self.oci.reopen_log(&self.bundle(&state.id))?;
+        if state.log_path.is_empty() {
+            return Ok(());
+        }
+        let log = std::path::Path::new(&state.log_path);
+        let deadline = std::time::Instant::now() + LOG_REOPEN_GRACE;
+        while !log.exists() {
+            if std::time::Instant::now() >= deadline {
+                return Err(LifecycleError::Runtime(format!(
+                    "conmon did not reopen {} within {LOG_REOPEN_GRACE:?}",
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// The container's status.

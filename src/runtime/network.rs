@@ -126,6 +126,8 @@ impl Lifecycle {
         port_mappings: Vec<PortMapping>,
     ) -> Result<(), LifecycleError> {
         if !state.namespaces.network {
+            let attachment = self.network.attach_node(&state.id, port_mappings)?;
+            state.network = attachment;
             return Ok(());
         }
         let metadata = state.config.metadata.clone().unwrap_or_default();

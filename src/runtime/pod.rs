@@ -28,16 +28,10 @@ impl Lifecycle {
         self.runtime_for(handler)?;
         let namespaces = sandbox::own_namespaces(&config);
         let port_mappings = super::network::port_mappings(&config)?;
-        if namespaces.network {
-            ucri_net::hostport::validate(&port_mappings)?;
-        }
+        ucri_net::hostport::validate(&port_mappings)?;
+        let hostname = pod_hostname(&config)?;
         let id = new_id();
         self.claim_pod_name(&config, &id)?;
-        let hostname = if config.hostname.is_empty() {
-            metadata.name.clone()
-        } else {
-            config.hostname.clone()
-        };
         let dir = PodDir::new(&self.runtime_root, &id);
         let mut state = PodState {
             id: id.clone(),
@@ -50,10 +44,9 @@ impl Lifecycle {
             init_pid: 0,
             network: None,
         };
-        let nameserver = namespaces
-            .network
-            .then(|| self.network.dns_server())
-            .flatten();
+        // Host-network pods live in the node namespace too: the host's
+        // loopback resolvers are not there, the uplink's is.
+        let nameserver = self.network.dns_server();
         let created = sandbox::create(&dir, &state.config, &namespaces, &hostname, nameserver)
             .and_then(|()| self.start_init(&dir, &mut state))
             .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
@@ -336,4 +329,23 @@ pub(super) fn cri_pod_status(pod: &PodState) -> PodSandboxStatus {
         annotations: pod.config.annotations.clone(),
         runtime_handler: pod.runtime_handler.clone(),
     }
+}
+
+/// The hostname a pod gets: the one its config names, else the node's (as
+/// CRI-O and containerd do; a pod name can be longer than a hostname may be).
+fn pod_hostname(config: &PodSandboxConfig) -> Result<String, LifecycleError> {
+    let hostname = if config.hostname.is_empty() {
+        nix::unistd::gethostname()
+            .map_err(|e| LifecycleError::Internal(format!("reading the node's hostname: {e}")))?
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        config.hostname.clone()
+    };
+    if hostname.len() > 64 || hostname.contains(['\0', '/']) {
+        return Err(LifecycleError::InvalidArgument(format!(
+            "hostname {hostname:?} is not valid: at most 64 characters, no NUL or '/'"
+        )));
+    }
+    Ok(hostname)
 }

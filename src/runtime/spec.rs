@@ -543,6 +543,14 @@ fn requested_user(
         None => None,
     };
     let username = sc.map_or("", |s| s.run_as_username.as_str());
+    let has_user = sc.is_some_and(|s| s.run_as_user.is_some()) || !username.is_empty();
+    if run_as_group.is_some() && !has_user {
+        // The CRI API: the runtime MUST error when run_as_group comes
+        // without run_as_user or run_as_username.
+        return Err(invalid(
+            "run_as_group needs run_as_user or run_as_username".to_owned(),
+        ));
+    }
     let (who, image_group) = match sc.and_then(|s| s.run_as_user.as_ref()) {
         Some(u) => (Who::Id(id_from("run_as_user", u.value)?), None),
         None if !username.is_empty() => (Who::Name(username.to_string()), None),
@@ -1011,8 +1019,8 @@ fn seccomp_architectures() -> Vec<Arch> {
 }
 
 /// The security context's seccomp profile; none for a privileged container.
-/// A missing profile means RuntimeDefault, as CRI-O's
-/// `seccomp_use_default_when_empty` (kubelet always sends one).
+/// A missing profile means unconfined, as the CRI API defines it and critest
+/// checks (kubelet always sends an explicit one).
 fn seccomp(
     sc: Option<&cri::LinuxContainerSecurityContext>,
     caps: &BTreeSet<usize>,
@@ -1021,7 +1029,7 @@ fn seccomp(
         return Ok(None);
     }
     let Some(profile) = sc.and_then(|s| s.seccomp.as_ref()) else {
-        return Ok(Some(runtime_default_seccomp(caps)));
+        return Ok(None);
     };
     match ProfileType::try_from(profile.profile_type) {
         Ok(ProfileType::RuntimeDefault) => Ok(Some(runtime_default_seccomp(caps))),
@@ -1878,6 +1886,13 @@ mod tests {
     }
 
     #[test]
+    fn run_as_group_without_a_user_is_rejected() {
+        let mut f = Fixture::new();
+        f.sc().run_as_group = Some(cri::Int64Value { value: 7 });
+        assert!(f.error().contains("needs run_as_user"), "{}", f.error());
+    }
+
+    #[test]
     fn supplemental_groups_merge_by_default_and_strict_keeps_only_cri_groups() {
         let mut f = Fixture::new();
         f.sc().run_as_user = Some(cri::Int64Value { value: 1000 });
@@ -2058,12 +2073,21 @@ mod tests {
     #[test]
     fn seccomp_runtime_default_and_unconfined() {
         let mut f = Fixture::new();
+        assert_eq!(
+            linux_of(&f.spec()).seccomp(),
+            &None,
+            "no profile means unconfined"
+        );
+        f.sc().seccomp = Some(cri::SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
         let spec = f.spec();
         let blocked = blocked_syscalls(&spec);
         assert_eq!(
             blocked,
             strings(&BLOCKED_SYSCALLS),
-            "no profile means RuntimeDefault"
+            "RuntimeDefault"
         );
         let seccomp = linux_of(&spec).seccomp().clone().expect("seccomp");
         assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
@@ -2613,6 +2637,10 @@ mod tests {
         let mut f = crun_fixture(check);
         f.host_namespaces();
         f.sc().readonly_rootfs = true;
+        f.sc().seccomp = Some(cri::SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
         let vol = f.path("vol");
         std::fs::create_dir_all(&vol).expect("mkdir vol");
         let private = cri::MountPropagation::PropagationPrivate;

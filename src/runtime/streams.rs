@@ -263,11 +263,12 @@ impl Lifecycle {
                 pod.id
             )));
         }
-        let netns = pod
-            .namespaces
-            .network
-            .then(|| super::sandbox::PodDir::new(&self.runtime_root, &pod.id).ns("net"));
-        Ok((pod.id, netns))
+        let netns = if pod.namespaces.network {
+            super::sandbox::PodDir::new(&self.runtime_root, &pod.id).ns("net")
+        } else {
+            self.network.uplink_netns()
+        };
+        Ok((pod.id, Some(netns)))
     }
 }
 
