@@ -11,8 +11,9 @@
 #                                           so that container limits apply; v1 subtrees are
 #                                           in memory: run it again after a reboot
 #   packaging/setup-host.sh --test          also test/build packages and the test users
-#                                           ucri-test (with ranges), ucri-nosubid (without) and
-#                                           ucri-cgroup (with ranges and delegated cgroups)
+#                                           ucri-test (with ranges), ucri-nosubid (without),
+#                                           ucri-cgroup and ucri-critest (with ranges and
+#                                           delegated cgroups)
 set -euo pipefail
 
 SUDO=""
@@ -22,7 +23,7 @@ RUNTIME_PACKAGES=(uidmap fuse-overlayfs fuse3 slirp4netns passt crun runc conmon
   containernetworking-plugins iptables catatonit util-linux procps iproute2)
 BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static curl)
 TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc
-  ca-certificates curl apache2-utils zstd openssl)
+  ca-certificates curl apache2-utils zstd openssl xz-utils python3)
 RANGE_SIZE=65536
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
@@ -154,6 +155,10 @@ main() {
     ensure_user ucri-cgroup
     grant_ranges ucri-cgroup
     delegate+=(ucri-cgroup)
+    # The conformance stage's daemon (packaging/conformance.sh).
+    ensure_user ucri-critest
+    grant_ranges ucri-critest
+    delegate+=(ucri-critest)
   fi
   for u in "${delegate[@]}"; do
     delegate_cgroups "$u"

@@ -100,7 +100,7 @@ impl From<crate::image::ImageError> for CriError {
             E::PermissionDenied(_) => CriError::PermissionDenied(message),
             E::Unavailable(_) => CriError::Unavailable(message),
             E::Corrupt(_) => CriError::DataLoss(message),
-            E::InUse(_) | E::Config(_) => CriError::FailedPrecondition(message),
+            E::Config(_) => CriError::FailedPrecondition(message),
             E::Store(_) => CriError::Internal(message),
         }
     }

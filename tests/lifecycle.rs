@@ -246,11 +246,35 @@ fn errors_have_the_right_codes_and_leave_nothing() {
             })
             .await
     });
-    assert_eq!(
-        in_use.expect_err("image in use").code(),
-        Code::FailedPrecondition
-    );
+    in_use.expect("an image in use can be removed (its content stays for the container)");
+    let gone = block_on(async {
+        let channel = connect(&sb.socket()).await.expect("connect");
+        ImageServiceClient::new(channel)
+            .image_status(ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: image_id.clone(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .expect("ImageStatus")
+            .into_inner()
+    });
+    assert!(gone.image.is_none(), "a removed image is not found");
+    let config_blob = sb
+        .data_dir()
+        .join("storage/blobs/sha256")
+        .join(image_id.trim_start_matches("sha256:"));
+    assert!(config_blob.exists(), "its content stays while the container exists");
+    let (code, out) = {
+        let reply = exec(sb, &id, &["cat", "/etc/passwd"], 10).expect("exec after RemoveImage");
+        (reply.exit_code, reply.stdout)
+    };
+    assert_eq!(code, 0, "the container still reads its image's files");
+    assert!(String::from_utf8_lossy(&out).contains("root:"));
     remove_pod(sb, &pod);
+    assert!(!config_blob.exists(), "the content goes with the last container");
 }
 
 #[test]

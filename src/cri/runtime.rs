@@ -63,6 +63,14 @@ impl CriRuntimeService {
         result.map_err(|e| Status::from(CriError::from(e)))
     }
 
+    /// Deletes images removed while in use once no container uses them; a
+    /// failure is logged (the removal itself succeeded) and retried next time.
+    async fn release_unused_images(&self) {
+        if let Err(e) = self.lifecycle.images().release_unused().await {
+            tracing::warn!(%e, "cannot delete the content of removed images");
+        }
+    }
+
     /// Runs blocking lifecycle work off the async workers, in `span`.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -241,6 +249,7 @@ impl RuntimeService for CriRuntimeService {
         let id = request.into_inner().pod_sandbox_id;
         let span = tracing::info_span!("remove_pod_sandbox", pod = %id);
         self.blocking(span, move |l| l.remove_pod(&id)).await?;
+        self.release_unused_images().await;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -290,6 +299,7 @@ impl RuntimeService for CriRuntimeService {
         let id = request.into_inner().container_id;
         let span = tracing::info_span!("remove_container", container = %id);
         self.blocking(span, move |l| l.remove_container(&id)).await?;
+        self.release_unused_images().await;
         Ok(Response::new(RemoveContainerResponse {}))
     }
 

@@ -372,6 +372,7 @@ fn store_image(
         stored_at: super::pull::now_nanos(),
         pinned: false,
         user: config.config.and_then(|c| c.user).unwrap_or_default(),
+        removed: false,
     })
 }
 

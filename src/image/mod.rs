@@ -39,9 +39,6 @@ pub enum ImageError {
     /// Content does not match its digest.
     #[error("{0}")]
     Corrupt(String),
-    /// The image is used by a container.
-    #[error("{0}")]
-    InUse(String),
     /// Configuration files are broken.
     #[error("{0}")]
     Config(String),
@@ -167,15 +164,30 @@ impl Images {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every image.
+    /// Every image (not those removed while in use).
     pub fn list(&self) -> Vec<ImageRecord> {
+        self.read_index()
+            .values()
+            .filter(|r| !r.removed)
+            .cloned()
+            .collect()
+    }
+
+    /// Every record, those removed while in use too: what garbage
+    /// collection keeps.
+    fn records(&self) -> Vec<ImageRecord> {
         self.read_index().values().cloned().collect()
     }
 
     /// Finds a local image by id, id prefix, `repo:tag` or `repo@digest`
     /// (short names resolve as for pulls, plus Docker Hub).
     pub fn lookup(&self, spec: &str) -> Option<(ImageRecord, Matched)> {
-        let index = self.read_index();
+        let index: BTreeMap<Digest, ImageRecord> = self
+            .read_index()
+            .iter()
+            .filter(|(_, r)| !r.removed)
+            .map(|(d, r)| (d.clone(), r.clone()))
+            .collect();
         let registries = self.registries().unwrap_or_default();
         for name in registries.local_candidates(spec) {
             if let Some(digest) = &name.digest {
@@ -239,22 +251,50 @@ impl Images {
         let names = image.repo_tags.len() + image.repo_digests.len();
         match matched {
             Matched::Tag(tag) if names > 1 && image.repo_tags.len() > 1 => self.untag(&image, &tag),
+            _ if self.in_use(&image) => self.hide(&image),
             _ => {
-                if self
-                    .in_use
-                    .get()
-                    .is_some_and(|used| (used.0)(&image.id.to_string()))
-                {
-                    return Err(ImageError::InUse(format!(
-                        "image {} is used by a container; remove the container first",
-                        image.id
-                    )));
-                }
                 self.store.delete_image(&image.id)?;
                 self.write_index().remove(&image.id);
                 self.collect_garbage().await
             }
         }
+    }
+
+    fn in_use(&self, image: &ImageRecord) -> bool {
+        self.in_use
+            .get()
+            .is_some_and(|used| (used.0)(&image.id.to_string()))
+    }
+
+    /// Removes an image that containers still use: its names go and it is
+    /// no longer found, its content stays for them (containerd does the same).
+    fn hide(&self, image: &ImageRecord) -> Result<(), ImageError> {
+        let mut hidden = image.clone();
+        hidden.repo_tags.clear();
+        hidden.repo_digests.clear();
+        hidden.removed = true;
+        self.store.save_image(&hidden)?;
+        self.write_index().insert(hidden.id.clone(), hidden);
+        tracing::info!(image = %image.id, "image removed; its content stays while containers use it");
+        Ok(())
+    }
+
+    /// Deletes the images removed while in use that no container uses any
+    /// more, with their content (after a container is removed).
+    pub async fn release_unused(&self) -> Result<(), ImageError> {
+        let unused: Vec<ImageRecord> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.removed && !self.in_use(r))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        for image in &unused {
+            self.store.delete_image(&image.id)?;
+            self.write_index().remove(&image.id);
+        }
+        self.collect_garbage().await
     }
 
     fn untag(&self, image: &ImageRecord, tag: &str) -> Result<(), ImageError> {
@@ -287,7 +327,7 @@ impl Images {
 
     async fn collect_garbage(&self) -> Result<(), ImageError> {
         let _exclusive = self.gc.write().await;
-        let keep = self.list();
+        let keep = self.records();
         self.store.collect_garbage(&keep)?;
         Ok(())
     }

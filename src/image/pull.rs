@@ -167,6 +167,7 @@ impl Images {
             stored_at: now_nanos(),
             pinned: false,
             user: config.config.and_then(|c| c.user).unwrap_or_default(),
+            removed: false,
         };
         let record = self.with_size(record);
         tracing::info!(image = %original, id = %record.id, "pulled");

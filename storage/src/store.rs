@@ -100,6 +100,11 @@ pub struct ImageRecord {
     /// The config's `User` (`uid[:gid]` or a name), empty when unset.
     #[serde(default)]
     pub user: String,
+    /// Removed (RemoveImage) while containers still used it: hidden from
+    /// every lookup, its content kept until the last of them is removed, as
+    /// containerd's leases do.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 impl ImageRecord {
@@ -572,6 +577,7 @@ mod tests {
             stored_at: 0,
             pinned: false,
             user: String::new(),
+            removed: false,
         };
         store.save_image(&image).expect("save");
         assert_eq!(store.load_images().expect("load"), vec![image.clone()]);
