@@ -266,7 +266,10 @@ fn errors_have_the_right_codes_and_leave_nothing() {
         .data_dir()
         .join("storage/blobs/sha256")
         .join(image_id.trim_start_matches("sha256:"));
-    assert!(config_blob.exists(), "its content stays while the container exists");
+    assert!(
+        config_blob.exists(),
+        "its content stays while the container exists"
+    );
     let (code, out) = {
         let reply = exec(sb, &id, &["cat", "/etc/passwd"], 10).expect("exec after RemoveImage");
         (reply.exit_code, reply.stdout)
@@ -274,7 +277,10 @@ fn errors_have_the_right_codes_and_leave_nothing() {
     assert_eq!(code, 0, "the container still reads its image's files");
     assert!(String::from_utf8_lossy(&out).contains("root:"));
     remove_pod(sb, &pod);
-    assert!(!config_blob.exists(), "the content goes with the last container");
+    assert!(
+        !config_blob.exists(),
+        "the content goes with the last container"
+    );
 }
 
 #[test]
@@ -377,7 +383,9 @@ fn host_network_pid_and_ipc_pods_see_the_host() {
     // runs: `ucri nsenter`), not the host's.
     let node_netns = sb.run_ucri(&["nsenter", "--", "readlink", "/proc/self/ns/net"]);
     assert!(node_netns.status.success(), "ucri nsenter readlink");
-    let node_netns = String::from_utf8_lossy(&node_netns.stdout).trim().to_owned();
+    let node_netns = String::from_utf8_lossy(&node_netns.stdout)
+        .trim()
+        .to_owned();
     let host_net = host_pod(sb, "hostnet", node, container, pod_mode);
     let pod = run_pod(sb, &host_net).expect("host network pod");
     let script = format!(

@@ -396,8 +396,20 @@ fn a_host_network_pod_serves_on_the_hosts_loopback() {
     start(sb, &id).expect("start");
     let body = http_get_eventually((Ipv4Addr::LOCALHOST, port));
     assert_eq!(body.trim(), "on-the-host");
-    let inside = in_uplink(sb, &["busybox", "wget", "-qO-", &format!("http://127.0.0.1:{port}/")]);
-    assert_eq!(inside.trim(), "on-the-host", "the pod serves in the node namespace");
+    let inside = in_uplink(
+        sb,
+        &[
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://127.0.0.1:{port}/"),
+        ],
+    );
+    assert_eq!(
+        inside.trim(),
+        "on-the-host",
+        "the pod serves in the node namespace"
+    );
     stop_pod(sb, &pod);
     assert!(
         std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
@@ -624,4 +636,74 @@ fn a_plugin_error_is_reported_with_its_message_and_undone() {
     assert_eq!(pods, 1, "and no pod dir or namespace");
     stop_pod(sb, &first);
     remove_pod(sb, &first);
+}
+
+fn update_pod_cidr(sb: &Sandbox, cidr: &str) -> Result<(), tonic::Status> {
+    block_on(async {
+        client(sb)
+            .await
+            .update_runtime_config(UpdateRuntimeConfigRequest {
+                runtime_config: Some(RuntimeConfig {
+                    network_config: Some(NetworkConfig {
+                        pod_cidr: cidr.to_owned(),
+                    }),
+                }),
+            })
+            .await
+            .map(|_| ())
+    })
+}
+
+/// Kubelet sends the node's pod CIDR with UpdateRuntimeConfig (every 10 s,
+/// before it starts pods): pods get addresses from it, also after a daemon
+/// restart. Pods already on the bridge's old range keep it until they go
+/// (a bridge has one IPv4 gateway).
+#[test]
+fn the_pod_cidr_from_kubelet_feeds_the_default_network() {
+    let mut e = env("net-podcidr");
+    let sb = &e.sb;
+    let old = run_pod(sb, &pod_config(sb, "before")).expect("pod before");
+    assert!(pod_ip(sb, &old).starts_with("10.88."), "the default range");
+    let bad = update_pod_cidr(sb, "10.77.0.0/99").expect_err("bad CIDR");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    update_pod_cidr(sb, "10.77.3.0/24").expect("UpdateRuntimeConfig");
+    update_pod_cidr(sb, "").expect("an empty CIDR changes nothing");
+    let still_old = run_pod(sb, &pod_config(sb, "beside")).expect("pod beside the old one");
+    assert!(
+        pod_ip(sb, &still_old).starts_with("10.88."),
+        "the bridge keeps its range while pods use it"
+    );
+    for pod in [&old, &still_old] {
+        stop_pod(sb, pod);
+        remove_pod(sb, pod);
+    }
+    let new = run_pod(sb, &pod_config(sb, "after")).expect("pod after");
+    let ip = pod_ip(sb, &new);
+    assert!(
+        ip.starts_with("10.77.3."),
+        "an address from the pod CIDR: {ip}"
+    );
+    let (web, _) = web_pod(&e, &pod_config(sb, "web"), "on-the-new-range");
+    let web_ip = pod_ip(sb, &web);
+    assert!(web_ip.starts_with("10.77.3."));
+    let url = format!("http://{web_ip}:8080/");
+    let body = in_uplink(sb, &["timeout", "10", "busybox", "wget", "-qO-", &url]);
+    assert_eq!(
+        body.trim(),
+        "on-the-new-range",
+        "the node reaches a pod on the new range"
+    );
+    e._daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(e._daemon.wait_exit(Duration::from_secs(15)).success());
+    e._daemon = e.sb.start_daemon();
+    let sb = &e.sb;
+    let restarted = run_pod(sb, &pod_config(sb, "restarted")).expect("pod after restart");
+    assert!(
+        pod_ip(sb, &restarted).starts_with("10.77.3."),
+        "kept across a restart"
+    );
+    for pod in [new, web, restarted] {
+        stop_pod(sb, &pod);
+        remove_pod(sb, &pod);
+    }
 }

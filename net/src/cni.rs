@@ -157,6 +157,9 @@ pub fn default_config(mtu: u32) -> Value {
                 "ipMasq": false,
                 "hairpinMode": true,
                 "mtu": mtu,
+                // The node's pod CIDR (UpdateRuntimeConfig) replaces the
+                // ranges below when kubelet sends one.
+                "capabilities": {"ipRanges": true},
                 "ipam": {
                     "type": "host-local",
                     "routes": [{"dst": "0.0.0.0/0"}],
@@ -434,18 +437,27 @@ impl Cni {
                     .map(|v| (cap.clone(), v.clone()))
             })
             .collect();
+        let mut runtime = runtime;
+        if let Some(ipam) = obj.get_mut("ipam").and_then(Value::as_object_mut) {
+            if ipam.get("type").and_then(Value::as_str) == Some("host-local") {
+                if !ipam.contains_key("dataDir") {
+                    ipam.insert("dataDir".into(), json!(self.ipam_dir()));
+                }
+                // host-local adds runtime ipRanges to its configured ranges
+                // (one address from each); the convention is that they
+                // replace them, so they do here.
+                let ranges = runtime.remove("ipRanges");
+                if let Some(ranges) = ranges.filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+                {
+                    ipam.insert("ranges".into(), ranges);
+                }
+            }
+        }
         if !runtime.is_empty() {
             obj.insert("runtimeConfig".into(), Value::Object(runtime));
         }
         if !prev.is_null() {
             obj.insert("prevResult".into(), prev.clone());
-        }
-        if let Some(ipam) = obj.get_mut("ipam").and_then(Value::as_object_mut) {
-            if ipam.get("type").and_then(Value::as_str) == Some("host-local")
-                && !ipam.contains_key("dataDir")
-            {
-                ipam.insert("dataDir".into(), json!(self.ipam_dir()));
-            }
         }
         conf
     }
@@ -660,10 +672,20 @@ mod tests {
         attachment
             .capabilities
             .insert("portMappings".into(), json!([{"hostPort": 8080}]));
-        attachment.capabilities.insert("ipRanges".into(), json!([]));
         let bridge = cni.plugin_config(&list, &list.plugins[0], &attachment, &Value::Null);
         assert_eq!(bridge["name"], "ucri");
         assert_eq!(bridge["ipam"]["dataDir"], "/run/x/cni/networks");
+        assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.88.0.0/16");
+        assert!(bridge.get("runtimeConfig").is_none());
+        let pod_cidr = json!([[{"subnet": "10.77.3.0/24"}]]);
+        attachment
+            .capabilities
+            .insert("ipRanges".into(), pod_cidr.clone());
+        let bridge = cni.plugin_config(&list, &list.plugins[0], &attachment, &Value::Null);
+        assert_eq!(
+            bridge["ipam"]["ranges"], pod_cidr,
+            "ipRanges replace host-local's ranges"
+        );
         assert!(bridge.get("runtimeConfig").is_none());
         assert!(bridge.get("prevResult").is_none());
         let prev = json!({"ips": [{"address": "10.88.0.2/16"}]});

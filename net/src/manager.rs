@@ -82,6 +82,35 @@ pub struct Network {
     uplink: Uplink,
     cni: Cni,
     ports: HostPorts,
+    /// The node's pod CIDRs from kubelet (UpdateRuntimeConfig), as CNI
+    /// `ipRanges`; empty until kubelet sends them.
+    pod_cidrs: std::sync::RwLock<Vec<String>>,
+}
+
+/// Parses kubelet's pod CIDR ("10.244.0.0/24" or a comma-separated
+/// dual-stack pair) into its ranges.
+pub fn parse_pod_cidrs(text: &str) -> Result<Vec<String>, NetError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|cidr| {
+            let valid = cidr.split_once('/').is_some_and(|(ip, len)| {
+                let max = match ip.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => 32,
+                    Ok(IpAddr::V6(_)) => 128,
+                    Err(_) => return false,
+                };
+                len.parse::<u8>().is_ok_and(|l| l <= max)
+            });
+            if valid {
+                Ok(cidr.to_owned())
+            } else {
+                Err(NetError::InvalidArgument(format!(
+                    "pod CIDR {cidr:?} is not an address/prefix"
+                )))
+            }
+        })
+        .collect()
 }
 
 impl Network {
@@ -106,12 +135,111 @@ impl Network {
         if let Err(e) = uplink.ensure() {
             tracing::error!(%e, "the uplink namespace is not usable: pods cannot get a network");
         }
+        let pod_cidrs = std::fs::read_to_string(pod_cidr_file(&options))
+            .ok()
+            .and_then(|t| parse_pod_cidrs(&t).ok())
+            .unwrap_or_default();
         Network {
             options,
             uplink,
             cni,
             ports,
+            pod_cidrs: std::sync::RwLock::new(pod_cidrs),
         }
+    }
+
+    /// Sets the node's pod CIDR: pods attached from now on get addresses
+    /// from it (networks whose IPAM takes `ipRanges`, as the default one
+    /// does). Kept in the runtime dir across daemon restarts.
+    pub fn set_pod_cidrs(&self, text: &str) -> Result<(), NetError> {
+        let cidrs = parse_pod_cidrs(text)?;
+        if cidrs.is_empty() || *self.read_cidrs() == cidrs {
+            return Ok(());
+        }
+        let file = pod_cidr_file(&self.options);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(crate::io("creating the CNI state dir"))?;
+        }
+        ucri_rootless::rundir::write_atomic(&file, cidrs.join(",").as_bytes())
+            .map_err(crate::io("saving the pod CIDR"))?;
+        tracing::info!(?cidrs, "pod CIDR from kubelet");
+        *self.pod_cidrs.write().unwrap_or_else(|p| p.into_inner()) = cidrs;
+        Ok(())
+    }
+
+    /// The node's pod CIDRs (empty until kubelet sends them).
+    pub fn pod_cidrs(&self) -> Vec<String> {
+        self.read_cidrs().clone()
+    }
+
+    /// The `ipRanges` the next pod gets. A bridge holds one IPv4 subnet, so
+    /// a new pod CIDR takes over only when no pod is attached (the bridge is
+    /// then recreated with the new gateway); until then pods keep the range
+    /// the bridge has. Kubelet sends the CIDR before it starts pods.
+    fn ranges_for_next_pod(&self, list: &cni::NetworkList) -> Vec<String> {
+        let wanted = self.pod_cidrs();
+        let active_file = self.options.runtime_dir.join("cni").join("pod-cidr.active");
+        let active = std::fs::read_to_string(&active_file)
+            .ok()
+            .and_then(|t| parse_pod_cidrs(&t).ok())
+            .unwrap_or_default();
+        if wanted == active {
+            return active;
+        }
+        if !self.cni.cached_pods().is_empty() {
+            tracing::warn!(
+                ?wanted,
+                ?active,
+                "the new pod CIDR applies once the pods on the current range are gone"
+            );
+            return active;
+        }
+        if let Err(e) = self.reset_bridge(list) {
+            tracing::warn!(%e, "cannot reset the bridge for the new pod CIDR");
+            return active;
+        }
+        if let Err(e) =
+            ucri_rootless::rundir::write_atomic(&active_file, wanted.join(",").as_bytes())
+        {
+            tracing::warn!(%e, "cannot record the pod CIDR in use");
+        }
+        wanted
+    }
+
+    /// Deletes the network's bridge in the uplink (the bridge plugin makes it
+    /// again with the gateway of the range it is given).
+    fn reset_bridge(&self, list: &cni::NetworkList) -> Result<(), NetError> {
+        let Some(bridge) = list
+            .plugins
+            .iter()
+            .find(|p| p.get("type").and_then(Value::as_str) == Some("bridge"))
+            .map(|p| {
+                p.get("bridge")
+                    .and_then(Value::as_str)
+                    .unwrap_or("cni0")
+                    .to_owned()
+            })
+        else {
+            return Ok(());
+        };
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["link", "delete", &bridge]);
+        let _ns = ucri_rootless::enter::command_in_netns(&mut cmd, &self.uplink.netns())
+            .map_err(crate::io("entering the uplink namespace"))?;
+        let out = cmd.output().map_err(crate::io("running ip link delete"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || stderr.contains("Cannot find device") {
+            return Ok(());
+        }
+        Err(NetError::Plugin {
+            plugin: "ip".into(),
+            command: format!("link delete {bridge}"),
+            message: format!("{}: {}", out.status, stderr.trim()),
+        })
+    }
+
+    fn read_cidrs(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+        self.pod_cidrs.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The uplink namespace's pin.
@@ -139,7 +267,8 @@ impl Network {
     pub fn attach(&self, pod: &PodNetwork) -> Result<PodAttachment, NetError> {
         hostport::validate(&pod.port_mappings)?;
         let list = self.ready().map_err(NetError::NotReady)?;
-        let attachment = self.cni_attachment(pod);
+        let ranges = self.ranges_for_next_pod(&list);
+        let attachment = self.cni_attachment(pod, &ranges);
         let result = self.cni.add(&list, &attachment)?;
         let done = PodAttachment {
             network: list.name.clone(),
@@ -195,7 +324,7 @@ impl Network {
         Ok(Some(done))
     }
 
-    fn cni_attachment(&self, pod: &PodNetwork) -> Attachment {
+    fn cni_attachment(&self, pod: &PodNetwork, ranges: &[String]) -> Attachment {
         let mut capabilities = BTreeMap::new();
         let mappings: Vec<Value> = pod
             .port_mappings
@@ -211,6 +340,10 @@ impl Network {
         }
         if let Some(bandwidth) = &pod.bandwidth {
             capabilities.insert("bandwidth".to_owned(), bandwidth.clone());
+        }
+        if !ranges.is_empty() {
+            let ranges: Vec<Value> = ranges.iter().map(|c| json!([{"subnet": c}])).collect();
+            capabilities.insert("ipRanges".to_owned(), Value::Array(ranges));
         }
         Attachment {
             container_id: pod.id.clone(),
@@ -284,5 +417,31 @@ impl Network {
             "cniPluginDirs": self.options.cni_plugin_dirs,
             "network": network,
         })
+    }
+}
+
+/// Where the pod CIDR kubelet sent is kept.
+fn pod_cidr_file(options: &NetworkOptions) -> PathBuf {
+    options.runtime_dir.join("cni").join("pod-cidr")
+}
+
+#[cfg(test)]
+mod pod_cidr_tests {
+    use super::parse_pod_cidrs;
+
+    #[test]
+    fn kubelets_pod_cidrs_are_parsed_single_or_dual_stack() {
+        assert_eq!(
+            parse_pod_cidrs("10.244.1.0/24").expect("v4"),
+            ["10.244.1.0/24"]
+        );
+        assert_eq!(
+            parse_pod_cidrs("10.244.1.0/24, fd00:1::/64").expect("dual"),
+            ["10.244.1.0/24", "fd00:1::/64"]
+        );
+        assert!(parse_pod_cidrs("").expect("empty").is_empty());
+        for bad in ["10.244.1.0", "10.244.1.0/33", "fd00::/129", "nonsense/8"] {
+            assert!(parse_pod_cidrs(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds, offline, OCI image layouts standing in for every image that critest
-# (cri-tools v1.36.0) and `critest -benchmark` pull (see README.md beside
-# this file for what each image holds and which spec uses it).
+# Builds OCI image layouts standing in for every image that critest
+# (cri-tools v1.36.0) and `critest -benchmark` pull, so that they run offline
+# (see README.md beside this file for what each image holds and which spec
+# uses it). The only download is three Debian packages, once.
 #
 #   packaging/conformance/images.sh OUTDIR
 #
@@ -21,7 +22,8 @@ shopt -s inherit_errexit
 umask 022
 export LC_ALL=C TZ=UTC
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+case ${BASH_SOURCE[0]} in */*) HERE=${BASH_SOURCE[0]%/*} ;; *) HERE=. ;; esac
+HERE=$(cd "$HERE" && pwd)
 SRC=$HERE/src
 EPOCH=1700000000
 CREATED=2023-11-14T22:13:20Z
@@ -41,7 +43,8 @@ missing() { log "missing prerequisite: $*"; exit 3; }
 
 check_tools() {
   local t libc
-  for t in dpkg dpkg-deb jq tar gzip sha256sum ldd gcc install find sort; do
+  for t in dpkg dpkg-deb jq tar gzip sha256sum ldd gcc awk sed grep cut stat find sort mktemp dirname \
+    install ln; do
     command -v "$t" >/dev/null || missing "$t"
   done
   libc=$(gcc -print-file-name=libc.a)
@@ -539,7 +542,7 @@ write_summary() {
 
 main() {
   local h start=$SECONDS
-  [ $# -eq 1 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+  [ $# -eq 1 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
   check_tools
   mkdir -p "$1"
   OUT=$(cd "$1" && pwd)

@@ -179,6 +179,18 @@ impl RuntimeService for CriRuntimeService {
         }))
     }
 
+    async fn update_runtime_config(&self, request: Request<UpdateRuntimeConfigRequest>) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        let span = tracing::debug_span!("update_runtime_config", %cidr);
+        self.blocking(span, move |l| Ok(l.network().set_pod_cidrs(&cidr)?)).await?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let verbose = request.into_inner().verbose;
         Ok(Response::new(StatusResponse {
@@ -191,7 +203,11 @@ impl RuntimeService for CriRuntimeService {
             }),
             info: if verbose { self.verbose_info() } else { HashMap::new() },
             runtime_handlers: self.runtime_handlers(),
-            features: None,
+            // Merge and Strict are applied in the spec, and ContainerStatus
+            // reports the resulting identity.
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }))
     }
 
@@ -403,7 +419,6 @@ impl RuntimeService for CriRuntimeService {
     }
 }
     unimplemented {
-        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     }
 }

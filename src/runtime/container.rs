@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use k8s_cri::v1::{
     Container, ContainerConfig, ContainerEventType, ContainerFilter, ContainerState as CriState,
-    ContainerStatus, ImageSpec, PodSandboxConfig,
+    ContainerStatus, ContainerUser, ImageSpec, LinuxContainerUser, PodSandboxConfig,
 };
 
 use super::oci::CreateArgs;
 use super::sandbox::PodDir;
-use super::state::{ContainerPhase, ContainerState, PodPhase, PodState};
+use super::state::{ContainerPhase, ContainerState, PodPhase, PodState, ProcessUser};
 use super::{nanos, new_id, now_nanos, resolve_id, Lifecycle, LifecycleError};
 use crate::runtime::spec::{self, PodContext, SpecInputs};
 
@@ -113,6 +113,7 @@ impl Lifecycle {
             log_path: String::new(),
             runtime: self.runtime_for(&pod.runtime_handler)?,
             oom_killed: false,
+            user: None,
         };
         containers.insert(id.to_owned(), state.clone());
         Ok(state)
@@ -148,7 +149,8 @@ impl Lifecycle {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        self.write_spec(pod, &state.config, sandbox, &image_config, &rootfs, &bundle)?;
+        state.user =
+            Some(self.write_spec(pod, &state.config, sandbox, &image_config, &rootfs, &bundle)?);
         let log_path = log_path(sandbox, &state.config, &bundle)?;
         let created = self.oci.create(&CreateArgs {
             id: &state.id,
@@ -175,7 +177,7 @@ impl Lifecycle {
         image_config: &serde_json::Value,
         rootfs: &Path,
         bundle: &Path,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<ProcessUser, LifecycleError> {
         let dir = PodDir::new(&self.runtime_root, &pod.id);
         let ns = pod.namespaces;
         let context = PodContext {
@@ -225,12 +227,13 @@ impl Lifecycle {
         ));
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LifecycleError::Internal(e.to_string()))?;
-        ucri_rootless::rundir::write_atomic(&bundle.join("config.json"), &json).map_err(|source| {
-            LifecycleError::Io {
+        ucri_rootless::rundir::write_atomic(&bundle.join("config.json"), &json).map_err(
+            |source| LifecycleError::Io {
                 context: "writing config.json".into(),
                 source,
-            }
-        })
+            },
+        )?;
+        Ok(process_user(&spec))
     }
 
     /// Removes every trace of a half-created container.
@@ -703,6 +706,27 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
         log_path: c.log_path.clone(),
         resources: None,
         image_id: c.image_id.clone(),
-        user: None,
+        user: c.user.as_ref().map(|u| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: i64::from(u.uid),
+                gid: i64::from(u.gid),
+                supplemental_groups: u.groups.iter().map(|g| i64::from(*g)).collect(),
+            }),
+        }),
     }
+}
+
+/// The identity the spec's process runs as.
+fn process_user(spec: &oci_spec::runtime::Spec) -> ProcessUser {
+    spec.process()
+        .as_ref()
+        .map(|p| {
+            let user = p.user();
+            ProcessUser {
+                uid: user.uid(),
+                gid: user.gid(),
+                groups: user.additional_gids().clone().unwrap_or_default(),
+            }
+        })
+        .unwrap_or_default()
 }

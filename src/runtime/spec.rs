@@ -2084,11 +2084,7 @@ mod tests {
         });
         let spec = f.spec();
         let blocked = blocked_syscalls(&spec);
-        assert_eq!(
-            blocked,
-            strings(&BLOCKED_SYSCALLS),
-            "RuntimeDefault"
-        );
+        assert_eq!(blocked, strings(&BLOCKED_SYSCALLS), "RuntimeDefault");
         let seccomp = linux_of(&spec).seccomp().clone().expect("seccomp");
         assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
         let rule = &seccomp.syscalls().clone().expect("rules")[0];

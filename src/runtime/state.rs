@@ -101,6 +101,20 @@ pub struct ContainerState {
     /// The kernel's OOM killer ended it (read from its memory cgroup).
     #[serde(default)]
     pub oom_killed: bool,
+    /// The identity its process runs as (from the generated spec).
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+/// The uid, gid and supplementary groups a container's process runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    /// The uid.
+    pub uid: u32,
+    /// The primary gid.
+    pub gid: u32,
+    /// Supplementary gids.
+    pub groups: Vec<u32>,
 }
 
 /// The state directory.
