@@ -267,6 +267,16 @@ impl Rewriter {
         }
     }
 
+    /// At end of file: hands over whatever is held (an unfinished header
+    /// block, a partial frame) as sent.
+    pub fn end_of_input(&mut self, input: &mut BytesMut, out: &mut BytesMut) {
+        if let Some(pending) = self.pending.take() {
+            out.extend_from_slice(&pending.raw);
+        }
+        out.extend_from_slice(&input.split());
+        self.phase = Phase::Transparent;
+    }
+
     fn preface(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> bool {
         let n = input.len().min(PREFACE.len());
         if input[..n] != PREFACE[..n] {
@@ -546,7 +556,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             if this.eof {
                 // A truncated frame: h2 sees what the client sent, then EOF.
-                this.output = this.input.split();
+                this.rewriter
+                    .end_of_input(&mut this.input, &mut this.output);
                 if this.output.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -990,6 +1001,20 @@ mod tests {
             .expect("given up, not failed");
         assert_eq!(out.to_vec(), input);
         assert_eq!(rewriter.passthrough_budget(), Some(usize::MAX));
+    }
+
+    #[tokio::test]
+    async fn at_end_of_file_h2_gets_an_unfinished_block_as_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut input = client(&[frame(HEADERS, 0, 1, &request_block(b""))]);
+        input.extend([0, 0, 9, CONTINUATION]); // part of a frame header
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(&input).await.expect("write");
+        drop(client);
+        let mut got = Vec::new();
+        let mut fixed = AuthorityFix::new(server);
+        fixed.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, input);
     }
 
     #[tokio::test]
