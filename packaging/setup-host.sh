@@ -13,7 +13,8 @@
 #   packaging/setup-host.sh --test          also test/build packages and the test users
 #                                           ucri-test (with ranges), ucri-nosubid (without),
 #                                           ucri-cgroup and ucri-critest (with ranges and
-#                                           delegated cgroups)
+#                                           delegated cgroups), and grpcio in the
+#                                           virtualenv /opt/ucri-test-venv
 set -euo pipefail
 
 SUDO=""
@@ -23,8 +24,12 @@ RUNTIME_PACKAGES=(uidmap fuse-overlayfs fuse3 slirp4netns passt crun runc conmon
   containernetworking-plugins iptables catatonit util-linux procps iproute2)
 BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static curl)
 TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc
-  ca-certificates curl apache2-utils zstd openssl xz-utils python3)
+  ca-certificates curl apache2-utils zstd openssl xz-utils python3 python3-venv)
 RANGE_SIZE=65536
+# gRPC Python for the test of clients that send the socket path as
+# :authority (tests/authority.rs), in a virtualenv of its own.
+TEST_VENV=/opt/ucri-test-venv
+GRPCIO_VERSION=1.85.3
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
 
@@ -72,6 +77,17 @@ grant_ranges() { # NAME
     local s; s=$(next_free_start /etc/subgid)
     $SUDO usermod --add-subgids "$s-$((s + RANGE_SIZE - 1))" "$name"
     log "granted subgids $s-$((s + RANGE_SIZE - 1)) to $name"
+  fi
+}
+
+install_test_venv() {
+  if [ ! -x "$TEST_VENV/bin/python" ]; then
+    $SUDO /usr/bin/python3 -m venv "$TEST_VENV"
+    log "created $TEST_VENV"
+  fi
+  if ! "$TEST_VENV/bin/python" -c "import grpc, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" 2>/dev/null; then
+    log "installing grpcio==$GRPCIO_VERSION into $TEST_VENV"
+    $SUDO "$TEST_VENV/bin/pip" install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
   fi
 }
 
@@ -128,7 +144,7 @@ main() {
       --delegate-cgroups) delegate+=("$2"); shift 2 ;;
       --test) test=1; shift ;;
       --build) build=1; shift ;;
-      -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
       *) log "unknown argument: $1"; exit 2 ;;
     esac
   done
@@ -140,6 +156,7 @@ main() {
   if [ "$test" -eq 1 ] && ! command -v kubectl >/dev/null; then
     install_packages kubernetes-client
   fi
+  [ "$test" -eq 1 ] && install_test_venv
   open_devices
   local invoking="${SUDO_USER:-$(id -un)}"
   [ "$invoking" != root ] && users+=("$invoking")

@@ -8,10 +8,12 @@ use anyhow::{bail, Context};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt as _;
 use ucri_rootless::launch::{self, ChildReporter, DaemonLock, LaunchSpec, Mode};
 use ucri_rootless::rundir::{remove_if_exists, write_atomic, RuntimeDir};
 
 use crate::config::Config;
+use crate::cri::authority::AuthorityFix;
 use crate::cri::image::CriImageService;
 use crate::cri::runtime::CriRuntimeService;
 use crate::image::Images;
@@ -137,7 +139,8 @@ async fn serve_async(
     reporter: Option<ChildReporter>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?);
+    let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?)
+        .map(|conn| conn.map(AuthorityFix::new));
     let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
     let (images, storage) = open_storage(&config).await?;
     let lifecycle = open_lifecycle(&config, &images, &storage).await?;

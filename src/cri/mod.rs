@@ -1,6 +1,8 @@
 //! The CRI v1 gRPC services. Handlers stay thin: they validate, call the
 //! domain code, and convert errors through [`crate::error::CriError`].
 
+pub mod authority;
+mod hpack;
 pub mod image;
 pub mod runtime;
 
