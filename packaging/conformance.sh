@@ -158,12 +158,15 @@ validation() {
   local focus=${CRITEST_FOCUS:-} args=()
   [ -z "$focus" ] || args+=("-ginkgo.focus=$focus")
   log "critest: the validation specs"
+  mkdir -p "$WORK/report"
+  [ "$(id -u)" -ne 0 ] || chown "$RUN_USER:" "$WORK/report"
+  rm -f "$OUT/junit.xml"
   set +e
-  critest -ginkgo.junit-report "$WORK/junit.xml" -ginkgo.no-color -ginkgo.timeout 40m \
+  critest -ginkgo.junit-report "$WORK/report/junit.xml" -ginkgo.no-color -ginkgo.timeout 40m \
     "${args[@]}" >"$OUT/critest.log" 2>&1
   local status=$?
   set -e
-  cp "$WORK/junit.xml" "$OUT/junit.xml" 2>/dev/null || true
+  cp "$WORK/report/junit.xml" "$OUT/junit.xml" 2>/dev/null || true
   tail -n 40 "$OUT/critest.log" >&2
   [ -f "$OUT/junit.xml" ] || die "critest wrote no report (exit $status); see $OUT/critest.log"
   python3 packaging/conformance/verdict.py "$OUT/junit.xml" packaging/conformance/expected-failures.txt

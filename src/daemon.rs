@@ -7,13 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::StreamExt as _;
 use ucri_rootless::launch::{self, ChildReporter, DaemonLock, LaunchSpec, Mode};
 use ucri_rootless::rundir::{remove_if_exists, write_atomic, RuntimeDir};
 
 use crate::config::Config;
-use crate::cri::authority::AuthorityFix;
 use crate::cri::image::CriImageService;
 use crate::cri::runtime::CriRuntimeService;
 use crate::image::Images;
@@ -139,8 +136,7 @@ async fn serve_async(
     reporter: Option<ChildReporter>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
-    let incoming = UnixListenerStream::new(tokio::net::UnixListener::from_std(listener)?)
-        .map(|conn| conn.map(AuthorityFix::new));
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
     let (images, storage) = open_storage(&config).await?;
     let lifecycle = open_lifecycle(&config, &images, &storage).await?;
@@ -154,18 +150,19 @@ async fn serve_async(
         lifecycle.clone(),
         streaming,
     );
+    let routes =
+        tonic::service::Routes::new(RuntimeServiceServer::new(runtime_service)).add_service(
+            ImageServiceServer::new(CriImageService::new(images.clone(), storage)),
+        );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .layer(crate::metrics::RpcMetricsLayer)
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .add_service(RuntimeServiceServer::new(runtime_service))
-        .add_service(ImageServiceServer::new(CriImageService::new(
-            images.clone(),
-            storage,
-        )))
-        .serve_with_incoming_shutdown(incoming, async {
+    let server = tokio::spawn(crate::cri::server::serve(
+        listener,
+        routes,
+        async {
             let _ = stop_rx.await;
-        });
+        },
+        grace,
+    ));
     let admin =
         crate::admin::bind(&config.daemon.runtime_dir).context("binding the admin socket")?;
     let admin_task = tokio::spawn(crate::admin::serve(admin, images.clone()));
@@ -174,19 +171,10 @@ async fn serve_async(
         reporter.serving();
     }
     tracing::info!(socket = %config.daemon.socket.display(), mode, "serving CRI v1");
-    let mut server = std::pin::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.context("CRI server"),
-        sig = termination_signal() => tracing::info!(signal = sig, "shutting down: draining in-flight RPCs"),
-    }
+    let sig = termination_signal().await;
+    tracing::info!(signal = sig, "shutting down: draining in-flight RPCs");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.context("CRI server")?,
-        Err(_) => tracing::warn!(
-            ?grace,
-            "in-flight RPCs did not finish in time; exiting anyway"
-        ),
-    }
+    server.await.context("CRI server")?;
     admin_task.abort();
     reaper.abort();
     for task in streaming_tasks {

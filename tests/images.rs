@@ -593,3 +593,89 @@ fn import_oci_layouts_and_docker_save_archives() {
         "import leaves no temp files"
     );
 }
+
+/// Sends one unary gRPC call with the raw `grpc-timeout` header value
+/// `timeout` (tonic's and grpcio's clients enforce deadlines themselves, so
+/// the server's answer is only seen with a plain HTTP/2 client); returns
+/// the grpc-status code and message.
+fn call_with_grpc_timeout(
+    sb: &Sandbox,
+    path: &str,
+    message: &[u8],
+    timeout: &str,
+) -> (i32, String) {
+    block_on(async {
+        let io = tokio::net::UnixStream::connect(sb.socket())
+            .await
+            .expect("connect");
+        let (mut client, connection) = h2::client::handshake(io).await.expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let request = http::Request::post(format!("http://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(())
+            .expect("request");
+        let (response, mut body) = client.send_request(request, false).expect("send");
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(message);
+        body.send_data(framed.into(), true).expect("body");
+        let response = response.await.expect("response");
+        let header = |headers: &http::HeaderMap, name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (head, mut received) = response.into_parts();
+        let mut status = header(&head.headers, "grpc-status");
+        let mut text = header(&head.headers, "grpc-message");
+        if status.is_none() {
+            while let Some(chunk) = received.data().await {
+                chunk.expect("data");
+            }
+            let trailers = received
+                .trailers()
+                .await
+                .expect("trailers")
+                .unwrap_or_default();
+            status = header(&trailers, "grpc-status");
+            text = header(&trailers, "grpc-message");
+        }
+        let code = status.and_then(|s| s.parse().ok()).expect("a grpc-status");
+        (code, text.unwrap_or_default())
+    })
+}
+
+/// A client's `grpc-timeout` (kubelet and critest set deadlines) ends the
+/// RPC with DEADLINE_EXCEEDED, as gRPC servers answer, and leaves no
+/// half-pulled image behind.
+#[test]
+fn a_pull_past_the_clients_deadline_ends_with_deadline_exceeded() {
+    let (sb, _d, reg) = daemon_with_registry("deadline", None);
+    reg.push_test_image("big", "latest", "test/big:latest");
+    let image = reg.image("test/big:latest");
+    let request = prost::Message::encode_to_vec(&PullImageRequest {
+        image: spec(&image),
+        auth: None,
+        sandbox_config: None,
+    });
+    let pull_path = "/runtime.v1.ImageService/PullImage";
+    let (code, message) = call_with_grpc_timeout(&sb, pull_path, &request, "1m");
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    assert!(
+        status(&sb, &image).is_none(),
+        "no image from a cancelled pull"
+    );
+    let list = "/runtime.v1.ImageService/ListImages";
+    let (code, message) = call_with_grpc_timeout(&sb, list, &[], "soon");
+    assert_eq!(
+        code,
+        Code::InvalidArgument as i32,
+        "a malformed grpc-timeout: {message}"
+    );
+    let (code, message) = call_with_grpc_timeout(&sb, list, &[], "10S");
+    assert_eq!(code, 0, "in time: {message}");
+    pull(&sb, &image).expect("without a deadline the pull completes");
+}

@@ -5,6 +5,7 @@ pub mod authority;
 mod hpack;
 pub mod image;
 pub mod runtime;
+pub mod server;
 
 /// Emits an `#[async_trait]` impl of a CRI service with the given methods,
 /// plus methods that answer `Unimplemented` naming each listed RPC.
