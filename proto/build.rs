@@ -2,8 +2,10 @@
 //! `proto/runtime/v1/api.proto` (Kubernetes v1.36, see README.md).
 //!
 //! The configuration is k8s-cri 0.11's (`serde::Serialize`/`Deserialize` on
-//! every generated type), plus one field attribute that keeps
-//! `KeyValue.value`'s JSON a string now that the field is `bytes` upstream.
+//! every generated type), plus `#[serde(default)]` on messages (state saved
+//! with older definitions lacks the newer fields) and one field attribute
+//! that keeps `KeyValue.value`'s JSON a string now that the field is `bytes`
+//! upstream.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // State written with older definitions lacks newer fields.
+        .message_attribute(".", "#[serde(default)]")
         .field_attribute(
             ".runtime.v1.KeyValue.value",
             "#[serde(with = \"crate::serde_env_value\")]",

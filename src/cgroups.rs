@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::LinuxContainerResources;
 use serde_json::{json, Value};
+use ucri_cri_api::v1::LinuxContainerResources;
 
 /// The cgroup filesystem's usual mount point.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -107,6 +107,32 @@ impl CgroupSupport {
             Some(parent) if unified.is_dir() => std::fs::create_dir_all(unified.join(parent)),
             _ => Ok(()),
         }
+    }
+
+    /// Writes pod-level CPU and memory limits (UpdatePodSandboxResources)
+    /// into the pod's parent cgroup, creating it if no container made it yet.
+    pub fn apply_pod_limits(&self, pod_id: &str, limits: &PodLimits) -> std::io::Result<()> {
+        let Some(path) = self.container_path(pod_id, "") else {
+            return Err(std::io::Error::other(format!(
+                "cgroups are not delegated ({})",
+                self.describe()
+            )));
+        };
+        let path = path.trim_end_matches('/');
+        let v2 = matches!(self, CgroupSupport::V2 { .. });
+        for (controller, file, value) in limits.files(v2) {
+            let dir = self
+                .dir(controller, path)
+                .ok_or_else(|| std::io::Error::other("no cgroup directory"))?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(file), &value).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("writing {value:?} to {}: {e}", dir.join(file).display()),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes the pod's parent cgroup (empty once its containers are deleted).
@@ -566,5 +592,129 @@ mod tests {
         let parsed: oci_spec::runtime::LinuxResources =
             serde_json::from_value(v1).expect("valid OCI resources");
         assert_eq!(parsed.pids().as_ref().map(|p| p.limit()), Some(64));
+    }
+}
+
+/// A pod's cgroup limits: the sum of its containers' resources and the
+/// pod's overhead (what kubelet sends with UpdatePodSandboxResources).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    /// CPU shares (v1 semantics; 0 = unset).
+    pub cpu_shares: i64,
+    /// CFS quota in µs per period (0 = unlimited).
+    pub cpu_quota: i64,
+    /// CFS period in µs (0 = the kernel's default, 100 ms).
+    pub cpu_period: i64,
+    /// Memory limit in bytes (0 = unlimited).
+    pub memory: i64,
+}
+
+impl PodLimits {
+    /// The sum of `parts` (each a LinuxContainerResources or none).
+    pub fn sum<'a>(
+        parts: impl IntoIterator<Item = Option<&'a LinuxContainerResources>>,
+    ) -> PodLimits {
+        let mut total = PodLimits::default();
+        for r in parts.into_iter().flatten() {
+            total.cpu_shares += r.cpu_shares.max(0);
+            total.memory += r.memory_limit_in_bytes.max(0);
+            if r.cpu_quota > 0 {
+                let period = if r.cpu_period > 0 {
+                    r.cpu_period
+                } else {
+                    100_000
+                };
+                let base = if total.cpu_period > 0 {
+                    total.cpu_period
+                } else {
+                    period
+                };
+                // Quotas add up at a common period.
+                total.cpu_quota += r.cpu_quota * base / period;
+                total.cpu_period = base;
+            }
+        }
+        total
+    }
+
+    /// (controller, file, value) to write, for cgroup v1 or v2.
+    fn files(&self, v2: bool) -> Vec<(&'static str, &'static str, String)> {
+        let mut out = Vec::new();
+        let period = if self.cpu_period > 0 {
+            self.cpu_period
+        } else {
+            100_000
+        };
+        if v2 {
+            if self.cpu_shares > 0 {
+                let weight = 1 + ((self.cpu_shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+                out.push(("cpu", "cpu.weight", weight.to_string()));
+            }
+            let quota = if self.cpu_quota > 0 {
+                self.cpu_quota.to_string()
+            } else {
+                "max".into()
+            };
+            out.push(("cpu", "cpu.max", format!("{quota} {period}")));
+            let memory = if self.memory > 0 {
+                self.memory.to_string()
+            } else {
+                "max".into()
+            };
+            out.push(("memory", "memory.max", memory));
+        } else {
+            if self.cpu_shares > 0 {
+                out.push(("cpu", "cpu.shares", self.cpu_shares.max(2).to_string()));
+            }
+            out.push(("cpu", "cpu.cfs_period_us", period.to_string()));
+            let quota = if self.cpu_quota > 0 {
+                self.cpu_quota
+            } else {
+                -1
+            };
+            out.push(("cpu", "cpu.cfs_quota_us", quota.to_string()));
+            let memory = if self.memory > 0 { self.memory } else { -1 };
+            out.push(("memory", "memory.limit_in_bytes", memory.to_string()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod pod_limit_tests {
+    use super::*;
+
+    #[test]
+    fn pod_limits_sum_the_containers_and_the_overhead() {
+        let a = LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let b = LinuxContainerResources {
+            cpu_shares: 102,
+            cpu_quota: 10_000,
+            cpu_period: 50_000,
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        };
+        let total = PodLimits::sum([Some(&a), Some(&b), None]);
+        assert_eq!(
+            total,
+            PodLimits {
+                cpu_shares: 614,
+                cpu_quota: 70_000,
+                cpu_period: 100_000,
+                memory: 80 << 20
+            }
+        );
+        let v1 = total.files(false);
+        assert!(v1.contains(&("cpu", "cpu.cfs_quota_us", "70000".into())));
+        assert!(v1.contains(&("memory", "memory.limit_in_bytes", (80i64 << 20).to_string())));
+        let v2 = PodLimits::default().files(true);
+        assert!(v2.contains(&("cpu", "cpu.max", "max 100000".into())));
+        assert!(v2.contains(&("memory", "memory.max", "max".into())));
     }
 }

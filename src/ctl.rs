@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use tonic::transport::{Channel, Endpoint};
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use ucri_cri_api::v1::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest, StatusRequest, VersionRequest,
 };
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
 

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::*;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
+use ucri_cri_api::v1::*;
 
 fn default_of<T: Default + Serialize>() -> Value {
     serde_json::to_value(T::default()).unwrap_or(Value::Null)

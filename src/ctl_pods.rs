@@ -2,9 +2,9 @@
 //! output shapes.
 
 use anyhow::{anyhow, Context};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
 use tonic::transport::Channel;
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use ucri_cri_api::v1::*;
 
 use crate::ctl::CtlCommand;
 use crate::ctl_watch::{print_structured, Output};

@@ -6,9 +6,9 @@ use std::io::Write;
 use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{AttachRequest, ExecRequest, ExecSyncRequest, PortForwardRequest};
 use tonic::transport::Channel;
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use ucri_cri_api::v1::{AttachRequest, ExecRequest, ExecSyncRequest, PortForwardRequest};
 use ucri_stream::remote::{self, Io, Options, Transport};
 
 /// The wire protocol for streams.

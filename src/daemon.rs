@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use ucri_cri_api::v1::image_service_server::ImageServiceServer;
+use ucri_cri_api::v1::runtime_service_server::RuntimeServiceServer;
 use ucri_rootless::launch::{self, ChildReporter, DaemonLock, LaunchSpec, Mode};
 use ucri_rootless::rundir::{remove_if_exists, write_atomic, RuntimeDir};
 

@@ -6,10 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_cri::v1::{
+use nix::sys::signal::Signal;
+use ucri_cri_api::v1::{
     CheckpointContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
-use nix::sys::signal::Signal;
 
 fn subuid_start(user: &str) -> u64 {
     let text = std::fs::read_to_string("/etc/subuid").expect("/etc/subuid");
@@ -115,7 +115,7 @@ fn unimplemented_rpcs_say_so_and_runtime_config_reports_cgroupfs() {
             .into_inner();
         assert_eq!(
             rc.linux.expect("linux").cgroup_driver,
-            k8s_cri::v1::CgroupDriver::Cgroupfs as i32
+            ucri_cri_api::v1::CgroupDriver::Cgroupfs as i32
         );
     });
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use common::registry::{image_info, TestRegistry};
 use common::*;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{
+use tonic::Code;
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
+use ucri_cri_api::v1::{
     AuthConfig, Image, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest,
 };
-use tonic::Code;
 
 fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use common::cri::*;
 use common::*;
-use k8s_cri::v1::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ucri_cri_api::v1::*;
 
 /// Streaming URLs waiting for kubectl's next upgrade.
 type Urls = Arc<Mutex<VecDeque<String>>>;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use common::cri::*;
 use common::registry::TestRegistry;
 use common::*;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::*;
 use tonic::Code;
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
+use ucri_cri_api::v1::*;
 
 #[test]
 fn a_pod_and_its_container_from_start_to_removal() {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::cri::*;
 use common::*;
-use k8s_cri::v1::*;
 use tonic::Code;
+use ucri_cri_api::v1::*;
 
 const PASTA: &str = "[network]\nuplink = \"pasta\"\n";
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::cri::*;
 use common::*;
-use k8s_cri::v1::*;
+use ucri_cri_api::v1::*;
 
 const PIDS_LIMIT: u64 = 32;
 

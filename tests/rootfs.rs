@@ -305,7 +305,7 @@ fn recovery_remounts_live_and_removes_stale(rootfs: &Rootfs, layers: &[Digest]) 
 
 #[test]
 fn the_daemon_reports_its_driver_and_why() {
-    use k8s_cri::v1::StatusRequest;
+    use ucri_cri_api::v1::StatusRequest;
     for (setting, expected) in [
         (None, "overlay"),
         (Some("vfs"), "vfs"),

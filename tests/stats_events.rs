@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::cri::*;
 use common::*;
-use k8s_cri::v1::*;
+use ucri_cri_api::v1::*;
 
 fn pod_stats(sb: &Sandbox, id: &str) -> PodSandboxStats {
     block_on(async {
@@ -156,7 +156,7 @@ fn subscribe(sb: &Sandbox) -> Seen {
         block_on(async move {
             let channel = connect(&socket).await.expect("connect");
             let mut stream =
-                k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel)
+                ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(channel)
                     .get_container_events(GetEventsRequest {})
                     .await
                     .expect("GetContainerEvents")

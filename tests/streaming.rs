@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::cri::*;
 use common::*;
-use k8s_cri::v1::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ucri_cri_api::v1::*;
 use ucri_stream::remote::{self, Io, Options, RemoteError, Transport};
 
 const BOTH: [Transport; 2] = [Transport::Spdy, Transport::WebSocket];

@@ -6,11 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use ucri_cri_api::v1::*;
 
 use crate::Args;
 

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use ucri_cri_api::v1::*;
 use ucri_stream::remote::{self, Io, Options, Transport};
 
 use crate::measure::{

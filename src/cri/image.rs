@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_cri::v1::image_service_server::ImageService;
-use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
+use ucri_cri_api::v1::image_service_server::ImageService;
+use ucri_cri_api::v1::*;
 use ucri_storage::store::ImageRecord;
 
 use super::cri_service;
@@ -26,6 +26,18 @@ impl CriImageService {
     /// A service over `images`, reporting container filesystems of `storage`.
     pub fn new(images: Arc<Images>, storage: Arc<Storage>) -> Self {
         CriImageService { images, storage }
+    }
+
+    /// The images a list filter names (all without one).
+    fn matching(&self, filter: Option<String>) -> Vec<ImageRecord> {
+        match filter.filter(|f| !f.is_empty()) {
+            Some(spec) => self
+                .images
+                .lookup(&spec)
+                .map(|(r, _)| vec![r])
+                .unwrap_or_default(),
+            None => self.images.list(),
+        }
     }
 }
 
@@ -111,13 +123,17 @@ fn request_auth(auth: Option<AuthConfig>) -> Option<RequestAuth> {
 
 cri_service! {
     impl ImageService for CriImageService {
+        type StreamImagesStream = super::runtime::ListStream<StreamImagesResponse>;
+
+        async fn stream_images(&self, request: Request<StreamImagesRequest>) -> Result<Response<Self::StreamImagesStream>, Status> {
+            let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image);
+            let images: Vec<Image> = self.matching(filter).iter().map(to_cri).collect();
+            Ok(Response::new(super::runtime::list_stream(images, |images| StreamImagesResponse { images })))
+        }
+
         async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
             let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image);
-            let images = match filter.filter(|f| !f.is_empty()) {
-                Some(spec) => self.images.lookup(&spec).map(|(r, _)| vec![r]).unwrap_or_default(),
-                None => self.images.list(),
-            };
-            Ok(Response::new(ListImagesResponse { images: images.iter().map(to_cri).collect() }))
+            Ok(Response::new(ListImagesResponse { images: self.matching(filter).iter().map(to_cri).collect() }))
         }
 
         async fn image_status(&self, request: Request<ImageStatusRequest>) -> Result<Response<ImageStatusResponse>, Status> {

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use k8s_cri::v1::runtime_service_server::RuntimeService;
-use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
+use ucri_cri_api::v1::runtime_service_server::RuntimeService;
+use ucri_cri_api::v1::*;
 
 use super::cri_service;
 use crate::config::{self, Config};
@@ -168,6 +168,33 @@ fn limits_condition(cgroups: &crate::cgroups::CgroupSupport) -> RuntimeCondition
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
+/// A `Stream*` list RPC's answer (Kubernetes 1.36, KEP-5825): the list in
+/// messages of at most [`STREAM_CHUNK`] items, so that no message grows past
+/// gRPC's size limit however many pods there are.
+pub type ListStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Items per message of a `Stream*` list RPC.
+pub const STREAM_CHUNK: usize = 100;
+
+/// Splits `items` into messages made by `wrap`; an empty list is one empty
+/// message, as an empty unary list is one empty reply.
+pub fn list_stream<I: Send + 'static, T: Send + 'static>(
+    items: Vec<I>,
+    wrap: impl Fn(Vec<I>) -> T + Send + 'static,
+) -> ListStream<T> {
+    let mut chunks: Vec<Vec<I>> = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(STREAM_CHUNK).collect());
+    }
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    Box::pin(tokio_stream::iter(
+        chunks.into_iter().map(move |c| Ok(wrap(c))),
+    ))
+}
+
 cri_service! {
 impl RuntimeService for CriRuntimeService {
     async fn version(&self, _: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
@@ -207,6 +234,8 @@ impl RuntimeService for CriRuntimeService {
             // reports the resulting identity.
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
+                // Pods with their own user namespace are not supported yet.
+                user_namespaces_host_network: false,
             }),
         }))
     }
@@ -416,6 +445,53 @@ impl RuntimeService for CriRuntimeService {
         let span = tracing::debug_span!("list_pod_sandbox_stats");
         let stats = self.blocking(span, move |l| Ok(l.list_pod_stats(filter))).await?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
+    }
+
+    type StreamPodSandboxesStream = ListStream<StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(&self, request: Request<StreamPodSandboxesRequest>) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self.blocking(tracing::debug_span!("stream_pod_sandboxes"), move |l| Ok(l.list_pods(filter))).await?;
+        Ok(Response::new(list_stream(items, |pod_sandboxes| StreamPodSandboxesResponse { pod_sandboxes })))
+    }
+
+    type StreamContainersStream = ListStream<StreamContainersResponse>;
+
+    async fn stream_containers(&self, request: Request<StreamContainersRequest>) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self.blocking(tracing::debug_span!("stream_containers"), move |l| Ok(l.list_containers(filter))).await?;
+        Ok(Response::new(list_stream(items, |containers| StreamContainersResponse { containers })))
+    }
+
+    type StreamContainerStatsStream = ListStream<StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(&self, request: Request<StreamContainerStatsRequest>) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self.blocking(tracing::debug_span!("stream_container_stats"), move |l| Ok(l.list_container_stats(filter))).await?;
+        Ok(Response::new(list_stream(items, |container_stats| StreamContainerStatsResponse { container_stats })))
+    }
+
+    type StreamPodSandboxStatsStream = ListStream<StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(&self, request: Request<StreamPodSandboxStatsRequest>) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self.blocking(tracing::debug_span!("stream_pod_sandbox_stats"), move |l| Ok(l.list_pod_stats(filter))).await?;
+        Ok(Response::new(list_stream(items, |pod_sandbox_stats| StreamPodSandboxStatsResponse { pod_sandbox_stats })))
+    }
+
+    type StreamPodSandboxMetricsStream = ListStream<StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(&self, _: Request<StreamPodSandboxMetricsRequest>) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let items = self.blocking(tracing::debug_span!("stream_pod_sandbox_metrics"), |l| Ok(l.pod_metrics())).await?;
+        Ok(Response::new(list_stream(items, |pod_sandbox_metrics| StreamPodSandboxMetricsResponse { pod_sandbox_metrics })))
+    }
+
+    async fn update_pod_sandbox_resources(&self, request: Request<UpdatePodSandboxResourcesRequest>) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.pod_sandbox_id;
+        let span = tracing::info_span!("update_pod_sandbox_resources", pod = %id);
+        self.blocking(span, move |l| l.update_pod_resources(&id, request.overhead, request.resources)).await?;
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
     }
 }
     unimplemented {

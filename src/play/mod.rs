@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
 use tonic::transport::Channel;
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use ucri_cri_api::v1::*;
 
 use crate::config::Config;
 use manifest::Pod;
@@ -317,7 +317,7 @@ impl Play {
                 .iter()
                 .map(|e| KeyValue {
                     key: e.name.clone(),
-                    value: e.value.clone(),
+                    value: e.value.clone().into_bytes(),
                 })
                 .collect(),
             mounts,

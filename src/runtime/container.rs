@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_cri::v1::{
+use ucri_cri_api::v1::{
     Container, ContainerConfig, ContainerEventType, ContainerFilter, ContainerState as CriState,
     ContainerStatus, ContainerUser, ImageSpec, LinuxContainerUser, PodSandboxConfig,
 };
@@ -334,8 +334,12 @@ impl Lifecycle {
         }
     }
 
-    /// The image's StopSignal (as the OCI runtime names it), else TERM.
+    /// The container's stop signal (Kubernetes 1.33+ lifecycle.stopSignal),
+    /// else the image's StopSignal, else TERM; as the OCI runtime names it.
     fn stop_signal(&self, state: &ContainerState) -> String {
+        if let Some(signal) = requested_stop_signal(&state.config) {
+            return signal;
+        }
         let config: Option<serde_json::Value> = state
             .image_id
             .parse()
@@ -706,6 +710,7 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
         log_path: c.log_path.clone(),
         resources: None,
         image_id: c.image_id.clone(),
+        stop_signal: c.config.stop_signal,
         user: c.user.as_ref().map(|u| ContainerUser {
             linux: Some(LinuxContainerUser {
                 uid: i64::from(u.uid),
@@ -714,6 +719,22 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
             }),
         }),
     }
+}
+
+/// The stop signal the container config asks for, without its SIG prefix
+/// (None for RUNTIME_DEFAULT). The CRI's Signal numbers are not Linux's: the
+/// name is what maps.
+fn requested_stop_signal(config: &ContainerConfig) -> Option<String> {
+    let signal = ucri_cri_api::v1::Signal::try_from(config.stop_signal).ok()?;
+    if signal == ucri_cri_api::v1::Signal::RuntimeDefault {
+        return None;
+    }
+    let name = signal.as_str_name().trim_start_matches("SIG");
+    // SIGRTMINPLUS1 / SIGRTMAXMINUS2: crun and kill spell them RTMIN+1, RTMAX-2.
+    let name = name
+        .replace("RTMINPLUS", "RTMIN+")
+        .replace("RTMAXMINUS", "RTMAX-");
+    Some(name)
 }
 
 /// The identity the spec's process runs as.
@@ -729,4 +750,24 @@ fn process_user(spec: &oci_spec::runtime::Spec) -> ProcessUser {
             }
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucri_cri_api::v1::Signal;
+
+    #[test]
+    fn the_containers_stop_signal_maps_by_name() {
+        let mut config = ContainerConfig::default();
+        assert_eq!(requested_stop_signal(&config), None, "RUNTIME_DEFAULT");
+        config.stop_signal = Signal::Sigquit as i32;
+        assert_eq!(requested_stop_signal(&config).as_deref(), Some("QUIT"));
+        config.stop_signal = Signal::Sigrtminplus3 as i32;
+        assert_eq!(requested_stop_signal(&config).as_deref(), Some("RTMIN+3"));
+        config.stop_signal = Signal::Sigrtmaxminus1 as i32;
+        assert_eq!(requested_stop_signal(&config).as_deref(), Some("RTMAX-1"));
+        config.stop_signal = 999;
+        assert_eq!(requested_stop_signal(&config), None, "unknown values");
+    }
 }

@@ -4,8 +4,8 @@
 //! broadcast channel: any number of subscribers, and one that falls behind
 //! loses old events instead of slowing the runtime down.
 
-use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::broadcast;
+use ucri_cri_api::v1::{ContainerEventResponse, ContainerEventType};
 
 use super::{now_nanos, Lifecycle};
 

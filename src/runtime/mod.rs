@@ -110,7 +110,7 @@ pub struct Lifecycle {
     orphan_monitors: Mutex<Vec<i32>>,
     /// The previous CPU sample per container or pod, for usage rates.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
-    events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
+    events: tokio::sync::broadcast::Sender<ucri_cri_api::v1::ContainerEventResponse>,
 }
 
 impl Lifecycle {

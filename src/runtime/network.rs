@@ -2,8 +2,8 @@
 //! annotations in, CNI attachment on RunPodSandbox, detachment on stop and
 //! remove, host ports re-opened after a restart.
 
-use k8s_cri::v1::{PodIp, PodSandboxConfig, PodSandboxNetworkStatus, Protocol as CriProtocol};
 use serde_json::{json, Value};
+use ucri_cri_api::v1::{PodIp, PodSandboxConfig, PodSandboxNetworkStatus, Protocol as CriProtocol};
 use ucri_net::hostport::{PortMapping, Protocol};
 use ucri_net::PodNetwork;
 
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn port_mappings_are_converted_and_out_of_range_ports_refused() {
         let mut config = PodSandboxConfig::default();
-        config.port_mappings.push(k8s_cri::v1::PortMapping {
+        config.port_mappings.push(ucri_cri_api::v1::PortMapping {
             protocol: CriProtocol::Udp as i32,
             container_port: 53,
             host_port: 5353,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{
+use ucri_cri_api::v1::{
     ContainerEventType, LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption,
     PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStatus,
 };

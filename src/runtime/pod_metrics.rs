@@ -2,7 +2,7 @@
 //! ListPodSandboxMetrics, cAdvisor names and labels), and the pod and
 //! container gauges of the Prometheus endpoint. All come from the stats.
 
-use k8s_cri::v1::{
+use ucri_cri_api::v1::{
     ContainerMetrics, ContainerStats, Metric, MetricDescriptor, MetricType, PodSandboxMetrics,
     UInt64Value,
 };

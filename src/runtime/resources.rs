@@ -3,7 +3,7 @@
 //! kills and the pod cgroup's removal. Without delegated cgroups, limits
 //! are dropped with a warning and nothing fails.
 
-use k8s_cri::v1::{ContainerConfig, LinuxContainerResources};
+use ucri_cri_api::v1::{ContainerConfig, LinuxContainerResources};
 
 use super::spec::CgroupPlacement;
 use super::state::ContainerState;
@@ -108,6 +108,34 @@ impl Lifecycle {
         )?;
         let _ = std::fs::remove_file(&file);
         self.remember_resources(&state.id, resources)
+    }
+
+    /// UpdatePodSandboxResources: the pod's cgroup gets the sum of its
+    /// containers' resources and its overhead (kubelet calls it after it
+    /// resized the pod). Without delegated cgroups the answer says why.
+    pub fn update_pod_resources(
+        &self,
+        id: &str,
+        overhead: Option<LinuxContainerResources>,
+        resources: Option<LinuxContainerResources>,
+    ) -> Result<(), LifecycleError> {
+        let pod = self.pod(id)?;
+        if !self.cgroups.delegated() {
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "pod {}: resource limits cannot apply: {}",
+                pod.id,
+                self.cgroups.describe()
+            )));
+        }
+        let limits = cgroups::PodLimits::sum([overhead.as_ref(), resources.as_ref()]);
+        self.cgroups
+            .apply_pod_limits(&pod.id, &limits)
+            .map_err(|source| LifecycleError::Io {
+                context: format!("applying pod {} limits", pod.id),
+                source,
+            })?;
+        tracing::info!(pod = %pod.id, ?limits, "pod resources updated");
+        Ok(())
     }
 
     fn remember_resources(

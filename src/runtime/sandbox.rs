@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use k8s_cri::v1::{DnsConfig, NamespaceMode, PodSandboxConfig};
+use ucri_cri_api::v1::{DnsConfig, NamespaceMode, PodSandboxConfig};
 
 use super::state::PodNamespaces;
 use super::LifecycleError;

@@ -15,14 +15,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Once;
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::security_profile::ProfileType;
 use nix::libc;
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType,
     LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Mount, Process, Root, Spec, User,
 };
 use serde::Deserialize;
+use ucri_cri_api::v1 as cri;
+use ucri_cri_api::v1::security_profile::ProfileType;
 
 /// The OCI runtime spec version the generated config.json declares.
 const OCI_VERSION: &str = "1.0.2";
@@ -452,7 +452,15 @@ fn process_env(
                 kv.key
             )));
         }
-        env.set(&kv.key, &kv.value);
+        // KeyValue.value is bytes since Kubernetes 1.36; an OCI process
+        // environment is strings.
+        let value = std::str::from_utf8(&kv.value).map_err(|_| {
+            invalid(format!(
+                "environment variable {} is not valid UTF-8",
+                kv.key
+            ))
+        })?;
+        env.set(&kv.key, value);
     }
     env.set_default("PATH", DEFAULT_PATH);
     if config.tty {

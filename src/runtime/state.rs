@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use ucri_cri_api::v1::{ContainerConfig, PodSandboxConfig};
 
 use super::LifecycleError;
 

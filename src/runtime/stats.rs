@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{
+use ucri_cri_api::v1::{
     ContainerAttributes, ContainerStats, ContainerStatsFilter, CpuUsage, FilesystemIdentifier,
     FilesystemUsage, LinuxPodSandboxStats, MemoryUsage, NetworkInterfaceUsage, NetworkUsage,
     PodSandboxAttributes, PodSandboxStats, PodSandboxStatsFilter, ProcessUsage, UInt64Value,
@@ -207,6 +207,7 @@ impl Lifecycle {
                 inodes_used: value(disk.inodes),
             }),
             swap: None,
+            io: None,
         }
     }
 
@@ -222,6 +223,7 @@ impl Lifecycle {
             timestamp: now,
             usage_core_nano_seconds: value(cpu_ns),
             usage_nano_cores: rate.map(|r| UInt64Value { value: r as u64 }),
+            psi: None,
         }
     }
 
@@ -302,6 +304,7 @@ impl Lifecycle {
                     process_count: value(processes),
                 }),
                 containers,
+                io: None,
             }),
             windows: None,
         }
@@ -350,6 +353,7 @@ fn memory_usage(now: i64, usage: &TreeUsage) -> MemoryUsage {
         rss_bytes: value(usage.rss_bytes),
         page_faults: value(usage.minor_faults),
         major_page_faults: value(usage.major_faults),
+        psi: None,
     }
 }
 

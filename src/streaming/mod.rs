@@ -20,7 +20,7 @@ use anyhow::Context;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
+use ucri_cri_api::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 
 use crate::config::StreamingConfig;
 use crate::runtime::{Lifecycle, LifecycleError};

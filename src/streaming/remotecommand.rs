@@ -191,7 +191,7 @@ pub fn resize_events(mut source: Reader) -> mpsc::Receiver<TerminalSize> {
 /// which kills the process.
 pub async fn run_exec(
     lifecycle: Arc<Lifecycle>,
-    request: k8s_cri::v1::ExecRequest,
+    request: ucri_cri_api::v1::ExecRequest,
     io: Stdio,
     gone: impl std::future::Future<Output = ()>,
 ) -> Outcome {
@@ -366,7 +366,7 @@ impl AsyncRead for TerminalReader {
 /// FIFO, until the container's output ends or the client leaves.
 pub async fn run_attach(
     lifecycle: Arc<Lifecycle>,
-    request: k8s_cri::v1::AttachRequest,
+    request: ucri_cri_api::v1::AttachRequest,
     io: Stdio,
     gone: impl std::future::Future<Output = ()>,
 ) -> Outcome {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
+use ucri_cri_api::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 
 /// How many URLs may wait for their client at once.
 pub const MAX_PENDING: usize = 1000;

@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint};
+use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 
 /// The test user when the suite runs as root.
 pub const TEST_USER: &str = "ucri-test";
@@ -265,15 +265,15 @@ impl Sandbox {
     pub fn pull(&self, image: &str) -> String {
         block_on(async {
             let channel = connect(&self.socket()).await.expect("connect");
-            let request = k8s_cri::v1::PullImageRequest {
-                image: Some(k8s_cri::v1::ImageSpec {
+            let request = ucri_cri_api::v1::PullImageRequest {
+                image: Some(ucri_cri_api::v1::ImageSpec {
                     image: image.to_owned(),
                     ..Default::default()
                 }),
                 auth: None,
                 sandbox_config: None,
             };
-            let reply = k8s_cri::v1::image_service_client::ImageServiceClient::new(channel)
+            let reply = ucri_cri_api::v1::image_service_client::ImageServiceClient::new(channel)
                 .pull_image(request)
                 .await;
             reply
@@ -439,7 +439,7 @@ pub async fn version_answers(socket: &Path) -> bool {
         return false;
     };
     RuntimeServiceClient::new(channel)
-        .version(k8s_cri::v1::VersionRequest::default())
+        .version(ucri_cri_api::v1::VersionRequest::default())
         .await
         .is_ok()
 }
