@@ -1150,3 +1150,104 @@ fn system_reset_ends_every_container_and_pod_init() {
     );
     assert!(!process_alive(holder));
 }
+
+fn image_mount(image: &str, path: &str, sub_path: &str) -> Mount {
+    Mount {
+        container_path: path.into(),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub_path.into(),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes 1.36 fields kubelet sends: image volumes with a sub-path
+/// (GA in 1.36) and a container's own stop signal take effect; bad ones are
+/// refused and leave nothing. (The pod CIDR: tests/network.rs.)
+#[test]
+fn image_volumes_with_sub_paths_and_stop_signals_take_effect() {
+    let e = env("cri136");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "k136");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let mut volumes = container_config(
+        &e.image,
+        "volumes",
+        "cat /vol/data/keep.txt /sub/keep.txt && test ! -e /sub/data && ! touch /vol/x 2>/dev/null && echo volumes-ok",
+    );
+    volumes.mounts = vec![
+        image_mount(&e.image, "/vol", ""),
+        image_mount(&e.image, "/sub", "data"),
+    ];
+    let (code, out) = run_to_exit(&e, &pod, &pod_cfg, volumes);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("keep\nkeep\nvolumes-ok"),
+        "the image, and its sub-path, read-only: {out}"
+    );
+
+    let mut bad = container_config(&e.image, "bad-sub", "true");
+    bad.mounts = vec![image_mount(&e.image, "/vol", "../../etc")];
+    let refused = create(sb, &pod, bad.clone(), &pod_cfg).expect_err("an escaping sub-path");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    bad.mounts = vec![image_mount(&e.image, "/vol", "no/such/dir")];
+    let refused = create(sb, &pod, bad.clone(), &pod_cfg).expect_err("a missing sub-path");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    bad.mounts = vec![image_mount("127.0.0.1:1/not/pulled:x", "/vol", "")];
+    let refused = create(sb, &pod, bad, &pod_cfg).expect_err("an image not pulled");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let containers = sb.data_dir().join("storage/containers");
+    let left: Vec<_> = std::fs::read_dir(&containers)
+        .expect("list")
+        .flatten()
+        .map(|d| d.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the refused creates left no root filesystem or volume: {left:?}"
+    );
+
+    let mut graceful = container_config(
+        &e.image,
+        "stop-signal",
+        "trap 'echo got-usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done",
+    );
+    graceful.stop_signal = 999;
+    let refused = create(sb, &pod, graceful.clone(), &pod_cfg).expect_err("an unknown signal");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    graceful.stop_signal = Signal::Sigusr1 as i32;
+    let id = create(sb, &pod, graceful, &pod_cfg).expect("create");
+    start(sb, &id).expect("start");
+    let log = status(sb, &id).expect("status").log_path;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        status(sb, &id).expect("status").stop_signal,
+        Signal::Sigusr1 as i32
+    );
+    let started = std::time::Instant::now();
+    stop(sb, &id, 30).expect("stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "USR1 ended it, no SIGKILL after 30 s"
+    );
+    let stopped = status(sb, &id).expect("status");
+    assert_eq!(stopped.exit_code, 0, "the trap exited 0");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("got-usr1"));
+    remove_pod(sb, &pod);
+    let left = std::fs::read_dir(&containers).expect("list").count();
+    assert_eq!(left, 0, "image volumes go with their container");
+}

@@ -48,6 +48,12 @@ impl Lifecycle {
                 "container metadata needs a name".into(),
             ));
         }
+        if ucri_cri_api::v1::Signal::try_from(config.stop_signal).is_err() {
+            return Err(LifecycleError::InvalidArgument(format!(
+                "unknown stop signal {}",
+                config.stop_signal
+            )));
+        }
         let image_spec = config
             .image
             .as_ref()
@@ -114,6 +120,7 @@ impl Lifecycle {
             runtime: self.runtime_for(&pod.runtime_handler)?,
             oom_killed: false,
             user: None,
+            volume_images: Vec::new(),
         };
         containers.insert(id.to_owned(), state.clone());
         Ok(state)
@@ -137,6 +144,8 @@ impl Lifecycle {
             .rootfs()
             .create(&state.id, &layers, false)
             .map_err(|e| LifecycleError::Internal(format!("root filesystem: {e}")))?;
+        let (spec_config, volume_images) = self.mount_image_volumes(&state.id, &state.config)?;
+        state.volume_images = volume_images;
         let bundle = self.bundle(&state.id);
         std::fs::create_dir_all(&bundle).map_err(|source| LifecycleError::Io {
             context: "creating the bundle".into(),
@@ -150,7 +159,7 @@ impl Lifecycle {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         state.user =
-            Some(self.write_spec(pod, &state.config, sandbox, &image_config, &rootfs, &bundle)?);
+            Some(self.write_spec(pod, &spec_config, sandbox, &image_config, &rootfs, &bundle)?);
         let log_path = log_path(sandbox, &state.config, &bundle)?;
         let created = self.oci.create(&CreateArgs {
             id: &state.id,
@@ -238,12 +247,14 @@ impl Lifecycle {
 
     /// Removes every trace of a half-created container.
     fn discard(&self, id: &str) {
-        if let Some(state) = self.containers_mut().remove(id) {
+        let removed = self.containers_mut().remove(id);
+        if let Some(state) = removed {
             let _ = self.oci.runtime(
                 &state.runtime,
                 &["delete", "--force", id],
                 "deleting the container",
             );
+            self.remove_image_volumes(id, &state.config);
         }
         let _ = self.storage.rootfs().remove(id);
         let _ = std::fs::remove_dir_all(self.bundle(id));
@@ -379,6 +390,7 @@ impl Lifecycle {
             .rootfs()
             .remove(&id)
             .map_err(|e| LifecycleError::Internal(format!("removing the root filesystem: {e}")))?;
+        self.remove_image_volumes(&id, &state.config);
         let _ = std::fs::remove_dir_all(self.bundle(&id));
         self.oci.forget(&id);
         self.adopt_monitor(state.conmon_pid);

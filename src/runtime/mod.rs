@@ -4,6 +4,7 @@
 
 mod container;
 mod events;
+mod image_volumes;
 mod network;
 mod oci;
 mod pod;
@@ -155,8 +156,12 @@ impl Lifecycle {
     fn recover(&self) -> Result<(), LifecycleError> {
         let pods = self.states.load_pods()?;
         let containers = self.states.load_containers()?;
-        let live: std::collections::HashSet<String> =
-            containers.iter().map(|c| c.id.clone()).collect();
+        let live: std::collections::HashSet<String> = containers
+            .iter()
+            .flat_map(|c| {
+                std::iter::once(c.id.clone()).chain(image_volumes::rootfs_ids(&c.id, &c.config))
+            })
+            .collect();
         let report =
             self.storage.rootfs().recover(&live).map_err(|e| {
                 LifecycleError::Internal(format!("recovering root filesystems: {e}"))
@@ -234,7 +239,7 @@ impl Lifecycle {
     pub fn image_in_use(&self, image_id: &str) -> bool {
         self.containers_mut()
             .values()
-            .any(|c| c.image_id == image_id)
+            .any(|c| c.image_id == image_id || c.volume_images.iter().any(|v| v == image_id))
     }
 
     /// Periodic upkeep: records exits conmon reported (so a container that

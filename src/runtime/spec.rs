@@ -1471,8 +1471,9 @@ fn cri_mounts(list: &[cri::Mount]) -> Result<Vec<Mount>, SpecError> {
 fn cri_mount(m: &cri::Mount) -> Result<Mount, SpecError> {
     let dest = container_path("mount", &m.container_path)?;
     if m.host_path.is_empty() && m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+        // The lifecycle resolves image volumes to read-only host paths first.
         return Err(invalid(format!(
-            "mount {}: image volumes are not supported",
+            "mount {}: an image volume reached the spec unresolved",
             dest.display()
         )));
     }

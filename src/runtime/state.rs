@@ -104,6 +104,9 @@ pub struct ContainerState {
     /// The identity its process runs as (from the generated spec).
     #[serde(default)]
     pub user: Option<ProcessUser>,
+    /// Ids of the images its image volumes mount (kept while it exists).
+    #[serde(default)]
+    pub volume_images: Vec<String>,
 }
 
 /// The uid, gid and supplementary groups a container's process runs as.
