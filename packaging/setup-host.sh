@@ -26,6 +26,9 @@ BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static curl)
 TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc
   ca-certificates curl apache2-utils zstd openssl xz-utils python3 python3-venv)
 RANGE_SIZE=65536
+# The daemon's own containers take 65,536 ids, and so does each pod with a
+# user namespace of its own (kubelet's hostUsers: false): 8 such pods.
+USERNS_RANGE_SIZE=$((65536 * 9))
 # gRPC Python for the test of clients that send the socket path as
 # :authority (tests/authority.rs), in a virtualenv of its own.
 TEST_VENV=/opt/ucri-test-venv
@@ -64,20 +67,36 @@ has_range() { # FILE NAME UID
   grep -qE "^($2|$3):" "$1" 2>/dev/null
 }
 
-grant_ranges() { # NAME
-  local name=$1 uid
+grant_ranges() { # NAME [SIZE]
+  local name=$1 size=${2:-$RANGE_SIZE} uid
   uid=$(id -u "$name")
   $SUDO touch /etc/subuid /etc/subgid
   if ! has_range /etc/subuid "$name" "$uid"; then
     local s; s=$(next_free_start /etc/subuid)
-    $SUDO usermod --add-subuids "$s-$((s + RANGE_SIZE - 1))" "$name"
-    log "granted subuids $s-$((s + RANGE_SIZE - 1)) to $name"
+    $SUDO usermod --add-subuids "$s-$((s + size - 1))" "$name"
+    log "granted subuids $s-$((s + size - 1)) to $name"
   fi
   if ! has_range /etc/subgid "$name" "$uid"; then
     local s; s=$(next_free_start /etc/subgid)
-    $SUDO usermod --add-subgids "$s-$((s + RANGE_SIZE - 1))" "$name"
-    log "granted subgids $s-$((s + RANGE_SIZE - 1)) to $name"
+    $SUDO usermod --add-subgids "$s-$((s + size - 1))" "$name"
+    log "granted subgids $s-$((s + size - 1)) to $name"
   fi
+}
+
+range_size() { # FILE NAME UID
+  awk -F: -v n="$2" -v u="$3" '($1 == n || $1 == u) { t += $3 } END { print t + 0 }' "$1" 2>/dev/null
+}
+
+# A range of at least SIZE ids: a smaller one is replaced (for test users,
+# whose files come and go with each run).
+grant_ranges_at_least() { # NAME SIZE
+  local name=$1 size=$2 uid
+  uid=$(id -u "$name")
+  if [ "$(range_size /etc/subuid "$name" "$uid")" -lt "$size" ] ||
+    [ "$(range_size /etc/subgid "$name" "$uid")" -lt "$size" ]; then
+    revoke_ranges "$name"
+  fi
+  grant_ranges "$name" "$size"
 }
 
 install_test_venv() {
@@ -174,7 +193,7 @@ main() {
     delegate+=(ucri-cgroup)
     # The conformance stage's daemon (packaging/conformance.sh).
     ensure_user ucri-critest
-    grant_ranges ucri-critest
+    grant_ranges_at_least ucri-critest "$USERNS_RANGE_SIZE"
     delegate+=(ucri-critest)
   fi
   for u in "${delegate[@]}"; do

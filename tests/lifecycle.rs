@@ -1251,3 +1251,93 @@ fn image_volumes_with_sub_paths_and_stop_signals_take_effect() {
     let left = std::fs::read_dir(&containers).expect("list").count();
     assert_eq!(left, 0, "image volumes go with their container");
 }
+
+/// A pod with a user namespace of its own (kubelet's hostUsers: false):
+/// its containers see exactly the requested mapping (ids of the daemon's
+/// namespace, which needs a range that holds them: ucri-critest has one),
+/// root inside is not the daemon's root, and the pod's network works; modes
+/// and mappings that cannot be are refused and leave nothing.
+#[test]
+fn a_pod_with_its_own_user_namespace_runs_with_the_requested_mapping() {
+    let e = env_as("userns", user_named("ucri-critest"), "");
+    let sb = &e.sb;
+    let userns = |mode: NamespaceMode, mappings: Vec<IdMapping>| {
+        let mut config = pod_config(sb, &format!("userns-{}", mappings.len()));
+        config.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    pid: NamespaceMode::Container as i32,
+                    userns_options: Some(UserNamespace {
+                        mode: mode as i32,
+                        uids: mappings.clone(),
+                        gids: mappings,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let mapping = |host_id, length| IdMapping {
+        host_id,
+        container_id: 0,
+        length,
+    };
+    let pod_cfg = userns(NamespaceMode::Pod, vec![mapping(65536, 65536)]);
+    let pod = run_pod(sb, &pod_cfg).expect("a pod with its own user namespace");
+    let (code, out) = run_to_exit(
+        &e,
+        &pod,
+        &pod_cfg,
+        container_config(
+            &e.image,
+            "ids",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; ip -o addr show lo | grep -c 127.0.0.1; \
+             touch /etc/written-by-pod-root && stat -c '%u:%g' /etc/passwd /etc/written-by-pod-root",
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    let fields: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(fields[0], ["0", "65536", "65536"], "uid_map: {out}");
+    assert_eq!(fields[1], ["0", "65536", "65536"], "gid_map: {out}");
+    assert_eq!(fields[2], ["0"], "root inside: {out}");
+    assert_eq!(
+        fields[3],
+        ["1"],
+        "loopback up in the pod's network namespace: {out}"
+    );
+    assert_eq!(
+        fields[4],
+        ["0:0"],
+        "the image's root files belong to the pod's root: {out}"
+    );
+    assert_eq!(fields[5], ["0:0"], "and so does what it writes: {out}");
+    remove_pod(sb, &pod);
+
+    for (mode, maps, what) in [
+        (NamespaceMode::Container, vec![], "CONTAINER mode"),
+        (NamespaceMode::Target, vec![], "TARGET mode"),
+        (
+            NamespaceMode::Pod,
+            vec![mapping(65536, 10), mapping(131072, 10)],
+            "two mappings",
+        ),
+        (
+            NamespaceMode::Pod,
+            vec![mapping(1 << 30, 65536)],
+            "ids the daemon does not have",
+        ),
+    ] {
+        let refused = run_pod(sb, &userns(mode, maps)).expect_err(what);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{what}: {refused:?}");
+    }
+    let pods = std::fs::read_dir(sb.runtime_dir().join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(pods, 0, "refused pods leave nothing");
+}

@@ -121,6 +121,10 @@ impl CriRuntimeService {
             ),
             ("cgroups".to_owned(), self.lifecycle.cgroups().describe()),
             (
+                "userNamespacePods".to_owned(),
+                crate::runtime::userns::pod_capacity().to_string(),
+            ),
+            (
                 "streamingServer".to_owned(),
                 format!("http://{}", self.streaming.address()),
             ),
@@ -513,7 +517,8 @@ impl CriRuntimeService {
                 },
                 features: Some(RuntimeHandlerFeatures {
                     recursive_read_only_mounts: true,
-                    user_namespaces: false,
+                    // Only when the daemon's id range holds a pod's 65,536.
+                    user_namespaces: crate::runtime::userns::pod_capacity() > 0,
                 }),
             })
             .collect()

@@ -155,7 +155,17 @@ fn subid_check(check: &str, file: &str, name: &str, id: u32) -> Check {
                     format!("sudo usermod --add-{check}s 100000-165535 {name}"),
                 )
             } else {
-                Check::ok(check, format!("{} ({total} ids)", list.join(", ")))
+                // U maps the user and its range; the first 65,536 ids are the
+                // daemon's containers', each pod with a user namespace of its
+                // own (hostUsers: false) takes 65,536 more.
+                let pods = ((total + 1) / crate::runtime::userns::IDS_PER_POD).saturating_sub(1);
+                Check::ok(
+                    check,
+                    format!(
+                        "{} ({total} ids; room for {pods} pods with their own user namespace)",
+                        list.join(", ")
+                    ),
+                )
             }
         }
         Ok(_) => Check::bad(

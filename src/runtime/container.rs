@@ -139,11 +139,14 @@ impl Lifecycle {
         image: &ucri_storage::store::ImageRecord,
     ) -> Result<ContainerState, LifecycleError> {
         let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
-        let rootfs = self
-            .storage
-            .rootfs()
-            .create(&state.id, &layers, false)
-            .map_err(|e| LifecycleError::Internal(format!("root filesystem: {e}")))?;
+        let rootfs = match super::userns::id_shift(&pod.config) {
+            Some(shift) => self
+                .storage
+                .rootfs()
+                .create_shifted(&state.id, &layers, shift),
+            None => self.storage.rootfs().create(&state.id, &layers, false),
+        }
+        .map_err(|e| LifecycleError::Internal(format!("root filesystem: {e}")))?;
         let (spec_config, volume_images) = self.mount_image_volumes(&state.id, &state.config)?;
         state.volume_images = volume_images;
         let bundle = self.bundle(&state.id);
@@ -202,6 +205,7 @@ impl Lifecycle {
             utsns: ns.network.then(|| dir.ns("uts")),
             pidns: ns.pid_shared.then(|| dir.ns("pid")),
             host_pid: ns.host_pid,
+            userns: ns.user.then(|| dir.ns("user")),
             shm: ns.ipc.then(|| dir.shm()),
             resolv_conf: dir.resolv_conf(),
             hosts: dir.hosts(),

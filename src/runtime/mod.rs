@@ -15,6 +15,7 @@ pub mod spec;
 pub mod state;
 mod stats;
 pub mod streams;
+pub mod userns;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

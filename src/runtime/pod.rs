@@ -30,6 +30,9 @@ impl Lifecycle {
         let port_mappings = super::network::port_mappings(&config)?;
         ucri_net::hostport::validate(&port_mappings)?;
         let hostname = pod_hostname(&config)?;
+        let available =
+            super::userns::available_ids("uid").min(super::userns::available_ids("gid"));
+        let user_maps = super::userns::requested_maps(&config, available)?;
         let id = new_id();
         self.claim_pod_name(&config, &id)?;
         let dir = PodDir::new(&self.runtime_root, &id);
@@ -47,10 +50,17 @@ impl Lifecycle {
         // Host-network pods live in the node namespace too: the host's
         // loopback resolvers are not there, the uplink's is.
         let nameserver = self.network.dns_server();
-        let created = sandbox::create(&dir, &state.config, &namespaces, &hostname, nameserver)
-            .and_then(|()| self.start_init(&dir, &mut state))
-            .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
-            .and_then(|()| self.states.save_pod(&state));
+        let created = sandbox::create(
+            &dir,
+            &state.config,
+            &namespaces,
+            &hostname,
+            nameserver,
+            user_maps.as_ref(),
+        )
+        .and_then(|()| self.start_init(&dir, &mut state))
+        .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
+        .and_then(|()| self.states.save_pod(&state));
         if let Err(e) = created {
             if state.network.is_some() {
                 let _ = self.network.detach(&id);

@@ -75,6 +75,9 @@ pub fn own_namespaces(config: &PodSandboxConfig) -> PodNamespaces {
         ipc: own(options.map(|o| o.ipc)),
         pid_shared: options.map(|o| o.pid) == Some(NamespaceMode::Pod as i32),
         host_pid: options.map(|o| o.pid) == Some(NamespaceMode::Node as i32),
+        user: options
+            .and_then(|o| o.userns_options.as_ref())
+            .is_some_and(|u| u.mode == NamespaceMode::Pod as i32),
     }
 }
 
@@ -89,10 +92,13 @@ pub fn create(
     ns: &PodNamespaces,
     hostname: &str,
     nameserver: Option<&str>,
+    user_maps: Option<&(String, String)>,
 ) -> Result<(), LifecycleError> {
     fs::create_dir_all(dir.path().join("ns")).map_err(io("creating the pod dir"))?;
     write_files(dir, config, hostname, nameserver)?;
-    if ns.network || ns.ipc {
+    if let Some(maps) = user_maps {
+        super::userns::pin_namespaces(dir, maps, hostname)?;
+    } else if ns.network || ns.ipc {
         pin_namespaces(dir, ns, hostname)?;
     }
     if ns.ipc {
@@ -246,7 +252,7 @@ pub fn teardown(dir: &PodDir) -> Result<(), LifecycleError> {
 /// Unmounts the pinned namespaces, which ends them once no process uses them.
 pub fn release_namespaces(dir: &PodDir) -> Result<(), LifecycleError> {
     let mounts = ucri_storage::rootfs::mountpoints();
-    for kind in ["net", "ipc", "uts", "pid"] {
+    for kind in ["net", "ipc", "uts", "pid", "user"] {
         let pin = dir.ns(kind);
         if mounts.contains(&pin) {
             nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH)

@@ -42,6 +42,9 @@ pub struct PodContext {
     pub pidns: Option<PathBuf>,
     /// The container shares the host's (the daemon's) pid namespace.
     pub host_pid: bool,
+    /// The pod's own user namespace, joined before the others; `None` = the
+    /// daemon's.
+    pub userns: Option<PathBuf>,
     /// The pod's /dev/shm tmpfs directory to bind; `None` with host IPC (host /dev/shm).
     pub shm: Option<PathBuf>,
     /// The pod's resolv.conf, bound at /etc/resolv.conf.
@@ -1141,6 +1144,9 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&PathBuf>) -> LinuxNamespace 
 /// UTS and network namespaces; never a user namespace: the daemon is in its own.
 fn namespaces(pod: &PodContext) -> Vec<LinuxNamespace> {
     let mut list = vec![namespace(LinuxNamespaceType::Mount, None)];
+    if let Some(userns) = &pod.userns {
+        list.push(namespace(LinuxNamespaceType::User, Some(userns)));
+    }
     if !pod.host_pid {
         list.push(namespace(LinuxNamespaceType::Pid, pod.pidns.as_ref()));
     }
@@ -1673,6 +1679,7 @@ mod tests {
             utsns: Some(pod.join("ns/uts")),
             pidns: None,
             host_pid: false,
+            userns: None,
             shm: Some(pod.join("shm")),
             resolv_conf: pod.join("resolv.conf"),
             hosts: pod.join("hosts"),

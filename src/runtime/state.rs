@@ -19,6 +19,9 @@ pub struct PodNamespaces {
     pub pid_shared: bool,
     /// Containers use the host's PID namespace.
     pub host_pid: bool,
+    /// A user namespace of its own (the ids are in the pod's config).
+    #[serde(default)]
+    pub user: bool,
 }
 
 /// A pod sandbox's phase.

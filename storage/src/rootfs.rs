@@ -104,6 +104,24 @@ pub struct RootfsRecord {
     pub layers: Vec<Digest>,
     /// Mounted read-only.
     pub readonly: bool,
+    /// Ids shown shifted, for a pod with a user namespace of its own.
+    #[serde(default)]
+    pub shift: Option<IdShift>,
+}
+
+/// Files owned by id N in the layers are shown as owned by `uid + N` (and
+/// `gid + N`), for N below `length`: container root is then the owner of its
+/// root filesystem inside a pod user namespace that maps 0 to `uid`. The
+/// kernel allows no idmapped mounts in a user namespace, so this is
+/// fuse-overlayfs' `uidmapping`/`gidmapping`, as rootless podman does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdShift {
+    /// Where container uid 0 is, in the daemon's namespace.
+    pub uid: u32,
+    /// Where container gid 0 is.
+    pub gid: u32,
+    /// How many ids are mapped.
+    pub length: u32,
 }
 
 /// What [`Rootfs::recover`] did.
@@ -171,12 +189,43 @@ impl Rootfs {
         layers: &[Digest],
         readonly: bool,
     ) -> Result<PathBuf, RootfsError> {
-        let record = RootfsRecord {
+        self.create_record(RootfsRecord {
             id: id.to_owned(),
             driver: self.driver,
             layers: layers.to_vec(),
             readonly,
-        };
+            shift: None,
+        })
+    }
+
+    /// Like [`Rootfs::create`], with the ids shifted by `shift`: always
+    /// fuse-overlayfs, whatever the store's driver.
+    pub fn create_shifted(
+        &self,
+        id: &str,
+        layers: &[Digest],
+        shift: IdShift,
+    ) -> Result<PathBuf, RootfsError> {
+        if which_fuse_overlayfs().is_none() {
+            return Err(RootfsError::Unavailable {
+                driver: DriverKind::FuseOverlayfs,
+                reason: "a pod with its own user namespace needs fuse-overlayfs \
+                         (apt-get install fuse-overlayfs)"
+                    .into(),
+            });
+        }
+        self.create_record(RootfsRecord {
+            id: id.to_owned(),
+            driver: DriverKind::FuseOverlayfs,
+            layers: layers.to_vec(),
+            readonly: false,
+            shift: Some(shift),
+        })
+    }
+
+    fn create_record(&self, record: RootfsRecord) -> Result<PathBuf, RootfsError> {
+        let id = record.id.clone();
+        let id = id.as_str();
         let result = self.prepare(&record).and_then(|()| self.mount(&record));
         if result.is_err() {
             let _ = self.remove(id);
@@ -247,6 +296,15 @@ impl Rootfs {
         }
         if kernel {
             options.push_str(",userxattr");
+        }
+        if let Some(shift) = record.shift {
+            // allow_other: the pod's processes run as other ids than ours.
+            options.push_str(&format!(
+                ",uidmapping=0:{uid}:{n},gidmapping=0:{gid}:{n},allow_other",
+                uid = shift.uid,
+                gid = shift.gid,
+                n = shift.length
+            ));
         }
         Ok(options)
     }
@@ -548,4 +606,13 @@ fn fuse_usable() -> Result<(), String> {
         .open("/dev/fuse")
         .map(|_| ())
         .map_err(|e| format!("/dev/fuse: {e}"))
+}
+
+/// fuse-overlayfs on PATH, if installed.
+fn which_fuse_overlayfs() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("fuse-overlayfs"))
+        .find(|p| p.is_file())
 }
