@@ -261,3 +261,74 @@ fn without_delegation_limits_are_skipped_with_a_warning() {
     stop_pod(sb, &pod);
     remove_pod(sb, &pod);
 }
+
+fn update_pod_resources(
+    sb: &Sandbox,
+    pod: &str,
+    cpu_quota: i64,
+    memory: i64,
+) -> Result<(), tonic::Status> {
+    block_on(async {
+        client(sb)
+            .await
+            .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+                pod_sandbox_id: pod.to_owned(),
+                overhead: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 16 << 20,
+                    ..Default::default()
+                }),
+                resources: Some(LinuxContainerResources {
+                    cpu_quota,
+                    cpu_period: 100_000,
+                    memory_limit_in_bytes: memory,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|_| ())
+    })
+}
+
+/// UpdatePodSandboxResources (Kubernetes 1.36, after an in-place resize):
+/// the pod cgroup gets the containers' sum plus the overhead where cgroups
+/// are delegated; elsewhere the answer says why, and nothing changes.
+#[test]
+fn pod_resources_are_updated_on_the_pod_cgroup() {
+    let e = delegated_env("cg-pod");
+    let sb = &e.sb;
+    let config = pod_config(sb, "resized");
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    let id = create(
+        sb,
+        &pod,
+        limited(&e.image, "c", "exec sleep 600", 0),
+        &config,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    update_pod_resources(sb, &pod, 50_000, 64 << 20).expect("UpdatePodSandboxResources");
+    let pod_dir = |h: &str, file: &str| {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/{h}/ucri-ucri-cgroup/pod-{pod}/{file}"
+        ))
+    };
+    assert_eq!(read_number(&pod_dir("cpu", "cpu.cfs_quota_us")), 50_000);
+    assert_eq!(
+        read_number(&pod_dir("memory", "memory.limit_in_bytes")),
+        80 << 20,
+        "64 MiB + 16 MiB overhead"
+    );
+    let missing = update_pod_resources(sb, "no-such-pod", 1, 1).expect_err("unknown pod");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+
+    let plain = env("cg-pod-none");
+    let config = pod_config(&plain.sb, "not-resized");
+    let pod = run_pod(&plain.sb, &config).expect("RunPodSandbox");
+    let refused =
+        update_pod_resources(&plain.sb, &pod, 50_000, 64 << 20).expect_err("no delegation");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("not delegated"), "{refused:?}");
+    remove_pod(&plain.sb, &pod);
+}

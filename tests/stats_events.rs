@@ -428,3 +428,88 @@ fn metrics_are_served_as_valid_prometheus_text_and_over_cri() {
     stop_pod(sb, &pod);
     remove_pod(sb, &pod);
 }
+
+/// The Stream* list RPCs of Kubernetes 1.36 (KEP-5825) answer what the
+/// unary lists answer, in messages of at most 100 items; an empty list is
+/// one empty message.
+#[test]
+fn streaming_lists_match_the_unary_lists() {
+    use tokio_stream::StreamExt as _;
+    let e = env("stream-lists");
+    let sb = &e.sb;
+    let pods: Vec<String> = (0..3)
+        .map(|n| run_pod(sb, &pod_config(sb, &format!("listed-{n}"))).expect("pod"))
+        .collect();
+    let c = create(
+        sb,
+        &pods[0],
+        container_config(&e.image, "c", "exec sleep 600"),
+        &pod_config(sb, "listed-0"),
+    )
+    .expect("create");
+    start(sb, &c).expect("start");
+    block_on(async {
+        let mut runtime = client(sb).await;
+        let mut streamed: Vec<String> = Vec::new();
+        let mut messages = runtime
+            .stream_pod_sandboxes(StreamPodSandboxesRequest { filter: None })
+            .await
+            .expect("StreamPodSandboxes")
+            .into_inner();
+        while let Some(message) = messages.next().await {
+            streamed.extend(
+                message
+                    .expect("message")
+                    .pod_sandboxes
+                    .into_iter()
+                    .map(|p| p.id),
+            );
+        }
+        streamed.sort();
+        let mut expected = pods.clone();
+        expected.sort();
+        assert_eq!(streamed, expected);
+        let mut containers = runtime
+            .stream_containers(StreamContainersRequest { filter: None })
+            .await
+            .expect("StreamContainers")
+            .into_inner();
+        let first = containers.next().await.expect("one message").expect("ok");
+        assert_eq!(
+            first
+                .containers
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
+            [c.as_str()]
+        );
+        assert!(containers.next().await.is_none());
+        let mut stats = runtime
+            .stream_container_stats(StreamContainerStatsRequest { filter: None })
+            .await
+            .expect("StreamContainerStats")
+            .into_inner();
+        let first = stats.next().await.expect("one message").expect("ok");
+        assert_eq!(first.container_stats.len(), 1);
+        let mut pod_stats = runtime
+            .stream_pod_sandbox_stats(StreamPodSandboxStatsRequest { filter: None })
+            .await
+            .expect("StreamPodSandboxStats")
+            .into_inner();
+        let first = pod_stats.next().await.expect("one message").expect("ok");
+        assert_eq!(first.pod_sandbox_stats.len(), 3);
+        let mut images = ucri_cri_api::v1::image_service_client::ImageServiceClient::new(
+            connect(&sb.socket()).await.expect("connect"),
+        )
+        .stream_images(StreamImagesRequest { filter: None })
+        .await
+        .expect("StreamImages")
+        .into_inner();
+        let first = images.next().await.expect("one message").expect("ok");
+        assert_eq!(first.images.len(), 1, "the pulled test image");
+    });
+    for pod in &pods {
+        stop_pod(sb, pod);
+        remove_pod(sb, pod);
+    }
+}

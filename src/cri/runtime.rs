@@ -524,3 +524,23 @@ impl CriRuntimeService {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt as _;
+
+    #[tokio::test]
+    async fn stream_lists_come_in_chunks_and_an_empty_list_is_one_message() {
+        let sizes: Vec<usize> = list_stream((0..250).collect(), |chunk: Vec<i32>| chunk.len())
+            .map(|m| m.expect("ok"))
+            .collect()
+            .await;
+        assert_eq!(sizes, [100, 100, 50]);
+        let empty: Vec<usize> = list_stream(Vec::<i32>::new(), |chunk| chunk.len())
+            .map(|m| m.expect("ok"))
+            .collect()
+            .await;
+        assert_eq!(empty, [0]);
+    }
+}
