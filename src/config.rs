@@ -170,6 +170,14 @@ pub struct NetworkConfig {
     /// Let pods reach the host's loopback through the uplink's gateway
     /// (slirp4netns: 10.0.2.2; pasta: the host's default gateway address).
     pub allow_host_loopback: bool,
+    /// How often every attached pod gets a CNI CHECK in the background
+    /// (verbose PodSandboxStatus shows the latest result), in seconds.
+    #[serde(default = "default_cni_check_seconds")]
+    pub cni_check_seconds: u64,
+}
+
+fn default_cni_check_seconds() -> u64 {
+    60
 }
 
 /// How the uplink namespace reaches the outside (`slirp4netns`, `pasta`, `none`).
@@ -248,6 +256,7 @@ impl Config {
                 cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
                 mtu: 65520,
                 allow_host_loopback: false,
+                cni_check_seconds: default_cni_check_seconds(),
             },
             metrics: MetricsConfig {
                 enabled: false,

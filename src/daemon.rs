@@ -261,6 +261,7 @@ pub fn network_options(config: &Config) -> ucri_net::NetworkOptions {
         cni_config_dir: net.cni_config_dir.clone(),
         cni_plugin_dirs: net.cni_plugin_dirs.clone(),
         runtime_dir: config.daemon.runtime_dir.clone(),
+        cni_check_interval: std::time::Duration::from_secs(net.cni_check_seconds.max(1)),
     }
 }
 

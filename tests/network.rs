@@ -707,3 +707,35 @@ fn the_pod_cidr_from_kubelet_feeds_the_default_network() {
         remove_pod(sb, &pod);
     }
 }
+
+/// Verbose PodSandboxStatus shows the latest background CNI CHECK (the
+/// status path runs no plugin): a pod whose veth was deleted under it shows
+/// the plugin's error within the configured interval.
+#[test]
+fn a_broken_attachment_shows_in_the_background_cni_check() {
+    let e = env_with_config("net-check", "[network]\ncni_check_seconds = 1\n");
+    let sb = &e.sb;
+    let pod = run_pod(sb, &pod_config(sb, "checked")).expect("pod");
+    let check = |sb: &Sandbox| pod_status(sb, &pod).expect("verbose status").info["info"].clone();
+    assert!(check(sb).contains("\"cniCheck\":\"ok\""), "{}", check(sb));
+    let veth = in_uplink(sb, &["ip", "-o", "link", "show", "type", "veth"]);
+    let name = veth
+        .split(':')
+        .nth(1)
+        .and_then(|n| n.trim().split('@').next())
+        .expect("the pod's veth")
+        .to_owned();
+    in_uplink(sb, &["ip", "link", "delete", &name]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while check(sb).contains("\"cniCheck\":\"ok\"") {
+        assert!(
+            Instant::now() < deadline,
+            "CHECK never noticed: {}",
+            check(sb)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(check(sb).contains("cniCheckedAt"), "{}", check(sb));
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}

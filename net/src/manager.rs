@@ -24,6 +24,8 @@ pub struct NetworkOptions {
     pub cni_plugin_dirs: Vec<PathBuf>,
     /// ucri's runtime dir (`uplink/` and `cni/` go below it).
     pub runtime_dir: PathBuf,
+    /// How often every attached pod gets a CNI CHECK.
+    pub cni_check_interval: std::time::Duration,
 }
 
 /// One pod, as networking needs it.
@@ -85,6 +87,25 @@ pub struct Network {
     /// The node's pod CIDRs from kubelet (UpdateRuntimeConfig), as CNI
     /// `ipRanges`; empty until kubelet sends them.
     pod_cidrs: std::sync::RwLock<Vec<String>>,
+    /// The latest CNI CHECK of each attached pod, and when the last round of
+    /// checks ran: the status path reads this and runs no plugin.
+    checks: std::sync::Mutex<Checks>,
+}
+
+/// Results of the background CNI CHECKs.
+#[derive(Debug, Default)]
+struct Checks {
+    by_pod: std::collections::HashMap<String, CheckResult>,
+    last_round: Option<std::time::Instant>,
+}
+
+/// What the latest CNI CHECK of a pod (or its ADD) said, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    /// "ok", or the plugin's error.
+    pub result: String,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// Parses kubelet's pod CIDR ("10.244.0.0/24" or a comma-separated
@@ -145,6 +166,7 @@ impl Network {
             cni,
             ports,
             pod_cidrs: std::sync::RwLock::new(pod_cidrs),
+            checks: std::sync::Mutex::new(Checks::default()),
         }
     }
 
@@ -291,6 +313,7 @@ impl Network {
             }
             return Err(e);
         }
+        self.record_check(&pod.id, "ok".into());
         Ok(done)
     }
 
@@ -362,6 +385,7 @@ impl Network {
     /// Detaching a pod that is not attached succeeds.
     pub fn detach(&self, pod_id: &str) -> Result<(), NetError> {
         self.ports.unexpose(pod_id);
+        self.lock_checks().by_pod.remove(pod_id);
         self.cni.del(pod_id)
     }
 
@@ -380,6 +404,48 @@ impl Network {
         self.cni.check(pod_id)
     }
 
+    /// The latest CNI CHECK of the pod (its ADD counts as the first); None
+    /// when it is not attached.
+    pub fn last_check(&self, pod_id: &str) -> Option<CheckResult> {
+        self.lock_checks().by_pod.get(pod_id).cloned()
+    }
+
+    fn record_check(&self, pod_id: &str, result: String) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.lock_checks()
+            .by_pod
+            .insert(pod_id.to_owned(), CheckResult { result, at });
+    }
+
+    fn lock_checks(&self) -> std::sync::MutexGuard<'_, Checks> {
+        self.checks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// CNI CHECK of every attached pod, at most once per configured interval.
+    fn check_attached(&self) {
+        {
+            let mut checks = self.lock_checks();
+            let interval = self.options.cni_check_interval;
+            if checks.last_round.is_some_and(|t| t.elapsed() < interval) {
+                return;
+            }
+            checks.last_round = Some(std::time::Instant::now());
+        }
+        for pod in self.cni.cached_pods() {
+            let result = match self.cni.check(&pod) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    tracing::warn!(pod = %pod, %e, "CNI CHECK failed");
+                    e.to_string()
+                }
+            };
+            self.record_check(&pod, result);
+        }
+    }
+
     /// Pods with a cached CNI attachment.
     pub fn attached_pods(&self) -> Vec<String> {
         self.cni.cached_pods()
@@ -391,9 +457,10 @@ impl Network {
         self.uplink.shut_down();
     }
 
-    /// Periodic upkeep: restarts a dead uplink helper.
+    /// Periodic upkeep: restarts a dead uplink helper, checks attachments.
     pub fn supervise(&self) {
         self.uplink.supervise();
+        self.check_attached();
     }
 
     /// What `ucri info` and verbose status show.

@@ -175,17 +175,13 @@ impl Lifecycle {
 
     fn pod_info(&self, pod: &PodState) -> HashMap<String, String> {
         let dir = PodDir::new(&self.runtime_root, &pod.id);
-        // Verbose status runs CNI CHECK, so a broken attachment shows up.
-        let cni_check = pod
-            .network
-            .as_ref()
-            .map(|_| match self.network.check(&pod.id) {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => e.to_string(),
-            });
+        // The latest background CNI CHECK (every minute; the ADD counts as
+        // the first): the status path runs no plugin.
+        let check = self.network.last_check(&pod.id);
         let info = serde_json::json!({
             "network": pod.network,
-            "cniCheck": cni_check,
+            "cniCheck": check.as_ref().map(|c| &c.result),
+            "cniCheckedAt": check.map(|c| c.at),
             "hostname": pod.hostname,
             "namespaces": pod.namespaces,
             "netns": pod.namespaces.network.then(|| dir.ns("net")),
