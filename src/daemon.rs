@@ -107,8 +107,10 @@ pub fn run_child() -> i32 {
     }
 }
 
+/// The serving child joined the holder's mount namespace, which the holder
+/// prepared when it made it: making `/` private again here would strip the
+/// propagation others (kubelet) set on their mounts since.
 fn prepare_child_process() -> anyhow::Result<()> {
-    ucri_rootless::mounts::prepare_mount_namespace()?;
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
     Ok(())
 }

@@ -140,6 +140,17 @@ fn namespaces_and_mounts_survive_kill_9_of_the_daemon() {
         .output()
         .expect("nsenter mount");
     assert!(mount.status.success(), "{}", describe(&mount));
+    // kubelet makes its root dir shared; a restart must keep that.
+    let shared = sb
+        .ucri(&[
+            "nsenter",
+            "mount",
+            "--make-shared",
+            &marker.display().to_string(),
+        ])
+        .output()
+        .expect("nsenter mount --make-shared");
+    assert!(shared.status.success(), "{}", describe(&shared));
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL)
         .expect("kill -9");
@@ -166,9 +177,13 @@ fn namespaces_and_mounts_survive_kill_9_of_the_daemon() {
     );
     let mountinfo =
         std::fs::read_to_string(format!("/proc/{second}/mountinfo")).expect("mountinfo");
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains(&marker.display().to_string()))
+        .expect("the mount made before the restart is still there");
     assert!(
-        mountinfo.contains(&marker.display().to_string()),
-        "the mount made before the restart is still there"
+        line.contains(" shared:"),
+        "its shared propagation survives the restart: {line}"
     );
 }
 
