@@ -674,7 +674,9 @@ fn the_pod_cidr_from_kubelet_feeds_the_default_network() {
         "the bridge keeps its range while pods use it"
     );
     for pod in [&old, &still_old] {
+        let ip = pod_ip(sb, pod);
         stop_pod(sb, pod);
+        assert_eq!(pod_ip(sb, pod), ip, "a stopped pod's status keeps its IP");
         remove_pod(sb, pod);
     }
     let new = run_pod(sb, &pod_config(sb, "after")).expect("pod after");

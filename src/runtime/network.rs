@@ -146,13 +146,11 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Host ports closed, CNI DEL run; the pod keeps no addresses.
+    /// Host ports closed, CNI DEL run. The pod's status keeps the addresses
+    /// it had (kubelet and `crictl inspectp` show a stopped pod's IP, as with
+    /// CRI-O and containerd); nothing else uses them once it is not Ready.
     pub(super) fn detach_network(&self, id: &str) -> Result<(), LifecycleError> {
         self.network.detach(id)?;
-        let attached = self.pods_mut().get(id).is_some_and(|p| p.network.is_some());
-        if attached {
-            self.update_pod(id, |p| p.network = None)?;
-        }
         Ok(())
     }
 
