@@ -113,6 +113,15 @@ pub struct RuntimeConfig {
     /// Most processes per container when cgroups are delegated (0: no limit),
     /// like crio.conf's `pids_limit`.
     pub pids_limit: i64,
+    /// Most bytes of stdout and of stderr an ExecSync returns; what a
+    /// command prints beyond is dropped, and stderr says so. Both together
+    /// stay under kubelet's 16 MiB message limit.
+    #[serde(default = "default_exec_sync_output_max")]
+    pub exec_sync_output_max: u64,
+}
+
+fn default_exec_sync_output_max() -> u64 {
+    4 << 20
 }
 
 /// One named OCI runtime.
@@ -243,6 +252,7 @@ impl Config {
                 conmon: "conmon".into(),
                 cgroup_driver: CgroupDriver::Cgroupfs,
                 log_size_max: -1,
+                exec_sync_output_max: default_exec_sync_output_max(),
                 cgroup_parent: String::new(),
                 pids_limit: 0,
                 runtimes,

@@ -1341,3 +1341,67 @@ fn a_pod_with_its_own_user_namespace_runs_with_the_requested_mapping() {
         .unwrap_or(0);
     assert_eq!(pods, 0, "refused pods leave nothing");
 }
+
+/// The daemon's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// ExecSync output is capped (runtime.exec_sync_output_max, 4 MiB a stream
+/// by default): 200 MB of output come back as the first 4 MiB, stderr says
+/// it was truncated, and the daemon's memory stays bounded by the cap, not
+/// by the output.
+#[test]
+fn exec_sync_output_is_capped_and_memory_stays_bounded() {
+    let e = env("exec-cap");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "cap");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "c", "exec sleep 600"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let before = peak_rss_kib(sb.daemon_pid());
+    let reply = block_on(async {
+        ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(
+            connect(&sb.socket()).await.expect("connect"),
+        )
+        .max_decoding_message_size(16 << 20)
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "yes $(printf %0999d 0) | head -c 200000000".into(),
+            ],
+            timeout: 120,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner()
+    });
+    assert_eq!(reply.exit_code, 0);
+    assert_eq!(reply.stdout.len(), 4 << 20, "the first 4 MiB");
+    assert!(reply.stdout.starts_with(b"0000"), "from the start");
+    let stderr = String::from_utf8_lossy(&reply.stderr);
+    assert!(
+        stderr.contains("output truncated at 4194304 bytes"),
+        "{stderr}"
+    );
+    let after = peak_rss_kib(sb.daemon_pid());
+    eprintln!("daemon peak RSS: {before} KiB before, {after} KiB after 200 MB of ExecSync output");
+    assert!(
+        after < before + 96 * 1024,
+        "the daemon's peak RSS grew from {before} to {after} KiB for 200 MB of output"
+    );
+    remove_pod(sb, &pod);
+}

@@ -131,6 +131,7 @@ impl Lifecycle {
             exits: runtime_root.join("exits"),
             attach: runtime_root.join("attach"),
             log_size_max: config.runtime.log_size_max,
+            exec_output_max: config.runtime.exec_sync_output_max,
         };
         oci.prepare()?;
         let cgroups = resources::detect_cgroups(&config.runtime);

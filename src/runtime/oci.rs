@@ -27,7 +27,14 @@ pub struct OciPaths {
     pub attach: PathBuf,
     /// conmon's `--log-size-max` (≤ 0: none).
     pub log_size_max: i64,
+    /// Most bytes of stdout and of stderr an ExecSync keeps.
+    pub exec_output_max: u64,
 }
+
+/// How much larger than the output cap an ExecSync's CRI-format log may grow
+/// on the runtime dir (a tmpfs: memory) before conmon truncates it; a line of
+/// output costs ~36 bytes of timestamp, stream and tag.
+const EXEC_LOG_FACTOR: u64 = 4;
 
 /// What conmon needs to create one container.
 #[derive(Debug)]
@@ -227,6 +234,51 @@ fn reap_pidfile(pidfile: &Path) {
 
 /// Splits a CRI-format log (`TIME STREAM TAG CONTENT`) back into stdout and
 /// stderr; `P` (partial) lines continue without a newline.
+/// Reads a CRI-format log file line by line into stdout and stderr, keeping
+/// at most `cap` bytes of each; true when anything was dropped. Memory stays
+/// bounded by the cap, not by the file.
+pub fn read_cri_log(path: &Path, cap: u64) -> (Vec<u8>, Vec<u8>, bool) {
+    use std::io::BufRead;
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let (mut stdout, mut stderr, mut truncated) = (Vec::new(), Vec::new(), false);
+    let Ok(file) = std::fs::File::open(path) else {
+        return (stdout, stderr, false);
+    };
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // A line longer than the cap is read only up to it (plus its header).
+        let limit = (cap as u64).saturating_add(64);
+        match (&mut reader).take(limit).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() as u64 >= limit {
+            truncated = true;
+            // Skip the rest of the overlong line.
+            let mut skip = Vec::new();
+            while reader.read_until(b'\n', &mut skip).is_ok_and(|n| n > 0) {
+                if skip.last() == Some(&b'\n') {
+                    break;
+                }
+                skip.clear();
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        let (out, err) = split_cri_log(&text);
+        for (dest, part) in [(&mut stdout, out), (&mut stderr, err)] {
+            let room = cap.saturating_sub(dest.len());
+            if part.len() > room {
+                truncated = true;
+            }
+            dest.extend_from_slice(&part[..part.len().min(room)]);
+        }
+    }
+    (stdout, stderr, truncated)
+}
+
+/// Splits CRI-format log text into stdout and stderr.
 pub fn split_cri_log(log: &str) -> (Vec<u8>, Vec<u8>) {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     for line in log.lines() {
@@ -413,8 +465,18 @@ impl OciPaths {
         let _ = child.wait();
         reap_pidfile(&exec.work.join("conmon.pid"));
         let exit_code = outcome.map_err(|e| exec_error(e, exec))?;
-        let log = std::fs::read_to_string(exec.work.join("exec.log")).unwrap_or_default();
-        let (stdout, stderr) = split_cri_log(&log);
+        let (stdout, mut stderr, truncated) =
+            read_cri_log(&exec.work.join("exec.log"), self.exec_output_max);
+        if truncated {
+            tracing::warn!(container = %exec.id, cap = self.exec_output_max, "ExecSync output truncated");
+            stderr.extend_from_slice(
+                format!(
+                    "\nucri: output truncated at {} bytes\n",
+                    self.exec_output_max
+                )
+                .as_bytes(),
+            );
+        }
         Ok(ExecOutput {
             exit_code,
             stdout,
@@ -447,6 +509,8 @@ impl OciPaths {
         .arg(exec.work.join("process.json"))
         .arg("-l")
         .arg(format!("k8s-file:{}", exec.work.join("exec.log").display()))
+        .arg("--log-size-max")
+        .arg((self.exec_output_max.saturating_mul(EXEC_LOG_FACTOR)).to_string())
         .arg("--exit-dir")
         .arg(exec.work.join("exits"))
         .arg("--socket-dir-path")
@@ -483,6 +547,38 @@ impl OciPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cri_log_is_read_up_to_the_cap_of_each_stream() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("exec.log");
+        let mut text = String::new();
+        for n in 0..1000 {
+            text.push_str(&format!("2026-11-25T10:00:00.1Z stdout F line {n:04}\n"));
+            text.push_str("2026-11-25T10:00:00.2Z stderr F e\n");
+        }
+        text.push_str(&format!(
+            "2026-11-25T10:00:00.3Z stdout P {}\n",
+            "x".repeat(5000)
+        ));
+        std::fs::write(&log, text).expect("write");
+        let (out, err, truncated) = read_cri_log(&log, 100);
+        assert!(truncated);
+        assert_eq!(out.len(), 100);
+        assert!(
+            out.starts_with(b"line 0000\nline 0001\n"),
+            "the first bytes are kept"
+        );
+        assert_eq!(err, b"e\n".repeat(50));
+        let (out, err, truncated) = read_cri_log(&log, 1 << 20);
+        assert!(!truncated);
+        assert_eq!(out.len(), 1000 * 10 + 5000);
+        assert_eq!(err.len(), 2000);
+        assert_eq!(
+            read_cri_log(&dir.path().join("missing"), 10),
+            (vec![], vec![], false)
+        );
+    }
 
     #[test]
     fn cri_logs_split_into_streams_with_partial_lines_joined() {
