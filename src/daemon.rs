@@ -21,6 +21,12 @@ use crate::storage::Storage;
 ///
 /// Must be called before any thread exists.
 pub fn run(config: Config) -> anyhow::Result<i32> {
+    // Private: state and writable layers hold what containers keep (their
+    // environment, their files); other local users must not read them.
+    let data = RuntimeDir::new(&config.daemon.data_dir);
+    data.create()
+        .with_context(|| format!("creating {}", data.path().display()))?;
+    raise_descriptor_limit();
     match launch::detect_mode() {
         Mode::Rootless => run_rootless_parent(config),
         Mode::NestedRoot => {
@@ -35,6 +41,21 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
             "ucri is a rootless runtime and refuses to run as real root on the host: \
              start it as an ordinary user, or pass --allow-root"
         ),
+    }
+}
+
+/// Raises the open-file limit to its hard limit (children inherit it): a
+/// node's connections, pods and monitors need more than the usual 1024.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%e, "cannot read the open-file limit"),
     }
 }
 

@@ -92,6 +92,23 @@ fn socket_is_a_private_host_path() {
     assert_eq!(meta.uid(), sb.user.uid);
 }
 
+/// The daemon raises its open-file limit to the hard limit at start: a
+/// node's connections, pods and monitors need more than 256 or 1024.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let mut sb = Sandbox::new("nofile");
+    let _daemon = sb.start_daemon_via(&["prlimit", "--nofile=256:"]);
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", sb.daemon_pid())).expect("limits");
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files")
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "soft = hard: {files:?}");
+}
+
 #[test]
 fn unimplemented_rpcs_say_so_and_runtime_config_reports_cgroupfs() {
     let mut sb = Sandbox::new("unimpl");

@@ -1405,3 +1405,52 @@ fn exec_sync_output_is_capped_and_memory_stays_bounded() {
     );
     remove_pod(sb, &pod);
 }
+
+/// State and writable layers are private to the daemon's user: the data dir
+/// is 0700, state files 0600, and another local user cannot read a
+/// container's environment or the files it writes.
+#[test]
+fn state_and_layers_are_private_to_the_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    require(running_as_root(), "root, to act as a second local user");
+    let e = env("private");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "secret");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let mut config = container_config(
+        &e.image,
+        "c",
+        "echo hidden > /tmp/written && exec sleep 600",
+    );
+    config.envs = vec![KeyValue {
+        key: "API_TOKEN".into(),
+        value: b"s3cr3t".to_vec(),
+    }];
+    let id = create(sb, &pod, config, &pod_cfg).expect("create");
+    start(sb, &id).expect("start");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&sb.data_dir()), 0o700, "the data dir");
+    let state = sb.data_dir().join(format!("state/containers/{id}.json"));
+    assert_eq!(mode(&state), 0o600, "the container's state");
+    let other = user_named(NOSUBID_USER);
+    let snoop = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .uid(other.uid)
+            .gid(other.gid)
+            .output()
+            .expect("run as another user")
+    };
+    let state_path = state.display().to_string();
+    let read = snoop(&["cat", &state_path]);
+    assert!(!read.status.success() && !String::from_utf8_lossy(&read.stdout).contains("s3cr3t"));
+    let data = sb.data_dir().display().to_string();
+    let grep = snoop(&["grep", "-rl", "hidden", &data]);
+    assert!(
+        grep.stdout.is_empty(),
+        "another user finds nothing under {data}"
+    );
+    remove_pod(sb, &pod);
+}

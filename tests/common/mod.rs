@@ -229,6 +229,27 @@ impl Sandbox {
         daemon
     }
 
+    /// Starts `WRAPPER… ucri daemon` (e.g. `prlimit --nofile=256:`) and
+    /// waits until `Version` answers.
+    pub fn start_daemon_via(&mut self, wrapper: &[&str]) -> Daemon {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let log = self.root.join(format!("daemon-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = self
+            .command_as_user(wrapper[0])
+            .args(&wrapper[1..])
+            .arg(ucri_binary())
+            .arg("daemon")
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn the wrapped ucri daemon");
+        let daemon = Daemon { child, log };
+        daemon.wait_serving(self);
+        self.daemon_pid_hint = Some(daemon.parent_pid());
+        daemon
+    }
+
     /// Spawns `ucri daemon EXTRA` without waiting; output goes to a log file.
     pub fn spawn_daemon(&self, extra: &[&str]) -> Daemon {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
