@@ -53,7 +53,10 @@ impl From<crate::streaming::StreamingError> for CriError {
         match err {
             E::InvalidArgument(message) => CriError::InvalidArgument(message),
             E::Lifecycle(e) => CriError::from(e),
-            E::Exhausted(e) => CriError::ResourceExhausted(e.to_string()),
+            E::Token(e @ crate::streaming::tokens::TokenError::TooManyPending) => {
+                CriError::ResourceExhausted(e.to_string())
+            }
+            E::Token(e) => CriError::Internal(e.to_string()),
         }
     }
 }

@@ -18,6 +18,7 @@ mod logging;
 mod metrics;
 mod nsenter;
 mod play;
+mod random;
 mod runtime;
 mod storage;
 mod streaming;

@@ -341,6 +341,12 @@ fn bad_streaming_requests_get_protocol_errors_and_tokens_work_once() {
     let url = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
     let plain = raw_http(&url, "");
     assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    assert_eq!(
+        stream(&url, Transport::Spdy, options(false, false), None, None)
+            .result
+            .expect("a plain GET does not burn the token"),
+        0
+    );
     let url = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
     let unknown = raw_http(&url, "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v9.channel.k8s.io\r\n");
     assert!(unknown.starts_with("HTTP/1.1 403"), "{unknown}");

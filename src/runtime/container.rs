@@ -62,7 +62,7 @@ impl Lifecycle {
         let (image, _) = self.images.lookup(&image_spec).ok_or_else(|| {
             LifecycleError::NotFound(format!("image {image_spec:?} not found; pull it first"))
         })?;
-        let id = new_id();
+        let id = new_id()?;
         let state =
             self.claim_container_name(&pod, &id, &config, image.id.to_string(), image_spec)?;
         let lock = self.locks.get(&id);
@@ -423,7 +423,7 @@ impl Lifecycle {
             ));
         }
         let state = self.running(id)?;
-        let session = new_id();
+        let session = new_id()?;
         let work = self.runtime_root.join("exec").join(&session);
         let result = self.prepare_exec(&state, &work, cmd, false).and_then(|()| {
             self.oci.exec_sync(&super::oci::ExecArgs {
@@ -637,6 +637,13 @@ fn log_path(
     config: &ContainerConfig,
     bundle: &Path,
 ) -> Result<PathBuf, LifecycleError> {
+    if Path::new(&config.log_path).is_absolute() {
+        // Joined to the pod's log directory, it would replace it.
+        return Err(LifecycleError::InvalidArgument(format!(
+            "log path {} must be relative to the pod's log directory",
+            config.log_path
+        )));
+    }
     let path = match (sandbox.log_directory.as_str(), config.log_path.as_str()) {
         ("", _) | (_, "") => bundle.join("container.log"),
         (dir, file) => Path::new(dir).join(file),
@@ -772,6 +779,32 @@ fn process_user(spec: &oci_spec::runtime::Spec) -> ProcessUser {
 mod tests {
     use super::*;
     use ucri_cri_api::v1::Signal;
+
+    #[test]
+    fn log_paths_stay_in_the_pods_log_directory() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sandbox = PodSandboxConfig {
+            log_directory: dir.path().join("pod").display().to_string(),
+            ..Default::default()
+        };
+        let mut config = ContainerConfig {
+            log_path: "c/0.log".into(),
+            ..Default::default()
+        };
+        let bundle = dir.path().join("bundle");
+        assert_eq!(
+            log_path(&sandbox, &config, &bundle).expect("ok"),
+            dir.path().join("pod/c/0.log")
+        );
+        for bad in ["/tmp/evil.log", "../escape.log", "c/../../x.log"] {
+            config.log_path = bad.into();
+            let err = log_path(&sandbox, &config, &bundle).expect_err(bad);
+            assert!(
+                matches!(err, LifecycleError::InvalidArgument(_)),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn the_containers_stop_signal_maps_by_name() {

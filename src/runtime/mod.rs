@@ -331,13 +331,13 @@ fn nanos(t: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// A new random 64-hex-digit ID.
-fn new_id() -> String {
-    let mut bytes = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    hex::encode(bytes)
+/// A new random 64-hex-digit ID; an error, never a predictable id, when the
+/// kernel's generator cannot be read.
+fn new_id() -> Result<String, LifecycleError> {
+    crate::random::hex(32).map_err(|source| LifecycleError::Io {
+        context: "reading /dev/urandom for a new id".into(),
+        source,
+    })
 }
 
 /// Resolves `id` (full or unique prefix) among `ids`.

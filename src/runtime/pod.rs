@@ -33,7 +33,7 @@ impl Lifecycle {
         let available =
             super::userns::available_ids("uid").min(super::userns::available_ids("gid"));
         let user_maps = super::userns::requested_maps(&config, available)?;
-        let id = new_id();
+        let id = new_id()?;
         self.claim_pod_name(&config, &id)?;
         let dir = PodDir::new(&self.runtime_root, &id);
         let mut state = PodState {

@@ -159,7 +159,7 @@ impl Lifecycle {
             ));
         }
         let state = self.running(id)?;
-        let work = self.runtime_root.join("exec").join(&new_id()[..16]);
+        let work = self.runtime_root.join("exec").join(&new_id()?[..16]);
         let spawned = self
             .prepare_exec(&state, &work, cmd, tty)
             .and_then(|()| self.start_exec(&state, &work, tty, stdin));

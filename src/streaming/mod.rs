@@ -42,9 +42,9 @@ pub enum StreamingError {
     /// The container or pod cannot stream.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
-    /// Too many URLs wait for their clients.
+    /// No URL could be handed out (too many pending, or no randomness).
     #[error(transparent)]
-    Exhausted(#[from] tokens::TooManyPending),
+    Token(#[from] tokens::TokenError),
 }
 
 impl Streaming {
@@ -217,6 +217,15 @@ async fn handle(
     UrlPath((kind, token)): UrlPath<(String, String)>,
     request: Request,
 ) -> Response {
+    // Only an upgrade may redeem a token: a plain GET (a browser, a probe)
+    // must not burn it.
+    if upgrade_of(&request).is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "this URL must be upgraded to SPDY/3.1 or websocket\n",
+        )
+            .into_response();
+    }
     let Some(stream) = shared.streaming.tokens.take(&kind, &token) else {
         return (
             StatusCode::NOT_FOUND,
@@ -224,22 +233,31 @@ async fn handle(
         )
             .into_response();
     };
+    match upgrade_of(&request) {
+        Some(Upgrade::WebSocket) => websocket::serve(shared.lifecycle, stream, request).await,
+        Some(Upgrade::Spdy) => spdy::serve(shared.lifecycle, stream, request),
+        None => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+/// The protocols a streaming URL upgrades to.
+enum Upgrade {
+    WebSocket,
+    Spdy,
+}
+
+fn upgrade_of(request: &Request) -> Option<Upgrade> {
     let upgrade = request
         .headers()
         .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+        .and_then(|v| v.to_str().ok())?
         .to_ascii_lowercase();
-    match upgrade.as_str() {
-        "websocket" => websocket::serve(shared.lifecycle, stream, request).await,
-        u if u == ucri_stream::spdy::UPGRADE.to_ascii_lowercase() => {
-            spdy::serve(shared.lifecycle, stream, request)
-        }
-        _ => (
-            StatusCode::BAD_REQUEST,
-            "this URL must be upgraded to SPDY/3.1 or websocket\n",
-        )
-            .into_response(),
+    if upgrade == "websocket" {
+        Some(Upgrade::WebSocket)
+    } else if upgrade == ucri_stream::spdy::UPGRADE.to_ascii_lowercase() {
+        Some(Upgrade::Spdy)
+    } else {
+        None
     }
 }
 

@@ -40,10 +40,16 @@ pub struct Tokens {
     ttl: Duration,
 }
 
-/// Too many URLs are waiting for their clients.
+/// Why no URL could be handed out.
 #[derive(Debug, thiserror::Error)]
-#[error("too many streaming requests in flight ({MAX_PENDING})")]
-pub struct TooManyPending;
+pub enum TokenError {
+    /// Too many URLs are waiting for their clients.
+    #[error("too many streaming requests in flight ({MAX_PENDING})")]
+    TooManyPending,
+    /// The kernel's generator could not be read: no predictable token.
+    #[error("reading /dev/urandom for a streaming token: {0}")]
+    NoRandomness(#[source] std::io::Error),
+}
 
 impl Tokens {
     /// Tokens that expire `ttl` after they were handed out.
@@ -55,14 +61,14 @@ impl Tokens {
     }
 
     /// Stores `request` under a new random token.
-    pub fn insert(&self, request: StreamRequest) -> Result<String, TooManyPending> {
+    pub fn insert(&self, request: StreamRequest) -> Result<String, TokenError> {
         let mut pending = self.lock();
         let now = Instant::now();
         pending.retain(|_, (_, expires)| *expires > now);
         if pending.len() >= MAX_PENDING {
-            return Err(TooManyPending);
+            return Err(TokenError::TooManyPending);
         }
-        let token = random_token();
+        let token = crate::random::hex(16).map_err(TokenError::NoRandomness)?;
         pending.insert(token.clone(), (request, now + self.ttl));
         Ok(token)
     }
@@ -78,15 +84,6 @@ impl Tokens {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (StreamRequest, Instant)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// 128 random bits, URL-safe.
-fn random_token() -> String {
-    let mut bytes = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
-    hex::encode(bytes)
 }
 
 #[cfg(test)]
