@@ -313,6 +313,16 @@ impl Config {
                 ),
             ));
         }
+        if self.runtime.cgroup_driver == CgroupDriver::Systemd {
+            // Refused rather than reported: containers are placed with
+            // cgroupfs paths in a delegated subtree whatever this says.
+            return Err(invalid(
+                "merged configuration",
+                "runtime.cgroup_driver = \"systemd\" is not supported: ucri places containers \
+                 in a delegated subtree with cgroupfs paths; use \"cgroupfs\" (kubelet's \
+                 cgroupDriver must match)",
+            ));
+        }
         Ok(())
     }
 

@@ -22,10 +22,10 @@ use crate::storage::Storage;
 /// Must be called before any thread exists.
 pub fn run(config: Config) -> anyhow::Result<i32> {
     // Private: state and writable layers hold what containers keep (their
-    // environment, their files); other local users must not read them.
-    let data = RuntimeDir::new(&config.daemon.data_dir);
-    data.create()
-        .with_context(|| format!("creating {}", data.path().display()))?;
+    // environment, their files); other local users must not read them. The
+    // data dir is traversable but not listable (0711), for crun inside a
+    // pod's own user namespace; what lies below is 0700 where it matters.
+    make_data_dir(&config.daemon.data_dir)?;
     raise_descriptor_limit();
     match launch::detect_mode() {
         Mode::Rootless => run_rootless_parent(config),
@@ -42,6 +42,14 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
              start it as an ordinary user, or pass --allow-root"
         ),
     }
+}
+
+/// Creates the data dir, mode 0711.
+fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("securing {}", dir.display()))
 }
 
 /// Raises the open-file limit to its hard limit (children inherit it): a

@@ -1431,9 +1431,25 @@ fn state_and_layers_are_private_to_the_user() {
     start(sb, &id).expect("start");
     let mode =
         |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
-    assert_eq!(mode(&sb.data_dir()), 0o700, "the data dir");
+    // Traversable but not listable: crun reaches root filesystems from a
+    // pod's own user namespace. Below it, what holds data is 0700.
+    assert_eq!(mode(&sb.data_dir()), 0o711, "the data dir");
+    assert_eq!(mode(&sb.data_dir().join("state")), 0o700, "the state dir");
     let state = sb.data_dir().join(format!("state/containers/{id}.json"));
     assert_eq!(mode(&state), 0o600, "the container's state");
+    let container_dir = sb.data_dir().join(format!("storage/containers/{id}"));
+    assert_eq!(mode(&container_dir), 0o700, "the container's dir");
+    for dir in ["blobs", "layers", "images"] {
+        assert_eq!(
+            mode(&sb.data_dir().join("storage").join(dir)),
+            0o700,
+            "storage/{dir}"
+        );
+    }
+    let written = container_dir
+        .join("upper/tmp/written")
+        .display()
+        .to_string();
     let other = user_named(NOSUBID_USER);
     let snoop = |args: &[&str]| {
         std::process::Command::new(args[0])
@@ -1451,6 +1467,11 @@ fn state_and_layers_are_private_to_the_user() {
     assert!(
         grep.stdout.is_empty(),
         "another user finds nothing under {data}"
+    );
+    let read = snoop(&["cat", &written]);
+    assert!(
+        !read.status.success(),
+        "nor reads what the container wrote, knowing its id"
     );
     remove_pod(sb, &pod);
 }

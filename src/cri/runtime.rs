@@ -319,10 +319,11 @@ impl RuntimeService for CriRuntimeService {
     async fn create_container(&self, request: Request<CreateContainerRequest>) -> Result<Response<CreateContainerResponse>, Status> {
         let request = request.into_inner();
         let config = request.config.ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
-        let sandbox = request.sandbox_config.unwrap_or_default();
+        // The request's sandbox_config is not trusted: the pod's security
+        // settings come from the pod as it was created.
         let pod = request.pod_sandbox_id;
         let span = tracing::info_span!("create_container", pod = %pod);
-        let id = self.blocking(span, move |l| l.create_container(&pod, config, &sandbox)).await?;
+        let id = self.blocking(span, move |l| l.create_container(&pod, config)).await?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
 

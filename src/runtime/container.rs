@@ -25,13 +25,15 @@ const EXIT_RECORD_GRACE: Duration = Duration::from_secs(2);
 
 impl Lifecycle {
     /// Creates a container in pod `pod_id`; nothing remains on failure.
+    /// The pod's settings (log directory, security context, namespaces)
+    /// come from the pod as it was created, not from the request.
     pub fn create_container(
         &self,
         pod_id: &str,
         config: ContainerConfig,
-        sandbox: &PodSandboxConfig,
     ) -> Result<String, LifecycleError> {
         let pod = self.pod(pod_id)?;
+        let sandbox = &pod.config.clone();
         if pod.phase != PodPhase::Ready {
             return Err(LifecycleError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
@@ -154,13 +156,21 @@ impl Lifecycle {
             context: "creating the bundle".into(),
             source,
         })?;
+        // Fail closed: without its config an image's USER, Env and
+        // Entrypoint would silently become root and nothing.
         let image_config: serde_json::Value = self
             .images
             .store()
             .read_blob(&image.id)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+            .map_err(|e| LifecycleError::Internal(format!("image {}: its config: {e}", image.id)))
+            .and_then(|b| {
+                serde_json::from_slice(&b).map_err(|e| {
+                    LifecycleError::Internal(format!(
+                        "image {}: its config is not JSON: {e}",
+                        image.id
+                    ))
+                })
+            })?;
         state.user =
             Some(self.write_spec(pod, &spec_config, sandbox, &image_config, &rootfs, &bundle)?);
         let log_path = log_path(sandbox, &state.config, &bundle)?;

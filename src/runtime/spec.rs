@@ -115,6 +115,7 @@ fn io_error(context: String) -> impl FnOnce(std::io::Error) -> SpecError {
 /// Generates the OCI runtime spec of a CRI container.
 pub fn generate(inputs: &SpecInputs) -> Result<Spec, SpecError> {
     validate(inputs)?;
+    refuse_named_apparmor(security_context(inputs.config))?;
     note_rootless_adaptations(inputs);
     let sc = security_context(inputs.config);
     let privileged = sc.is_some_and(|s| s.privileged);
@@ -299,6 +300,30 @@ fn has_limits(r: &cri::LinuxContainerResources) -> bool {
 fn apparmor_requested(sc: Option<&cri::LinuxContainerSecurityContext>) -> bool {
     sc.and_then(|s| s.apparmor.as_ref())
         .is_some_and(|p| p.profile_type != ProfileType::Unconfined as i32)
+}
+
+/// A named AppArmor profile cannot be honoured (no AppArmor for a rootless
+/// runtime to load or switch to): refused, not silently dropped. The
+/// runtime's default is accepted, as CRI-O does on hosts without AppArmor.
+/// Older kubelets still send the deprecated `apparmor_profile` string.
+#[allow(deprecated)]
+fn refuse_named_apparmor(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<(), SpecError> {
+    let Some(sc) = sc else {
+        return Ok(());
+    };
+    let named = sc
+        .apparmor
+        .as_ref()
+        .is_some_and(|p| p.profile_type == ProfileType::Localhost as i32)
+        || sc.apparmor_profile.starts_with("localhost/");
+    if named {
+        return Err(invalid(
+            "AppArmor profiles cannot be applied by ucri (rootless, no AppArmor); \
+             use RuntimeDefault or Unconfined"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// The requested oom_score_adj, unless it is below the daemon's own: an
@@ -1899,6 +1924,25 @@ mod tests {
         assert_eq!(ids_of(&f.spec()), (1000, 7, vec![7, 50, 29]));
         f.sc().run_as_group = Some(cri::Int64Value { value: -7 });
         assert!(f.error().contains("run_as_group"));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn named_apparmor_profiles_are_refused_and_the_default_accepted() {
+        let mut f = Fixture::new();
+        f.sc().apparmor = Some(cri::SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
+        let _ = f.spec();
+        f.sc().apparmor = Some(cri::SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: "my-profile".into(),
+        });
+        assert!(f.error().contains("AppArmor"), "{}", f.error());
+        f.sc().apparmor = None;
+        f.sc().apparmor_profile = "localhost/my-profile".into();
+        assert!(f.error().contains("AppArmor"), "{}", f.error());
     }
 
     #[test]

@@ -138,6 +138,12 @@ impl StateStore {
                 source,
             })?;
         }
+        // A container's state holds its environment: the user's alone.
+        let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
+        std::fs::set_permissions(root, private).map_err(|source| LifecycleError::Io {
+            context: format!("securing {}", root.display()),
+            source,
+        })?;
         Ok(StateStore {
             root: root.to_owned(),
         })

@@ -7,3 +7,9 @@ pub mod probe;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;
+
+/// Sets the permission bits of `path`.
+pub(crate) fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

@@ -147,6 +147,12 @@ impl Rootfs {
             let path = store_root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(format!("creating {}", path.display())))?;
         }
+        // Traversable, not listable: crun reaches `containers/ID/merged` from
+        // inside a pod's own user namespace, as another id than ours.
+        for (dir, mode) in [("containers", 0o711), ("l", 0o700)] {
+            let path = store_root.join(dir);
+            crate::set_mode(&path, mode).map_err(io_err(format!("securing {}", path.display())))?;
+        }
         Ok(Rootfs {
             root: store_root.to_owned(),
             driver,
@@ -239,6 +245,7 @@ impl Rootfs {
             fs::create_dir_all(dir.join(sub))
                 .map_err(io_err(format!("creating {}", dir.display())))?;
         }
+        self.secure(&dir, record.shift)?;
         for layer in &record.layers {
             self.short_link(layer)?;
         }
@@ -266,6 +273,22 @@ impl Rootfs {
             }
         }
         Ok(format!("l/{name}"))
+    }
+
+    /// The container's dir is the user's alone (0700): what the container
+    /// writes is in `upper`, whose mode is that of the image's root. With a
+    /// pod user namespace, crun reaches `merged` as the pod's root, so its
+    /// group (the pod's gid 0) may traverse it (0710); no one else can.
+    fn secure(&self, dir: &Path, shift: Option<IdShift>) -> Result<(), RootfsError> {
+        let securing = || io_err(format!("securing {}", dir.display()));
+        let mode = match shift {
+            None => 0o700,
+            Some(shift) => {
+                std::os::unix::fs::chown(dir, None, Some(shift.gid)).map_err(securing())?;
+                0o710
+            }
+        };
+        crate::set_mode(dir, mode).map_err(securing())
     }
 
     fn mount(&self, record: &RootfsRecord) -> Result<(), RootfsError> {
@@ -395,6 +418,8 @@ impl Rootfs {
                 continue;
             }
             let record = self.record(&id)?;
+            // Containers made before their dirs were private become so.
+            self.secure(&self.dir(&id), record.shift)?;
             if !self.is_mounted(&id) {
                 self.mount(&record)?;
                 report.remounted.push(id);

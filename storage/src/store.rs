@@ -158,6 +158,18 @@ impl Store {
             let path = store.root.join(dir);
             fs::create_dir_all(&path).map_err(io_err(format!("creating {}", path.display())))?;
         }
+        // Content is the user's alone: images can come from private
+        // registries. The store root is only traversable (see rootfs).
+        for (dir, mode) in [
+            ("", 0o711),
+            ("blobs", 0o700),
+            ("layers", 0o700),
+            ("images", 0o700),
+            ("tmp", 0o700),
+        ] {
+            let path = store.root.join(dir);
+            crate::set_mode(&path, mode).map_err(io_err(format!("securing {}", path.display())))?;
+        }
         Ok(store)
     }
 
