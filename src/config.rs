@@ -405,6 +405,17 @@ mod tests {
     }
 
     #[test]
+    fn the_systemd_cgroup_driver_is_refused_not_just_reported() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let d = dirs(tmp.path());
+        let main = d.config_dir.join("ucri.toml");
+        std::fs::create_dir_all(&d.config_dir).expect("mkdir");
+        std::fs::write(&main, "[runtime]\ncgroup_driver = \"systemd\"\n").expect("write");
+        let err = Config::load(&d, &main).expect_err("systemd");
+        assert!(err.to_string().contains("cgroup_driver"), "{err}");
+    }
+
+    #[test]
     fn defaults_alone_when_no_files() {
         let tmp = tempfile::tempdir().expect("tmp");
         let d = dirs(tmp.path());

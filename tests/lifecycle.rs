@@ -1475,3 +1475,35 @@ fn state_and_layers_are_private_to_the_user() {
     );
     remove_pod(sb, &pod);
 }
+
+/// CreateContainer takes the pod's settings from the pod as it was created:
+/// a request whose sandbox config says otherwise (another log directory, a
+/// privileged pod) changes nothing.
+#[test]
+fn create_container_uses_the_stored_pod_not_the_requests_copy() {
+    let e = env("stored-pod");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "stored");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let mut forged = pod_cfg.clone();
+    let elsewhere = sb.root.join("elsewhere");
+    forged.log_directory = elsewhere.display().to_string();
+    forged.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(sb, &pod, container_config(&e.image, "c", "true"), &forged).expect("create");
+    let log = status(sb, &id).expect("status").log_path;
+    assert!(
+        log.starts_with(&pod_cfg.log_directory),
+        "the pod's own log directory: {log}"
+    );
+    assert!(
+        !elsewhere.exists(),
+        "nothing written where the request pointed"
+    );
+    remove_pod(sb, &pod);
+}
