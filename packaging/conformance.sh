@@ -28,6 +28,8 @@ TOP=$PWD
 TOOLS=${1:?usage: conformance.sh TOOLS_DIR [--validation-only|--benchmark-only]}
 MODE=${2:-all}
 TOOLS=$(cd "$TOOLS" && pwd)
+# shellcheck source=bench/lib.sh
+. packaging/bench/lib.sh
 OUT=$TOP/target/conformance
 mkdir -p "$OUT"
 
@@ -77,27 +79,9 @@ images() {
   fi
 }
 
-free_port() {
-  local p
-  while :; do
-    p=$(shuf -i 20000-60999 -n 1)
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-}
-
 registry() {
-  PORT=$(free_port)
-  mkdir -p "$WORK/registry"
-  printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: 127.0.0.1:%s}\n' \
-    "$WORK/registry" "$PORT" >"$WORK/registry.yml"
-  env -i /usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
-  REGISTRY_PID=$!
-  local ok=0
-  for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$PORT/v2/" >/dev/null 2>&1 && { ok=1; break; }
-    sleep 0.1
-  done
-  [ "$ok" -eq 1 ] || die "the registry did not start: $(cat "$WORK/registry.log")"
+  bench_registry # packaging/bench/lib.sh: a docker-registry on 127.0.0.1:$PORT
+  REGISTRY_PID=$REGISTRY
   log "pushing the stand-in images to 127.0.0.1:$PORT"
   packaging/conformance/push.sh "$IMAGES" "127.0.0.1:$PORT" >&2
 }
