@@ -4,6 +4,8 @@
 #
 #   packaging/setup-host.sh                 run-time packages, devices, ranges for $SUDO_USER/$USER
 #   packaging/setup-host.sh --user NAME     also create NAME (if missing) with subuid/subgid ranges
+#                                           (9 x 65536 ids: the daemon's containers and 8 pods
+#                                           with a user namespace of their own)
 #   packaging/setup-host.sh --build         also what building ucri and the demo need
 #   packaging/setup-host.sh --delegate-cgroups NAME
 #                                           give NAME a cgroup subtree (ucri-NAME in every
@@ -181,7 +183,9 @@ main() {
   [ "$invoking" != root ] && users+=("$invoking")
   for u in "${users[@]}"; do
     ensure_user "$u"
-    grant_ranges "$u"
+    # Room for the daemon's containers and 8 pods with their own user
+    # namespace (a user that already has a range keeps it).
+    grant_ranges "$u" "$USERNS_RANGE_SIZE"
   done
   if [ "$test" -eq 1 ]; then
     ensure_user ucri-test
