@@ -217,6 +217,16 @@ async fn handle(
     UrlPath((kind, token)): UrlPath<(String, String)>,
     request: Request,
 ) -> Response {
+    let gone = || {
+        (
+            StatusCode::NOT_FOUND,
+            "unknown, expired or already used streaming URL\n",
+        )
+            .into_response()
+    };
+    if !shared.streaming.tokens.is_pending(&kind, &token) {
+        return gone();
+    }
     // Only an upgrade may redeem a token: a plain GET (a browser, a probe)
     // must not burn it.
     if upgrade_of(&request).is_none() {
@@ -227,11 +237,7 @@ async fn handle(
             .into_response();
     }
     let Some(stream) = shared.streaming.tokens.take(&kind, &token) else {
-        return (
-            StatusCode::NOT_FOUND,
-            "unknown, expired or already used streaming URL\n",
-        )
-            .into_response();
+        return gone();
     };
     match upgrade_of(&request) {
         Some(Upgrade::WebSocket) => websocket::serve(shared.lifecycle, stream, request).await,

@@ -73,6 +73,13 @@ impl Tokens {
         Ok(token)
     }
 
+    /// True when `token` is waiting, of `kind` and not expired (it stays).
+    pub fn is_pending(&self, kind: &str, token: &str) -> bool {
+        self.lock()
+            .get(token)
+            .is_some_and(|(request, expires)| *expires > Instant::now() && request.kind() == kind)
+    }
+
     /// Takes the request stored under `token` if it is of `kind` and has not
     /// expired; a token works once.
     pub fn take(&self, kind: &str, token: &str) -> Option<StreamRequest> {
