@@ -47,6 +47,20 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The streaming server (Exec, Attach, PortForward).
     pub streaming: StreamingConfig,
+    /// What a kubelet in the daemon's namespaces needs of the node.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+/// `[node]`: the node directories a rootless kubelet writes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Paths made writable in the daemon's mount namespace (where `ucri
+    /// nsenter` runs kubelet), each backed by `DATA_DIR/node/<path>`, e.g.
+    /// `["/var/lib/kubelet", "/var/log/pods", "/var/log/containers"]`.
+    #[serde(default)]
+    pub writable: Vec<PathBuf>,
 }
 
 /// `[streaming]`: where `kubectl exec`/`attach`/`port-forward` streams go.
@@ -278,6 +292,7 @@ impl Config {
                 in_uplink: true,
                 url_ttl_seconds: 60,
             },
+            node: NodeConfig::default(),
         }
     }
 

@@ -44,6 +44,22 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     }
 }
 
+/// The `[node] writable` paths, bound to the user's directories in the
+/// daemon's mount namespace (idempotent across restarts).
+fn make_node_dirs_writable(config: &Config) -> anyhow::Result<()> {
+    if config.node.writable.is_empty() {
+        return Ok(());
+    }
+    let dirs = ucri_rootless::node_dirs::NodeDirs {
+        backing: config.daemon.data_dir.join("node"),
+        originals: config.daemon.runtime_dir.join("node-originals"),
+    };
+    dirs.make_writable(&config.node.writable)
+        .context("making the [node] writable directories")?;
+    tracing::info!(paths = ?config.node.writable, "node directories writable");
+    Ok(())
+}
+
 /// Creates the data dir, mode 0711.
 fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -169,6 +185,7 @@ async fn serve_async(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds);
+    make_node_dirs_writable(&config)?;
     let (images, storage) = open_storage(&config).await?;
     let lifecycle = open_lifecycle(&config, &images, &storage).await?;
     let reaper = tokio::spawn(reap_monitors(lifecycle.clone()));

@@ -589,3 +589,52 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool, what: &str) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// `[node] writable` gives a kubelet in the daemon's namespaces the node
+/// directories it writes, backed by the user's own, without root on the
+/// host: /var/lib/kubelet (whose parent the user cannot write: copied up,
+/// the rest of /var/lib still there) and /var/log/pods. A restart adds no
+/// mounts, and the host's /var/lib is untouched.
+#[test]
+fn node_directories_are_writable_for_a_rootless_kubelet() {
+    let mut sb = Sandbox::new("nodedirs");
+    sb.write_user_file(
+        &sb.config_dir().join("ucri.toml"),
+        "[node]\nwritable = [\"/var/lib/kubelet\", \"/var/log/pods\", \"/var/log/containers\"]\n",
+    );
+    let mut daemon = sb.start_daemon();
+    let script = "echo kubelet > /var/lib/kubelet/state && echo pod > /var/log/pods/p.log \
+                  && echo c > /var/log/containers/c.log && test -d /var/lib/dpkg && ls /var/log >/dev/null";
+    let out = sb.run_ucri(&["nsenter", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let backing = sb.data_dir().join("node");
+    assert_eq!(
+        std::fs::read_to_string(backing.join("var/lib/kubelet/state"))
+            .expect("backed by the user's dir"),
+        "kubelet\n"
+    );
+    assert!(backing.join("var/log/pods/p.log").exists());
+    assert!(
+        !std::path::Path::new("/var/lib/kubelet/state").exists(),
+        "the host's /var/lib is untouched"
+    );
+    let count = |sb: &Sandbox| {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", sb.daemon_pid()))
+            .expect("mountinfo")
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some("/var/lib/kubelet"))
+            .count()
+    };
+    assert_eq!(count(&sb), 1);
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+    let _daemon = sb.start_daemon();
+    assert_eq!(count(&sb), 1, "a restart adds no mounts");
+    let out = sb.run_ucri(&["nsenter", "cat", "/var/lib/kubelet/state"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kubelet\n",
+        "{}",
+        describe(&out)
+    );
+}

@@ -11,6 +11,7 @@ pub mod holder;
 pub mod idmap;
 pub mod launch;
 pub mod mounts;
+pub mod node_dirs;
 pub mod nsid;
 pub mod rundir;
 pub mod subid;
