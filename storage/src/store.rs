@@ -407,7 +407,24 @@ impl Store {
             .collect();
         let mut removed = remove_unlisted(&self.root.join("blobs/sha256"), &blobs)?;
         removed += remove_unlisted(&self.root.join("layers"), &layers)?;
+        self.remove_dangling_links()?;
         Ok(removed)
+    }
+
+    /// Removes the short `l/` links (overlay lowerdir names) whose layer is
+    /// gone.
+    fn remove_dangling_links(&self) -> Result<(), StoreError> {
+        let dir = self.root.join("l");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let link = entry.path();
+            if fs::symlink_metadata(&link).is_ok() && fs::metadata(&link).is_err() {
+                fs::remove_file(&link).map_err(io_err(format!("removing {}", link.display())))?;
+            }
+        }
+        Ok(())
     }
 
     /// Disk use of the whole store.
@@ -593,7 +610,14 @@ mod tests {
         };
         store.save_image(&image).expect("save");
         assert_eq!(store.load_images().expect("load"), vec![image.clone()]);
+        let dangling = dir.path().join("l/0123456789abcdef0123");
+        std::fs::create_dir_all(dir.path().join("l")).expect("mkdir l");
+        std::os::unix::fs::symlink("../layers/gone/diff", &dangling).expect("link");
         assert_eq!(store.collect_garbage(&[image]).expect("gc"), 1);
+        assert!(
+            std::fs::symlink_metadata(&dangling).is_err(),
+            "dangling l/ links go"
+        );
         assert!(!store.has_blob(&orphan) && store.has_blob(&manifest) && store.has_blob(&config));
         assert!(store.usage().inodes > 0);
     }
