@@ -697,7 +697,19 @@ fn the_pod_cidr_from_kubelet_feeds_the_default_network() {
     );
     e._daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(e._daemon.wait_exit(Duration::from_secs(15)).success());
+    // What a daemon killed mid-write leaves: temp files of atomic writes.
+    let stale = [
+        e.sb.runtime_dir()
+            .join("cni/results/.deadbeef.json.tmp-999"),
+        e.sb.data_dir().join("state/pods/.deadbeef.json.tmp-999"),
+    ];
+    for file in &stale {
+        e.sb.write_user_file(file, "half");
+    }
     e._daemon = e.sb.start_daemon();
+    for file in &stale {
+        assert!(!file.exists(), "swept at start: {}", file.display());
+    }
     let sb = &e.sb;
     let restarted = run_pod(sb, &pod_config(sb, "restarted")).expect("pod after restart");
     assert!(

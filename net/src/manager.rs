@@ -146,6 +146,17 @@ impl Network {
             run_in: Some(uplink.netns()),
         };
         let ports = HostPorts::new(&uplink.netns());
+        // A daemon killed mid-write leaves its temp files (the cache is
+        // written atomically); none of this daemon's writers runs yet.
+        let results = options.runtime_dir.join("cni").join("results");
+        match ucri_rootless::rundir::remove_stale_temps(&results) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed CNI cache temp files a killed daemon left"
+            ),
+            Err(e) => tracing::warn!(%e, "cannot sweep the CNI cache"),
+        }
         match cni::write_default_config_if_empty(&options.cni_config_dir, options.uplink.mtu) {
             Ok(true) => {
                 tracing::info!(dir = %options.cni_config_dir.display(), "wrote the default CNI network")

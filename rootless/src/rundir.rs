@@ -77,6 +77,27 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Removes the temp files [`write_atomic`] leaves in `dir` when its writer
+/// is killed mid-write (`.NAME.tmp-PID`); returns how many. For start-up,
+/// when no writer of this daemon runs yet.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            remove_if_exists(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes `path`, treating "already gone" as success.
 pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
@@ -88,6 +109,19 @@ pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_of_killed_writers_are_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(".pod.json.tmp-4242"), b"half").expect("temp");
+        std::fs::write(dir.path().join("pod.json"), b"{}").expect("file");
+        assert_eq!(remove_stale_temps(dir.path()).expect("sweep"), 1);
+        assert!(dir.path().join("pod.json").exists());
+        assert_eq!(
+            remove_stale_temps(&dir.path().join("missing")).expect("none"),
+            0
+        );
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

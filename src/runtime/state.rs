@@ -138,6 +138,15 @@ impl StateStore {
                 source,
             })?;
         }
+        for dir in ["pods", "containers"] {
+            if let Ok(n @ 1..) = ucri_rootless::rundir::remove_stale_temps(&root.join(dir)) {
+                tracing::info!(
+                    removed = n,
+                    dir,
+                    "removed state temp files a killed daemon left"
+                );
+            }
+        }
         // A container's state holds its environment: the user's alone.
         let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
         std::fs::set_permissions(root, private).map_err(|source| LifecycleError::Io {
