@@ -28,109 +28,12 @@ TOP=$PWD
 TOOLS=${1:?usage: conformance.sh TOOLS_DIR [--validation-only|--benchmark-only]}
 MODE=${2:-all}
 TOOLS=$(cd "$TOOLS" && pwd)
-# shellcheck source=bench/lib.sh
-. packaging/bench/lib.sh
+STAGE=conformance
 OUT=$TOP/target/conformance
 mkdir -p "$OUT"
 
-log() { printf 'conformance: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-critest_binary() {
-  if [ -x "$TOOLS/critest" ]; then
-    echo "$TOOLS/critest"
-  elif [ -x "$TOOLS/install.sh" ]; then
-    local dir=$TOP/target/tools
-    "$TOOLS/install.sh" "$dir" >&2 || die "unpacking the tools in $TOOLS"
-    echo "$dir/critest"
-  else
-    die "no critest in $TOOLS (and no install.sh to unpack one)"
-  fi
-}
-
-setup() {
-  CRITEST=$(critest_binary)
-  command -v docker-registry >/dev/null || die "docker-registry is missing (setup-host.sh --test)"
-  command -v skopeo >/dev/null || die "skopeo is missing (setup-host.sh --test)"
-  log "building ucri (release)"
-  cargo build --release --locked -p ucri
-  WORK=$(mktemp -d /tmp/ucri-critest.XXXXXX)
-  chmod 0755 "$WORK"
-  install -m 0755 target/release/ucri "$CRITEST" "$WORK/"
-  trap cleanup EXIT
-  images
-  registry
-  user
-  configure
-  daemon
-}
-
-# The stand-in images, built once per version of the builder.
-images() {
-  local key
-  key=$(cat packaging/conformance/*.sh packaging/conformance/src/* 2>/dev/null | sha256sum | cut -c1-16)
-  IMAGES=/var/tmp/ucri-critest-images/$key
-  if [ ! -f "$IMAGES/.done" ]; then
-    log "building the stand-in images into $IMAGES"
-    rm -rf "$IMAGES"
-    mkdir -p "$IMAGES"
-    packaging/conformance/images.sh "$IMAGES" >&2
-    touch "$IMAGES/.done"
-  fi
-}
-
-registry() {
-  bench_registry # packaging/bench/lib.sh: a docker-registry on 127.0.0.1:$PORT
-  REGISTRY_PID=$REGISTRY
-  log "pushing the stand-in images to 127.0.0.1:$PORT"
-  packaging/conformance/push.sh "$IMAGES" "127.0.0.1:$PORT" >&2
-}
-
-user() {
-  mkdir -p "$WORK/home" "$WORK/run"
-  chmod 0700 "$WORK/run"
-  if [ "$(id -u)" -eq 0 ]; then
-    RUN_USER=ucri-critest
-    id -u "$RUN_USER" >/dev/null 2>&1 || die "user $RUN_USER is missing (packaging/setup-host.sh --test)"
-    chown -R "$RUN_USER:" "$WORK/home" "$WORK/run"
-    AS=(setpriv --reuid="$RUN_USER" --regid="$RUN_USER" --init-groups env -i HOME="$WORK/home"
-      USER="$RUN_USER" PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin XDG_RUNTIME_DIR="$WORK/run")
-  else
-    RUN_USER=$(id -un)
-    AS=(env HOME="$WORK/home" XDG_RUNTIME_DIR="$WORK/run")
-  fi
-  SOCK=$WORK/run/ucri/ucri.sock
-}
-
-configure() {
-  local conf=$WORK/home/.config/containers
-  mkdir -p "$conf" "$WORK/home/.config/ucri"
-  packaging/conformance/registries-conf.sh "127.0.0.1:$PORT" >"$conf/registries.conf"
-  [ "$(id -u)" -ne 0 ] || chown -R "$RUN_USER:" "$WORK/home"
-}
-
-daemon() {
-  "${AS[@]}" "$WORK/ucri" --log-level info daemon >"$OUT/daemon.log" 2>&1 &
-  DAEMON=$!
-  for _ in $(seq 200); do
-    "${AS[@]}" "$WORK/ucri" ctl version >/dev/null 2>&1 && return 0
-    kill -0 "$DAEMON" 2>/dev/null || break
-    sleep 0.1
-  done
-  cat "$OUT/daemon.log" >&2
-  die "the daemon did not start"
-}
-
-cleanup() {
-  local status=$?
-  if [ -n "${DAEMON:-}" ]; then
-    kill -TERM "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true
-    "${AS[@]}" "$WORK/ucri" system reset --force >/dev/null 2>&1 || true
-  fi
-  [ -z "${REGISTRY_PID:-}" ] || kill "$REGISTRY_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-  exit "$status"
-}
+# shellcheck source=conformance/lib.sh
+. packaging/conformance/lib.sh
 
 # critest as the daemon's user, in the node namespace.
 critest() {
@@ -173,7 +76,8 @@ benchmark() {
   python3 packaging/conformance/bench-summary.py "$OUT/benchmark" | tee "$OUT/benchmark.md"
 }
 
-setup
+CRITEST=$(tool_binary critest)
+setup "$CRITEST"
 case "$MODE" in
   all) validation; benchmark ;;
   --validation-only) validation ;;

@@ -73,6 +73,25 @@ impl CgroupSupport {
         }
     }
 
+    /// Which kinds of limit this subtree can hold.
+    pub fn controllers(&self) -> Controllers {
+        match self {
+            CgroupSupport::V1 { hierarchies, .. } => Controllers {
+                v2: false,
+                hugetlb: hierarchies.iter().any(|h| h == "hugetlb"),
+            },
+            CgroupSupport::V2 { root, parent } => Controllers {
+                v2: true,
+                hugetlb: std::fs::read_to_string(
+                    root.join(parent.trim_start_matches('/'))
+                        .join("cgroup.controllers"),
+                )
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb")),
+            },
+            CgroupSupport::None { .. } => Controllers::default(),
+        }
+    }
+
     /// The cgroupsPath of a container.
     pub fn container_path(&self, pod_id: &str, container_id: &str) -> Option<String> {
         let parent = match self {
@@ -390,10 +409,29 @@ pub fn own_v2_cgroup() -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The kinds of limit a delegated subtree can hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Controllers {
+    /// cgroup v2 (`unified` limits apply).
+    pub v2: bool,
+    /// The hugetlb controller is there.
+    pub hugetlb: bool,
+}
+
+/// Logged once: hugepage limits dropped for want of the hugetlb controller.
+static HUGEPAGES_OMITTED: std::sync::Once = std::sync::Once::new();
+
 /// The OCI `linux.resources` of a CRI resource request (zero means unset),
 /// with `pids_limit` from the runtime config (0: none). A memory limit
-/// without a swap limit forbids swap, as CRI-O does.
-pub fn oci_resources(r: Option<&LinuxContainerResources>, pids_limit: i64, v2: bool) -> Value {
+/// without a swap limit forbids swap, as CRI-O does. Hugepage limits (kubelet
+/// sends a zero limit per page size the node has) need the hugetlb
+/// controller; without it crun could not place the container at all, so
+/// they are omitted, as on a node without hugepages.
+pub fn oci_resources(
+    r: Option<&LinuxContainerResources>,
+    pids_limit: i64,
+    controllers: Controllers,
+) -> Value {
     let mut out = serde_json::Map::new();
     if let Some(r) = r {
         let mut cpu = serde_json::Map::new();
@@ -431,10 +469,16 @@ pub fn oci_resources(r: Option<&LinuxContainerResources>, pids_limit: i64, v2: b
             .iter()
             .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
             .collect();
-        if !hugepages.is_empty() {
+        if !hugepages.is_empty() && controllers.hugetlb {
             out.insert("hugepageLimits".into(), Value::Array(hugepages));
+        } else if !hugepages.is_empty() {
+            HUGEPAGES_OMITTED.call_once(|| {
+                tracing::warn!(
+                    "hugepage limits are omitted: the delegated cgroup subtree has no hugetlb controller"
+                )
+            });
         }
-        if v2 && !r.unified.is_empty() {
+        if controllers.v2 && !r.unified.is_empty() {
             out.insert("unified".into(), json!(r.unified));
         }
     }
@@ -574,9 +618,23 @@ mod tests {
             cpu_period: 100_000,
             memory_limit_in_bytes: 64 << 20,
             unified: [("memory.high".to_owned(), "50M".to_owned())].into(),
+            hugepage_limits: vec![ucri_cri_api::v1::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
             ..Default::default()
         };
-        let v1 = oci_resources(Some(&r), 64, false);
+        let plain_v1 = Controllers::default();
+        let v1 = oci_resources(Some(&r), 64, plain_v1);
+        assert!(v1.get("hugepageLimits").is_none(), "no hugetlb controller");
+        let with_hugetlb = Controllers {
+            v2: false,
+            hugetlb: true,
+        };
+        assert_eq!(
+            oci_resources(Some(&r), 64, with_hugetlb)["hugepageLimits"],
+            json!([{"pageSize": "2MB", "limit": 0}])
+        );
         assert_eq!(
             v1["cpu"],
             json!({"shares": 512, "quota": 50000, "period": 100000})
@@ -585,10 +643,17 @@ mod tests {
         assert_eq!(v1["pids"], json!({"limit": 64}));
         assert!(v1.get("unified").is_none());
         assert_eq!(
-            oci_resources(Some(&r), 0, true)["unified"]["memory.high"],
+            oci_resources(
+                Some(&r),
+                0,
+                Controllers {
+                    v2: true,
+                    hugetlb: false
+                }
+            )["unified"]["memory.high"],
             "50M"
         );
-        assert_eq!(oci_resources(None, 0, false), json!({}));
+        assert_eq!(oci_resources(None, 0, plain_v1), json!({}));
         let parsed: oci_spec::runtime::LinuxResources =
             serde_json::from_value(v1).expect("valid OCI resources");
         assert_eq!(parsed.pids().as_ref().map(|p| p.limit()), Some(64));

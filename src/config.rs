@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// `[node]`: the node directories a rootless kubelet writes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Paths made writable in the daemon's mount namespace (where `ucri
@@ -61,6 +61,49 @@ pub struct NodeConfig {
     /// `["/var/lib/kubelet", "/var/log/pods", "/var/log/containers"]`.
     #[serde(default)]
     pub writable: Vec<PathBuf>,
+    /// The node's address (its InternalIP), assigned inside the node
+    /// namespace so kubelet takes it as `--node-ip`: `"auto"` (the host's
+    /// own address, that of its default route), an IP address, or `"none"`.
+    #[serde(default = "default_node_address")]
+    pub address: String,
+    /// TCP ports published on the host and forwarded to the node
+    /// namespace's loopback: the ports the control plane dials, e.g.
+    /// kubelet's `[10250]`.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// TCP ports of the host's loopback that also answer on the node
+    /// namespace's 127.0.0.1, e.g. an API server's `[6443]`.
+    #[serde(default)]
+    pub host_loopback_ports: Vec<u16>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            writable: Vec::new(),
+            address: default_node_address(),
+            ports: Vec::new(),
+            host_loopback_ports: Vec::new(),
+        }
+    }
+}
+
+fn default_node_address() -> String {
+    "auto".into()
+}
+
+impl NodeConfig {
+    /// The node's address as configured: `Ok(None)` for `"none"` (or
+    /// `"auto"` on a host without a default route).
+    pub fn resolved_address(&self) -> Result<Option<std::net::IpAddr>, String> {
+        match self.address.as_str() {
+            "auto" => Ok(ucri_net::node::host_address()),
+            "none" => Ok(None),
+            other => other.parse().map(Some).map_err(|_| {
+                format!("[node] address {other:?} is not \"auto\", \"none\" or an IP address")
+            }),
+        }
+    }
 }
 
 /// `[streaming]`: where `kubectl exec`/`attach`/`port-forward` streams go.
@@ -338,6 +381,23 @@ impl Config {
                  cgroupDriver must match)",
             ));
         }
+        if !matches!(self.node.address.as_str(), "auto" | "none")
+            && self.node.address.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(invalid(
+                "merged configuration",
+                &format!(
+                    "node.address {:?} is not \"auto\", \"none\" or an IP address",
+                    self.node.address
+                ),
+            ));
+        }
+        if self.node.ports.contains(&0) || self.node.host_loopback_ports.contains(&0) {
+            return Err(invalid(
+                "merged configuration",
+                "node.ports and node.host_loopback_ports take port numbers from 1 to 65535",
+            ));
+        }
         Ok(())
     }
 
@@ -428,6 +488,26 @@ mod tests {
         std::fs::write(&main, "[runtime]\ncgroup_driver = \"systemd\"\n").expect("write");
         let err = Config::load(&d, &main).expect_err("systemd");
         assert!(err.to_string().contains("cgroup_driver"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_node_address_or_port_is_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let d = dirs(tmp.path());
+        let main = d.config_dir.join("ucri.toml");
+        std::fs::create_dir_all(&d.config_dir).expect("mkdir");
+        std::fs::write(&main, "[node]\naddress = \"my-host\"\n").expect("write");
+        let err = Config::load(&d, &main).expect_err("a name is not an address");
+        assert!(err.to_string().contains("node.address"), "{err}");
+        std::fs::write(&main, "[node]\nports = [0]\n").expect("write");
+        let err = Config::load(&d, &main).expect_err("port 0");
+        assert!(err.to_string().contains("node.ports"), "{err}");
+        std::fs::write(&main, "[node]\naddress = \"192.0.2.7\"\nports = [10250]\n").expect("write");
+        let c = Config::load(&d, &main).expect("an address and a port");
+        assert_eq!(
+            c.node.resolved_address().expect("address"),
+            Some("192.0.2.7".parse().expect("ip"))
+        );
     }
 
     #[test]

@@ -310,6 +310,14 @@ pub fn network_options(config: &Config) -> ucri_net::NetworkOptions {
         cni_plugin_dirs: net.cni_plugin_dirs.clone(),
         runtime_dir: config.daemon.runtime_dir.clone(),
         cni_check_interval: std::time::Duration::from_secs(net.cni_check_seconds.max(1)),
+        node: ucri_net::node::NodeOptions {
+            address: config.node.resolved_address().unwrap_or_else(|why| {
+                tracing::error!(%why, "the node namespace gets no address");
+                None
+            }),
+            published_ports: config.node.ports.clone(),
+            host_loopback_ports: config.node.host_loopback_ports.clone(),
+        },
     }
 }
 

@@ -15,7 +15,8 @@ use ucri_rootless::rundir::RuntimeDir;
 
 use crate::config::Config;
 
-/// Replaces this process with `command` inside the namespaces; returns only on error.
+/// Replaces this process with `command` inside the namespaces; returns only
+/// on error. In the node namespace, `UCRI_NODE_IP` holds the node's address.
 pub fn run(config: &Config, command: Vec<String>, uplink: bool) -> anyhow::Result<i32> {
     let dir = RuntimeDir::new(&config.daemon.runtime_dir);
     let holder = HolderRecord::load_live(&dir)?.ok_or_else(|| {
@@ -38,6 +39,13 @@ pub fn run(config: &Config, command: Vec<String>, uplink: bool) -> anyhow::Resul
     }
     let mut cmd = Command::new(&program);
     cmd.args(&args);
+    if uplink {
+        // What kubelet takes as --node-ip: the address the daemon assigns
+        // inside the node namespace (`[node] address`).
+        if let Ok(Some(address)) = config.node.resolved_address() {
+            cmd.env("UCRI_NODE_IP", address.to_string());
+        }
+    }
     namespaces.apply_to(&mut cmd);
     let err = cmd.exec();
     Err(anyhow!(

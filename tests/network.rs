@@ -753,3 +753,91 @@ fn a_broken_attachment_shows_in_the_background_cni_check() {
     stop_pod(sb, &pod);
     remove_pod(sb, &pod);
 }
+
+/// The host's own address as its routing table picks it (what `[node]
+/// address = "auto"` gives the node namespace).
+fn host_address() -> Ipv4Addr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    socket
+        .connect("203.0.113.1:9")
+        .expect("this test needs a default route");
+    match socket.local_addr().expect("local address").ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("this test needs an IPv4 host address, not {other}"),
+    }
+}
+
+/// Serves one fixed HTTP body on the host's 127.0.0.1 until dropped.
+fn host_loopback_server(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut client in listener.incoming().flatten().take(16) {
+            let mut request = [0u8; 1024];
+            let _ = client.read(&mut request);
+            let _ = write!(client, "HTTP/1.0 200 OK\r\n\r\n{body}\n");
+        }
+    });
+    port
+}
+
+#[test]
+fn the_node_namespace_has_the_node_address_and_its_ports_linked_to_the_host() {
+    let node_port = free_port();
+    let api_port = host_loopback_server("from-the-hosts-loopback");
+    let config = format!("[node]\nports = [{node_port}]\nhost_loopback_ports = [{api_port}]\n");
+    let e = env_with_config("net-node", &config);
+    let sb = &e.sb;
+    let address = host_address();
+
+    let lo = in_uplink(sb, &["ip", "-4", "-o", "address", "show", "dev", "lo"]);
+    assert!(
+        lo.contains(&format!("{address}/32")),
+        "the node address {address} is on the node namespace's lo: {lo}"
+    );
+    let told = in_uplink(sb, &["sh", "-c", "echo \"$UCRI_NODE_IP\""]);
+    assert_eq!(
+        told.trim(),
+        address.to_string(),
+        "UCRI_NODE_IP for kubelet's --node-ip"
+    );
+
+    // A kubeconfig's https://127.0.0.1:PORT works inside the node namespace.
+    let inside = in_uplink(
+        sb,
+        &[
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://127.0.0.1:{api_port}/"),
+        ],
+    );
+    assert_eq!(inside.trim(), "from-the-hosts-loopback");
+
+    // kubelet's port, published on the host: it answers at the node address.
+    let www = sb.root.join("node-www");
+    sb.write_user_file(&www.join("index.html"), "kubelet-stand-in\n");
+    let mut server = sb
+        .ucri(&["nsenter", "--", "busybox", "httpd", "-f", "-p"])
+        .arg(format!("127.0.0.1:{node_port}"))
+        .arg("-h")
+        .arg(&www)
+        .spawn()
+        .expect("httpd in the node namespace");
+    let at_node_address = http_get_eventually((address, node_port));
+    let on_loopback = http_get((Ipv4Addr::LOCALHOST, node_port));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(at_node_address.trim(), "kubelet-stand-in");
+    assert_eq!(
+        on_loopback.as_deref().map(str::trim),
+        Some("kubelet-stand-in")
+    );
+
+    let info = runtime_status(sb);
+    let info = info.info.get("network").expect("network info");
+    assert!(
+        info.contains(&format!("\"address\":\"{address}\"")),
+        "Status shows the node address: {info}"
+    );
+}

@@ -6,6 +6,7 @@ pub mod cni;
 pub mod discover;
 pub mod hostport;
 pub mod manager;
+pub mod node;
 mod splice;
 pub mod uplink;
 

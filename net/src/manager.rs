@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::cni::{self, Attachment, Cni};
 use crate::hostport::{self, HostPorts, PortMapping};
+use crate::node::NodeLinks;
 use crate::uplink::{Uplink, UplinkKind, UplinkOptions, UPLINK_DNS};
 use crate::NetError;
 
@@ -26,6 +27,8 @@ pub struct NetworkOptions {
     pub runtime_dir: PathBuf,
     /// How often every attached pod gets a CNI CHECK.
     pub cni_check_interval: std::time::Duration,
+    /// The node namespace's address and its ports linked to the host.
+    pub node: crate::node::NodeOptions,
 }
 
 /// One pod, as networking needs it.
@@ -84,6 +87,7 @@ pub struct Network {
     uplink: Uplink,
     cni: Cni,
     ports: HostPorts,
+    node: NodeLinks,
     /// The node's pod CIDRs from kubelet (UpdateRuntimeConfig), as CNI
     /// `ipRanges`; empty until kubelet sends them.
     pod_cidrs: std::sync::RwLock<Vec<String>>,
@@ -167,6 +171,7 @@ impl Network {
         if let Err(e) = uplink.ensure() {
             tracing::error!(%e, "the uplink namespace is not usable: pods cannot get a network");
         }
+        let node = NodeLinks::open(options.node.clone(), &uplink.netns(), &ports);
         let pod_cidrs = std::fs::read_to_string(pod_cidr_file(&options))
             .ok()
             .and_then(|t| parse_pod_cidrs(&t).ok())
@@ -176,6 +181,7 @@ impl Network {
             uplink,
             cni,
             ports,
+            node,
             pod_cidrs: std::sync::RwLock::new(pod_cidrs),
             checks: std::sync::Mutex::new(Checks::default()),
         }
@@ -273,6 +279,11 @@ impl Network {
 
     fn read_cidrs(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
         self.pod_cidrs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node namespace's links to the host (its address, node ports).
+    pub fn node(&self) -> &NodeLinks {
+        &self.node
     }
 
     /// The uplink namespace's pin.
@@ -491,6 +502,7 @@ impl Network {
                 "log": self.uplink.log_path(),
                 "problem": self.uplink.problem(),
             },
+            "node": self.node.describe(),
             "cniConfigDir": self.options.cni_config_dir,
             "cniPluginDirs": self.options.cni_plugin_dirs,
             "network": network,

@@ -51,10 +51,13 @@ impl Lifecycle {
             tracing::warn!(%e, %path, "preparing the container's cgroup parent");
         }
         let requested = config.linux.as_ref().and_then(|l| l.resources.as_ref());
-        let v2 = matches!(self.cgroups, CgroupSupport::V2 { .. });
         Some(CgroupPlacement {
             path,
-            resources: cgroups::oci_resources(requested, self.config.runtime.pids_limit, v2),
+            resources: cgroups::oci_resources(
+                requested,
+                self.config.runtime.pids_limit,
+                self.cgroups.controllers(),
+            ),
         })
     }
 
@@ -89,8 +92,11 @@ impl Lifecycle {
             tracing::warn!(container = %state.id, cgroups = %self.cgroups.describe(), "UpdateContainerResources: limits are not applied");
             return self.remember_resources(&state.id, resources);
         }
-        let v2 = matches!(self.cgroups, CgroupSupport::V2 { .. });
-        let json = cgroups::oci_resources(resources.as_ref(), self.config.runtime.pids_limit, v2);
+        let json = cgroups::oci_resources(
+            resources.as_ref(),
+            self.config.runtime.pids_limit,
+            self.cgroups.controllers(),
+        );
         let file = self
             .runtime_root
             .join("containers")

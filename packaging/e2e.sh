@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The end-to-end stage: a real kubelet (Kubernetes v1.36.2) on a rootless
+# ucri node, registered with etcd + kube-apiserver on 127.0.0.1, driven by
+# kubectl. Offline; every address dialled is on this machine.
+#
+#   packaging/e2e.sh TOOLS_DIR                 every check (packaging/e2e/checks.sh)
+#   E2E_FOCUS=REGEX packaging/e2e.sh TOOLS_DIR only the checks whose name matches
+#
+# TOOLS_DIR holds kubelet, kube-apiserver, kubectl and etcd, or the packed
+# tools with install.sh (../shared/tools in CI). What it does, as
+# docs/kubelet.md tells a user to:
+#   - the conformance stage's set-up (packaging/conformance/lib.sh): ucri
+#     (release), the stand-in images in a docker-registry on 127.0.0.1, the
+#     test user ucri-critest (subordinate ids, delegated cgroups);
+#   - a control plane on 127.0.0.1 (packaging/e2e/control-plane.sh: certs by
+#     openssl, etcd, kube-apiserver; no scheduler or controller-manager, so
+#     pods carry nodeName and the test creates what controllers would);
+#   - ucri with a [node] section: kubelet's directories writable, kubelet's
+#     port published on the host, the API server's port reachable inside;
+#   - kubelet as the test user through `ucri nsenter`, with --node-ip
+#     "$UCRI_NODE_IP" (the host's own address, assigned inside the node
+#     namespace), then the checks.
+# Output: target/e2e/{e2e.log,kubelet.log,daemon.log,apiserver.log,...}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOP=$PWD
+
+TOOLS=${1:?usage: e2e.sh TOOLS_DIR}
+TOOLS=$(cd "$TOOLS" && pwd)
+STAGE=e2e
+OUT=$TOP/target/e2e
+rm -rf "$OUT"
+mkdir -p "$OUT"
+NODE=ucri-e2e
+
+# shellcheck source=conformance/lib.sh
+. packaging/conformance/lib.sh
+# shellcheck source=e2e/control-plane.sh
+. packaging/e2e/control-plane.sh
+
+stage_cleanup() {
+  stop_kubelet
+  cp_stop
+  for f in apiserver.log etcd.log; do cp "$WORK/cp/$f" "$OUT/" 2>/dev/null || true; done
+}
+
+control_plane() {
+  mkdir -p "$WORK/cp"
+  cp_start "$TOOLS_BIN" "$WORK/cp" "$NODE" "$RUN_USER" || die "the control plane did not start"
+  KUBELET_PORT=$(free_port)
+}
+
+# The ucri configuration the guide gives a node (docs/kubelet.md).
+node_config() {
+  cat <<EOF
+[node]
+writable = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"]
+ports = [$KUBELET_PORT]
+host_loopback_ports = [$CP_APISERVER_PORT]
+EOF
+}
+
+# kubelet's configuration for this host (cgroup v1 or v2), as in the guide.
+kubelet_config() {
+  local cgroup_v1=false
+  [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || cgroup_v1=true
+  cat <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+featureGates:
+  KubeletInUserNamespace: true
+failCgroupV1: $( [ "$cgroup_v1" = true ] && echo false || echo true )
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+containerRuntimeEndpoint: unix://$SOCK
+imageServiceEndpoint: unix://$SOCK
+failSwapOn: false
+port: $KUBELET_PORT
+podLogsDir: /var/log/pods
+staticPodPath: /etc/kubernetes/manifests
+resolvConf: /etc/resolv.conf
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $CP_DIR/pki/ca.crt}
+authorization:
+  mode: Webhook
+serializeImagePulls: false
+syncFrequency: 10s
+fileCheckFrequency: 5s
+nodeStatusUpdateFrequency: 5s
+imageGCHighThresholdPercent: 100
+evictionHard: # a test machine's disk may be fuller than kubelet's defaults allow
+  memory.available: "1Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+  nodefs.inodesFree: "1%"
+EOF
+}
+
+start_kubelet() {
+  kubelet_config >"$WORK/kubelet-config.yaml"
+  chmod 0644 "$WORK/kubelet-config.yaml"
+  # shellcheck disable=SC2016 # expanded inside the node namespace
+  "${AS[@]}" "$WORK/ucri" nsenter -- sh -c 'exec "$0" --node-ip="$UCRI_NODE_IP" "$@"' \
+    "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" \
+    --kubeconfig "$CP_KUBELET_KUBECONFIG" --hostname-override "$NODE" \
+    >>"$OUT/kubelet.log" 2>&1 &
+  KUBELET=$!
+}
+
+stop_kubelet() {
+  [ -n "${KUBELET:-}" ] || return 0
+  kill -TERM "$KUBELET" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$KUBELET" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$KUBELET" 2>/dev/null || true
+  wait "$KUBELET" 2>/dev/null || true
+  KUBELET=
+}
+
+restart_daemon() {
+  kill -TERM "$DAEMON" 2>/dev/null || true
+  wait "$DAEMON" 2>/dev/null || true
+  daemon
+}
+
+TOOLS_BIN=$(dirname "$(tool_binary kubelet)")
+for tool in kube-apiserver kubectl etcd; do tool_binary "$tool" >/dev/null; done
+# The daemon starts after the control plane: its [node] section names the
+# API server's port.
+STAGE_DEFER_DAEMON=1
+setup "$TOOLS_BIN/kubelet" "$TOOLS_BIN/kubectl"
+control_plane
+STAGE_CONFIG=$(node_config)
+printf '%s\n' "$STAGE_CONFIG" >"$WORK/home/.config/ucri/ucri.toml"
+[ "$(id -u)" -ne 0 ] || chown "$RUN_USER:" "$WORK/home/.config/ucri/ucri.toml"
+daemon
+start_kubelet
+
+# shellcheck source=e2e/checks.sh
+. packaging/e2e/checks.sh
+run_checks "${E2E_FOCUS:-}"
