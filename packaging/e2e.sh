@@ -40,6 +40,7 @@ NODE=ucri-e2e
 
 stage_cleanup() {
   stop_kubelet
+  DAEMON=$(cat "$WORK/daemon.pid" 2>/dev/null || echo "${DAEMON:-}")
   cp_stop
   for f in apiserver.log etcd.log; do cp "$WORK/cp/$f" "$OUT/" 2>/dev/null || true; done
 }
@@ -48,6 +49,7 @@ control_plane() {
   mkdir -p "$WORK/cp"
   cp_start "$TOOLS_BIN" "$WORK/cp" "$NODE" "$RUN_USER" || die "the control plane did not start"
   KUBELET_PORT=$(free_port)
+  METRICS_PORT=$(free_port)
 }
 
 # The ucri configuration the guide gives a node (docs/kubelet.md).
@@ -57,6 +59,10 @@ node_config() {
 writable = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"]
 ports = [$KUBELET_PORT]
 host_loopback_ports = [$CP_APISERVER_PORT]
+
+[metrics]
+enabled = true
+address = "127.0.0.1:$METRICS_PORT"
 EOF
 }
 
@@ -104,25 +110,38 @@ start_kubelet() {
   chmod 0644 "$WORK/kubelet-config.yaml"
   # shellcheck disable=SC2016 # expanded inside the node namespace
   "${AS[@]}" "$WORK/ucri" nsenter -- sh -c 'exec "$0" --node-ip="$UCRI_NODE_IP" "$@"' \
-    "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" \
+    "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" -v="${E2E_KUBELET_VERBOSITY:-0}" \
     --kubeconfig "$CP_KUBELET_KUBECONFIG" --hostname-override "$NODE" \
     >>"$OUT/kubelet.log" 2>&1 &
   KUBELET=$!
+  echo "$KUBELET" >"$WORK/kubelet.pid"
+}
+
+# stop_process PID SECONDS: TERM, then KILL after SECONDS; returns once gone.
+# (The checks run in subshells: PID need not be this shell's child.)
+stop_process() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq $(($2 * 10))); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
 }
 
 stop_kubelet() {
-  [ -n "${KUBELET:-}" ] || return 0
-  kill -TERM "$KUBELET" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$KUBELET" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$KUBELET" 2>/dev/null || true
-  wait "$KUBELET" 2>/dev/null || true
+  KUBELET=$(cat "$WORK/kubelet.pid" 2>/dev/null || true)
+  stop_process "$KUBELET" 10
+  rm -f "$WORK/kubelet.pid"
   KUBELET=
 }
 
+# A ucri restart keeps pods and containers (the holder keeps the namespaces,
+# conmon the containers).
 restart_daemon() {
-  kill -TERM "$DAEMON" 2>/dev/null || true
-  wait "$DAEMON" 2>/dev/null || true
+  DAEMON=$(cat "$WORK/daemon.pid")
+  stop_process "$DAEMON" 30
+  mv "$OUT/daemon.log" "$OUT/daemon.before-restart.log"
   daemon
+  echo "$DAEMON" >"$WORK/daemon.pid"
 }
 
 TOOLS_BIN=$(dirname "$(tool_binary kubelet)")
@@ -136,6 +155,7 @@ STAGE_CONFIG=$(node_config)
 printf '%s\n' "$STAGE_CONFIG" >"$WORK/home/.config/ucri/ucri.toml"
 [ "$(id -u)" -ne 0 ] || chown "$RUN_USER:" "$WORK/home/.config/ucri/ucri.toml"
 daemon
+echo "$DAEMON" >"$WORK/daemon.pid"
 start_kubelet
 
 # shellcheck source=e2e/checks.sh

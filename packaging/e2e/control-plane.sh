@@ -187,7 +187,12 @@ cp_start() {
   {
     cp_kubectl -n default create serviceaccount default --dry-run=client -o yaml | cp_kubectl apply -f - &&
     cp_kubectl -n default create configmap kube-root-ca.crt --from-file=ca.crt="$p/ca.crt" --dry-run=client -o yaml |
-      cp_kubectl apply -f -
+      cp_kubectl apply -f - &&
+    # This kube-apiserver is built from the openshift/kubernetes tree: its
+    # service-account admission projects openshift-service-ca.crt too, which
+    # OpenShift's service-ca operator would publish.
+    cp_kubectl -n default create configmap openshift-service-ca.crt --from-file=service-ca.crt="$p/ca.crt" \
+      --dry-run=client -o yaml | cp_kubectl apply -f -
   } >"$klog" 2>&1 || { _cp_fail "creating ServiceAccount default / ConfigMap kube-root-ca.crt" "$klog"; return 1; }
   _cp_log "up in $((SECONDS - t0))s: apiserver https://127.0.0.1:$CP_APISERVER_PORT (pid $CP_APISERVER_PID), etcd $eu (pid $CP_ETCD_PID), dir $CP_DIR"
 }
