@@ -52,62 +52,36 @@ control_plane() {
   METRICS_PORT=$(free_port)
 }
 
-# The ucri configuration the guide gives a node (docs/kubelet.md).
+# The ucri configuration the guide gives a node (docs/kubelet.md), with the
+# stage's metrics endpoint.
 node_config() {
-  cat <<EOF
-[node]
-writable = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"]
-ports = [$KUBELET_PORT]
-host_loopback_ports = [$CP_APISERVER_PORT]
-
-[metrics]
-enabled = true
-address = "127.0.0.1:$METRICS_PORT"
-EOF
+  packaging/kubelet/render.sh ucri-node --port "$KUBELET_PORT" --api-port "$CP_APISERVER_PORT"
+  printf '\n[metrics]\nenabled = true\naddress = "127.0.0.1:%s"\n' "$METRICS_PORT"
 }
 
-# kubelet's configuration for this host (cgroup v1 or v2), as in the guide.
+# kubelet's configuration as the guide renders it, then what only a test
+# wants: faster syncs, a machine's nearly full disk tolerated.
 kubelet_config() {
-  local cgroup_v1=false
-  [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || cgroup_v1=true
-  cat <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-featureGates:
-  KubeletInUserNamespace: true
-failCgroupV1: $( [ "$cgroup_v1" = true ] && echo false || echo true )
-cgroupDriver: cgroupfs
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
-containerRuntimeEndpoint: unix://$SOCK
-imageServiceEndpoint: unix://$SOCK
-failSwapOn: false
-port: $KUBELET_PORT
-podLogsDir: /var/log/pods
-staticPodPath: /etc/kubernetes/manifests
-resolvConf: /etc/resolv.conf
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: $CP_DIR/pki/ca.crt}
-authorization:
-  mode: Webhook
+  packaging/kubelet/render.sh kubelet-config --socket "$SOCK" --port "$KUBELET_PORT" \
+    --client-ca "$CP_DIR/pki/ca.crt" >"$WORK/kubelet-config.yaml"
+  cat >>"$WORK/kubelet-config.yaml" <<EOF
+# the e2e stage's additions
 serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 5s
 imageGCHighThresholdPercent: 100
-evictionHard: # a test machine's disk may be fuller than kubelet's defaults allow
+evictionHard:
   memory.available: "1Mi"
   nodefs.available: "1%"
   imagefs.available: "1%"
   nodefs.inodesFree: "1%"
 EOF
+  chmod 0644 "$WORK/kubelet-config.yaml"
 }
 
 start_kubelet() {
-  kubelet_config >"$WORK/kubelet-config.yaml"
-  chmod 0644 "$WORK/kubelet-config.yaml"
+  kubelet_config
   # shellcheck disable=SC2016 # expanded inside the node namespace
   "${AS[@]}" "$WORK/ucri" nsenter -- sh -c 'exec "$0" --node-ip="$UCRI_NODE_IP" "$@"' \
     "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" -v="${E2E_KUBELET_VERBOSITY:-0}" \

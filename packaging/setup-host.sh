@@ -26,7 +26,7 @@ RUNTIME_PACKAGES=(uidmap fuse-overlayfs fuse3 slirp4netns passt crun runc conmon
   containernetworking-plugins iptables catatonit util-linux procps iproute2)
 BUILD_PACKAGES=(protobuf-compiler gcc ca-certificates busybox-static curl)
 TEST_PACKAGES=(docker-registry skopeo busybox-static jq protobuf-compiler gcc libc6-dev
-  ca-certificates curl apache2-utils zstd openssl xz-utils python3 python3-venv)
+  ca-certificates curl apache2-utils zstd openssl xz-utils python3 python3-venv bsdutils)
 RANGE_SIZE=65536
 # The daemon's own containers take 65,536 ids, and so does each pod with a
 # user namespace of its own (kubelet's hostUsers: false): 8 such pods.
