@@ -6,7 +6,7 @@ use std::process::Command;
 
 use common::*;
 
-const EXPECTED_CHECKS: [&str; 22] = [
+const EXPECTED_CHECKS: [&str; 23] = [
     "catatonit",
     "storage_driver",
     "kernel",
@@ -28,6 +28,7 @@ const EXPECTED_CHECKS: [&str; 22] = [
     "uplink.pasta",
     "cni_plugins",
     "iptables",
+    "node",
     "runtime_dir",
 ];
 

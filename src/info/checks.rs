@@ -42,8 +42,42 @@ pub fn all(config: &Config) -> Vec<Check> {
     checks.push(uplink_state(config));
     checks.push(iptables());
     checks.push(cgroups(config));
+    checks.push(node(config));
     checks.push(runtime_dir(config));
     checks
+}
+
+/// The node namespace's address (kubelet's --node-ip) and its links to the host.
+fn node(config: &Config) -> Check {
+    let node = &config.node;
+    let links = format!(
+        "published on the host: {:?}; host loopback ports inside: {:?}",
+        node.ports, node.host_loopback_ports
+    );
+    match node.resolved_address() {
+        Ok(Some(address)) => Check::ok(
+            "node",
+            format!(
+                "address {address} (kubelet --node-ip; UCRI_NODE_IP under ucri nsenter); {links}"
+            ),
+        ),
+        Ok(None) if node.address == "none" => Check::ok(
+            "node",
+            format!("no address (node.address = \"none\"); {links}"),
+        ),
+        Ok(None) => Check::bad(
+            "node",
+            Verdict::Warning,
+            format!("no default route, so no address for the node; {links}"),
+            "set [node] address to an address of this host that the control plane reaches",
+        ),
+        Err(why) => Check::bad(
+            "node",
+            Verdict::Error,
+            why,
+            "fix [node] address in ucri.toml",
+        ),
+    }
 }
 
 fn kernel() -> Check {
