@@ -80,12 +80,22 @@ EOF
   chmod 0644 "$WORK/kubelet-config.yaml"
 }
 
+# start_kubelet [standalone]: registered with the API server, or with static
+# pods only (no kubeconfig, no client CA), as the guide's steps 3b and 3a.
 start_kubelet() {
-  kubelet_config
+  local registered=(--kubeconfig "$CP_KUBELET_KUBECONFIG")
+  if [ "${1:-}" = standalone ]; then
+    packaging/kubelet/render.sh kubelet-config --socket "$SOCK" --port "$KUBELET_PORT" \
+      >"$WORK/kubelet-config.yaml"
+    chmod 0644 "$WORK/kubelet-config.yaml"
+    registered=()
+  else
+    kubelet_config
+  fi
   # shellcheck disable=SC2016 # expanded inside the node namespace
   "${AS[@]}" "$WORK/ucri" nsenter -- sh -c 'exec "$0" --node-ip="$UCRI_NODE_IP" "$@"' \
     "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" -v="${E2E_KUBELET_VERBOSITY:-0}" \
-    --kubeconfig "$CP_KUBELET_KUBECONFIG" --hostname-override "$NODE" \
+    "${registered[@]}" --hostname-override "$NODE" \
     >>"$OUT/kubelet.log" 2>&1 &
   KUBELET=$!
   echo "$KUBELET" >"$WORK/kubelet.pid"

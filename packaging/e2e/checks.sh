@@ -454,6 +454,37 @@ PY
   K delete pods -l e2e=burst --grace-period=1 --wait=true --timeout=180s >/dev/null || return 1
 }
 
+# ---- standalone: static pods without an API server (last: it replaces kubelet) ----
+
+# ucri_ready_pod NAME: the id of the ready pod sandbox NAME, from ucri's side.
+ucri_ready_pod() {
+  "${AS[@]}" "$WORK/ucri" ctl pods -o json | python3 -c '
+import json, sys
+items = json.load(sys.stdin).get("items") or []
+print("\n".join(p["id"] for p in items if p["metadata"]["name"] == sys.argv[1] and p.get("state", 0) == 0))' "$1"
+}
+
+alone_running() {
+  local id
+  id=$(ucri_ready_pod "alone-$NODE")
+  [ -n "$id" ] && [ -n "$("${AS[@]}" "$WORK/ucri" ctl ps -q --pod "$id")" ]
+}
+
+alone_stopped() { [ -z "$(ucri_ready_pod "alone-$NODE")" ]; }
+
+check_standalone_static_pod() {
+  stop_kubelet
+  start_kubelet standalone
+  pod_yaml alone 'echo standalone; sleep 3600' | sed "/nodeName:/d" >"$WORK/alone.yaml"
+  chmod 0644 "$WORK/alone.yaml"
+  "${AS[@]}" "$WORK/ucri" nsenter -- sh -c "mkdir -p /etc/kubernetes/manifests && cp $WORK/alone.yaml /etc/kubernetes/manifests/"
+  wait_for 90 "the standalone kubelet's static pod to run" alone_running \
+    || { "${AS[@]}" "$WORK/ucri" ctl pods >&2; return 1; }
+  "${AS[@]}" "$WORK/ucri" nsenter -- rm -f /etc/kubernetes/manifests/alone.yaml
+  wait_for 60 "the static pod to stop once its manifest is gone" alone_stopped || return 1
+  stop_kubelet
+}
+
 # Every check, in order (later ones use what earlier ones started).
 CHECKS=(
   node_ready
@@ -469,6 +500,7 @@ CHECKS=(
   static_pod
   restarts_then_clean_deletion
   pods_at_once
+  standalone_static_pod
 )
 
 run_checks() {
