@@ -1221,7 +1221,7 @@ fn image_volumes_with_sub_paths_and_stop_signals_take_effect() {
     let id = create(sb, &pod, graceful, &pod_cfg).expect("create");
     start(sb, &id).expect("start");
     let log = status(sb, &id).expect("status").log_path;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
         .contains("ready")
@@ -1505,5 +1505,49 @@ fn create_container_uses_the_stored_pod_not_the_requests_copy() {
         !elsewhere.exists(),
         "nothing written where the request pointed"
     );
+    remove_pod(sb, &pod);
+}
+
+/// Zombie children of `pid` (state Z in /proc/*/stat).
+fn zombies_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            let mut fields = after.split_whitespace();
+            fields.next() == Some("Z") && fields.next() == Some(pid.to_string().as_str())
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_create_leaves_no_conmon_zombie() {
+    let e = env("lc-zombie");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "zombie");
+    let pod = run_pod(sb, &pod_cfg).expect("RunPodSandbox");
+    let daemon = sb.daemon_pid();
+    for n in 0..3 {
+        let mut config = container_config(&e.image, &format!("bad{n}"), "true");
+        config.command = vec!["/no/such/program".into()];
+        config.args = Vec::new();
+        let err = create(sb, &pod, config, &pod_cfg).expect_err("no such program");
+        assert!(err.message().contains("/no/such/program"), "{err:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let zombies = zombies_of(daemon);
+        if zombies.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon keeps zombie children after failed creates: {zombies:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_pod(sb, &pod);
     remove_pod(sb, &pod);
 }

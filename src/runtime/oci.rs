@@ -298,6 +298,35 @@ pub fn split_cri_log(log: &str) -> (Vec<u8>, Vec<u8>) {
     (stdout, stderr)
 }
 
+/// How long a monitor whose create failed may take to exit.
+const FAILED_MONITOR_EXIT: Duration = Duration::from_secs(60);
+
+/// Reaps, in the background, the conmon monitor of a create that failed.
+fn reap_failed_monitor(pid_file: &std::path::Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+    else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = std::thread::Builder::new()
+        .name("reap-conmon".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + FAILED_MONITOR_EXIT;
+            while std::time::Instant::now() < deadline {
+                match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    _ => return,
+                }
+            }
+            tracing::warn!(%pid, "the monitor of a failed create did not exit");
+        });
+}
+
 /// How long conmon may take to create a container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -336,11 +365,19 @@ impl OciPaths {
             spawn_with_sync_pipe(cmd, &self.conmon, &args.bundle.join("conmon.stderr"))?;
         let read = read_sync_message(&mut sync_read);
         let _ = child.wait();
-        let reply = read.map_err(|source| LifecycleError::Io {
-            context: "reading conmon's sync pipe".into(),
-            source,
-        })?;
-        self.parse_sync(&reply, args)
+        let created = read
+            .map_err(|source| LifecycleError::Io {
+                context: "reading conmon's sync pipe".into(),
+                source,
+            })
+            .and_then(|reply| self.parse_sync(&reply, args));
+        if created.is_err() {
+            // The monitor conmon forked exits once it reported the failure;
+            // it re-parented to the daemon (the subreaper), and no container
+            // record will ever reap it.
+            reap_failed_monitor(&args.bundle.join("conmon.pid"));
+        }
+        created
     }
 
     fn parse_sync(&self, reply: &str, args: &CreateArgs<'_>) -> Result<Created, LifecycleError> {
