@@ -1551,3 +1551,33 @@ fn a_failed_create_leaves_no_conmon_zombie() {
     stop_pod(sb, &pod);
     remove_pod(sb, &pod);
 }
+
+#[test]
+fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
+    let e = env("lc-names");
+    let sb = &e.sb;
+    let pods_before = sb.runtime_dir().join("pods");
+    for bad in [
+        "web\0x".to_owned(),
+        "n".repeat(1 << 20),
+        "line\nbreak".to_owned(),
+    ] {
+        let mut config = pod_config(sb, "names");
+        config.metadata.as_mut().expect("metadata").name = bad.clone();
+        let err = run_pod(sb, &config).expect_err("a bad pod name");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().len() < 1024, "the error stays short");
+    }
+    assert!(
+        std::fs::read_dir(&pods_before).map_or(true, |d| d.count() == 0),
+        "refused pods left nothing"
+    );
+    let pod_cfg = pod_config(sb, "names");
+    let pod = run_pod(sb, &pod_cfg).expect("RunPodSandbox");
+    let mut config = container_config(&e.image, "c\0d", "true");
+    config.metadata.as_mut().expect("metadata").name = "c\0d".into();
+    let err = create(sb, &pod, config, &pod_cfg).expect_err("a NUL in the container name");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}

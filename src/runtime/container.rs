@@ -50,6 +50,7 @@ impl Lifecycle {
                 "container metadata needs a name".into(),
             ));
         }
+        super::check_metadata_field("the container name", &name)?;
         if ucri_cri_api::v1::Signal::try_from(config.stop_signal).is_err() {
             return Err(LifecycleError::InvalidArgument(format!(
                 "unknown stop signal {}",

@@ -331,6 +331,29 @@ fn nanos(t: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// The longest name, namespace or uid a pod or container may have (what
+/// Kubernetes allows a DNS subdomain name: longer ones never come from kubelet).
+pub const MAX_METADATA_FIELD: usize = 253;
+
+/// Checks one metadata field (`what` names it in the error): at most
+/// [`MAX_METADATA_FIELD`] bytes and no control characters (a NUL would
+/// reach paths, process arguments and logs).
+fn check_metadata_field(what: &str, value: &str) -> Result<(), LifecycleError> {
+    if value.len() > MAX_METADATA_FIELD {
+        return Err(LifecycleError::InvalidArgument(format!(
+            "{what} is {} bytes long; at most {MAX_METADATA_FIELD} are allowed",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(LifecycleError::InvalidArgument(format!(
+            "{what} {:?} contains a control character",
+            value
+        )));
+    }
+    Ok(())
+}
+
 /// A new random 64-hex-digit ID; an error, never a predictable id, when the
 /// kernel's generator cannot be read.
 fn new_id() -> Result<String, LifecycleError> {

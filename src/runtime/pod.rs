@@ -25,6 +25,9 @@ impl Lifecycle {
                 "pod metadata needs a name, namespace and uid".into(),
             ));
         }
+        super::check_metadata_field("the pod name", &metadata.name)?;
+        super::check_metadata_field("the pod namespace", &metadata.namespace)?;
+        super::check_metadata_field("the pod uid", &metadata.uid)?;
         self.runtime_for(handler)?;
         let namespaces = sandbox::own_namespaces(&config);
         let port_mappings = super::network::port_mappings(&config)?;
