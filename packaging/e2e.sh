@@ -5,6 +5,7 @@
 #
 #   packaging/e2e.sh TOOLS_DIR                 every check (packaging/e2e/checks.sh)
 #   E2E_FOCUS=REGEX packaging/e2e.sh TOOLS_DIR only the checks whose name matches
+#   E2E_KUBELET_VERBOSITY=N                    kubelet's -v (default 2: pod lifecycle steps)
 #
 # TOOLS_DIR holds kubelet, kube-apiserver, kubectl and etcd, or the packed
 # tools with install.sh (../shared/tools in CI). What it does, as
@@ -94,7 +95,7 @@ start_kubelet() {
   fi
   # shellcheck disable=SC2016 # expanded inside the node namespace
   "${AS[@]}" "$WORK/ucri" nsenter -- sh -c 'exec "$0" --node-ip="$UCRI_NODE_IP" "$@"' \
-    "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" -v="${E2E_KUBELET_VERBOSITY:-0}" \
+    "$WORK/kubelet" --config "$WORK/kubelet-config.yaml" -v="${E2E_KUBELET_VERBOSITY:-2}" \
     "${registered[@]}" --hostname-override "$NODE" \
     >>"$OUT/kubelet.log" 2>&1 &
   KUBELET=$!

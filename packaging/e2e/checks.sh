@@ -451,7 +451,18 @@ print(f"{n} pods created at once (kubectl apply), all Running after {took:.1f} s
 print(f"pod start SLI (kubelet_pod_start_sli_duration_seconds) of the {len(v)} kubelet logged: "
       f"mean {statistics.mean(v):.2f} s, p50 {pick(0.5):.2f} s, p90 {pick(0.9):.2f} s, max {v[-1]:.2f} s")
 PY
-  K delete pods -l e2e=burst --grace-period=1 --wait=true --timeout=180s >/dev/null || return 1
+  K delete pods -l e2e=burst --grace-period=1 --wait=true --timeout=180s >/dev/null \
+    || { stuck_pods_report e2e=burst; return 1; }
+}
+
+# stuck_pods_report SELECTOR: what kubelet and ucri say of pods that did not go.
+stuck_pods_report() {
+  log "pods still there after deletion:"
+  K get pods -l "$1" -o wide >&2 || true
+  K get pods -l "$1" -o yaml >"$OUT/stuck-pods.yaml" 2>&1 || true
+  "${AS[@]}" "$WORK/ucri" ctl pods >&2 || true
+  "${AS[@]}" "$WORK/ucri" ctl ps -a >&2 || true
+  log "details in $OUT/stuck-pods.yaml and $OUT/kubelet.log"
 }
 
 # ---- standalone: static pods without an API server (last: it replaces kubelet) ----
