@@ -510,8 +510,20 @@ fn survives_a_daemon_restart(mut e: Env) {
     let ip = pod_ip(&e.sb, &pod);
     let helper = helper_pid(&e.sb);
 
+    let serving = e.sb.daemon_pid();
     e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
     e._daemon.wait_exit(Duration::from_secs(10));
+    // The serving child outlives its killed parent for a moment; a daemon
+    // started meanwhile finds the lock taken, while the old one still
+    // answers `Version`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(serving) {
+        assert!(
+            Instant::now() < deadline,
+            "the serving daemon {serving} outlived its killed parent by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     e._daemon = e.sb.start_daemon();
     assert_eq!(
         helper_pid(&e.sb),
