@@ -288,14 +288,7 @@ fn forward_connection(client: TcpStream, target: SocketAddr, uplink: &File) {
             return;
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = pod.set_nodelay(true);
-    let (Ok(client_back), Ok(pod_back)) = (client.try_clone(), pod.try_clone()) else {
-        return;
-    };
-    let back = std::thread::spawn(move || crate::splice::relay(&pod_back, &client_back));
-    let _ = crate::splice::relay(&client, &pod);
-    let _ = back.join();
+    crate::splice::bridge(&client, &pod);
 }
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;

@@ -234,14 +234,7 @@ fn relay_to_host(client: TcpStream, host: SocketAddr) {
             return;
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    let (Ok(client_back), Ok(upstream_back)) = (client.try_clone(), upstream.try_clone()) else {
-        return;
-    };
-    let back = std::thread::spawn(move || crate::splice::relay(&upstream_back, &client_back));
-    let _ = crate::splice::relay(&client, &upstream);
-    let _ = back.join();
+    crate::splice::bridge(&client, &upstream);
 }
 
 #[cfg(test)]

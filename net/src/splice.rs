@@ -44,6 +44,19 @@ pub fn relay(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     result
 }
 
+/// Relays both directions between two connected sockets until both ends
+/// finish (no Nagle delay on either); returns when both directions are done.
+pub fn bridge(a: &TcpStream, b: &TcpStream) {
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let (Ok(a_back), Ok(b_back)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let back = std::thread::spawn(move || relay(&b_back, &a_back));
+    let _ = relay(a, b);
+    let _ = back.join();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
