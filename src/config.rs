@@ -50,6 +50,39 @@ pub struct Config {
     /// What a kubelet in the daemon's namespaces needs of the node.
     #[serde(default)]
     pub node: NodeConfig,
+    /// Limits on what registries and image archives send.
+    #[serde(default)]
+    pub image: ImageLimits,
+}
+
+/// `[image]`: limits on images, which are untrusted input. A pull that
+/// exceeds one fails with RESOURCE_EXHAUSTED naming the key.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageLimits {
+    /// Largest manifest or index, in bytes (containers/image: 4 MiB).
+    pub manifest_max: u64,
+    /// Largest image config, in bytes (containers/image: 4 MiB).
+    pub config_max: u64,
+    /// Most layers in one image. Kernel overlayfs takes its lower layers
+    /// in one page of mount options, about 170 of ucri's layer links.
+    pub layers_max: u64,
+    /// Largest layer once uncompressed, in bytes.
+    pub layer_size_max: u64,
+    /// Most entries (files, directories, links) in one layer.
+    pub layer_entries_max: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> ImageLimits {
+        ImageLimits {
+            manifest_max: 4 << 20,
+            config_max: 4 << 20,
+            layers_max: 128,
+            layer_size_max: 64 << 30,
+            layer_entries_max: 4_000_000,
+        }
+    }
 }
 
 /// `[node]`: the node directories a rootless kubelet writes.
@@ -336,6 +369,7 @@ impl Config {
                 url_ttl_seconds: 60,
             },
             node: NodeConfig::default(),
+            image: ImageLimits::default(),
         }
     }
 

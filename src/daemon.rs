@@ -250,8 +250,9 @@ async fn open_storage(config: &Config) -> anyhow::Result<(Arc<Images>, Arc<Stora
         .map(|b| b.home_dir().to_owned())
         .unwrap_or_else(|| std::path::PathBuf::from("/"));
     let wanted = config.storage.driver;
+    let limits = config.image;
     tokio::task::spawn_blocking(move || {
-        let images = Images::open(root.clone(), home)?;
+        let images = Images::open(root.clone(), home, limits)?;
         let storage = Storage::open(&root, wanted)?;
         Ok::<_, anyhow::Error>((Arc::new(images), Arc::new(storage)))
     })

@@ -104,6 +104,7 @@ impl From<crate::image::ImageError> for CriError {
             E::Unavailable(_) => CriError::Unavailable(message),
             E::Corrupt(_) => CriError::DataLoss(message),
             E::Config(_) => CriError::FailedPrecondition(message),
+            E::LimitExceeded(_) => CriError::ResourceExhausted(message),
             E::Store(_) => CriError::Internal(message),
         }
     }

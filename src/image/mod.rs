@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use tracing::Instrument;
 use ucri_storage::digest::Digest;
 use ucri_storage::store::{ImageRecord, Store, StoreError, Usage};
+use ucri_storage::unpack::UnpackLimits;
+
+use crate::config::ImageLimits;
 
 use self::auth::{AuthFiles, RequestAuth};
 use self::registries::{CandidateError, RegistriesConf, RegistriesError};
@@ -42,6 +45,9 @@ pub enum ImageError {
     /// Configuration files are broken.
     #[error("{0}")]
     Config(String),
+    /// The image exceeds a limit of `[image]`.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -105,6 +111,7 @@ pub struct Images {
     config_home: PathBuf,
     home: PathBuf,
     in_use: std::sync::OnceLock<InUseCheck>,
+    limits: ImageLimits,
 }
 
 /// Tells whether a container uses an image (by image ID).
@@ -124,8 +131,11 @@ impl Images {
 
     /// Opens the store under `root`, loads the records and removes content
     /// that no image references (left by an interrupted pull).
-    pub fn open(root: PathBuf, home: PathBuf) -> Result<Images, ImageError> {
-        let store = Store::open(root)?;
+    pub fn open(root: PathBuf, home: PathBuf, limits: ImageLimits) -> Result<Images, ImageError> {
+        let store = Store::open(root)?.with_unpack_limits(UnpackLimits {
+            max_bytes: limits.layer_size_max,
+            max_entries: limits.layer_entries_max,
+        });
         let records = store.load_images()?;
         let removed = store.collect_garbage(&records)?;
         if removed > 0 {
@@ -140,12 +150,24 @@ impl Images {
             config_home: home.join(".config"),
             home,
             in_use: std::sync::OnceLock::new(),
+            limits,
         })
     }
 
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Refuses an image of more layers than `[image] layers_max`.
+    fn check_layer_count(&self, what: &str, layers: usize) -> Result<(), ImageError> {
+        let max = self.limits.layers_max;
+        if layers as u64 > max {
+            return Err(ImageError::LimitExceeded(format!(
+                "{what} has {layers} layers, more than [image] layers_max ({max})"
+            )));
+        }
+        Ok(())
     }
 
     fn registries(&self) -> Result<RegistriesConf, ImageError> {

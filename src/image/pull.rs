@@ -11,12 +11,13 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use ucri_storage::digest::{chain_ids, Digest};
 use ucri_storage::store::{ImageLayer, ImageRecord, StoreError};
-use ucri_storage::unpack::UnpackError;
+use ucri_storage::unpack::{LimitKind, UnpackError};
 
 use super::auth::{self, RequestAuth};
 use super::reference::ImageName;
 use super::registries::Endpoint;
 use super::{ImageError, Images};
+use crate::config::ImageLimits;
 
 /// Layers downloaded at once per pull.
 const CONCURRENT_LAYERS: usize = 3;
@@ -133,13 +134,16 @@ impl Images {
         auth: RegistryAuth,
     ) -> Result<ImageRecord, ImageError> {
         let _shared = self.gc.read().await;
-        let session = Session::open(endpoint, auth).await?;
+        let session = Session::open(endpoint, auth, self.limits).await?;
         let (manifest_digest, manifest) = session.manifest().await?;
+        self.check_layer_count(&endpoint.name.to_string(), manifest.layers.len())?;
         let config_desc = manifest.config.as_ref().ok_or_else(|| {
             ImageError::Corrupt(format!("{}: manifest has no config", endpoint.name))
         })?;
         let config_digest = parse_digest(&config_desc.digest)?;
-        let config_bytes = session.small_blob(&config_digest).await?;
+        let config_bytes = session
+            .config_blob(&config_digest, config_desc.size)
+            .await?;
         self.store
             .write_blob(&config_bytes, Some(&config_digest))
             .map_err(store_error)?;
@@ -199,27 +203,48 @@ impl Images {
         let (tx, rx) = tokio::sync::mpsc::channel(INGEST_CHUNKS);
         let ingest =
             tokio::task::spawn_blocking(move || store.ingest_layer(ChannelReader::new(rx), &spec));
-        let streamed = self.stream_blob(session, &layer.blob, tx).await;
+        let streamed = self.stream_blob(session, layer, tx).await;
         let ingested = ingest.await.map_err(|e| task_error("ingest", e))?;
         streamed?;
         ingested.map(|_| ()).map_err(store_error)
     }
 
-    /// Sends the blob's bytes into `tx`; stops early when the receiver gave up.
+    /// Sends the layer blob's bytes into `tx`, at most its declared size: a
+    /// registry that sends more is cut off at the first extra byte. Stops
+    /// early when the receiver gave up.
     async fn stream_blob(
         &self,
         session: &Session,
-        digest: &Digest,
+        layer: &ImageLayer,
         tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     ) -> Result<(), ImageError> {
+        let digest = &layer.blob;
         let text = digest.to_string();
         let mut stream = session
             .client
             .pull_blob_stream(&session.reference, text.as_str())
             .await
             .map_err(|e| registry_error(&session.reference, e))?;
+        let oversized = |sent: u64| {
+            ImageError::Corrupt(format!(
+                "blob {digest} from {}: the registry sent {sent} bytes or more, its manifest \
+                 declares {}",
+                session.reference, layer.size
+            ))
+        };
+        if let Some(length) = stream.content_length.filter(|&n| n > layer.size) {
+            return Err(oversized(length));
+        }
+        let mut received = 0u64;
         while let Some(chunk) = stream.stream.next().await {
             let chunk = chunk.map_err(|e| stream_error(digest, e))?;
+            received += chunk.len() as u64;
+            if received > layer.size {
+                let _ = tx
+                    .send(Err(std::io::Error::other("more bytes than declared")))
+                    .await;
+                return Err(oversized(received));
+            }
             if tx.send(Ok(chunk)).await.is_err() {
                 break;
             }
@@ -282,20 +307,34 @@ struct Session {
     client: Client,
     reference: Reference,
     auth: RegistryAuth,
+    /// The same endpoint for manifests, which `oci-client` reads whole
+    /// however long they are.
+    http: reqwest::Client,
+    scheme: &'static str,
+    /// The bearer token the registry gave for pulling, if it gave one.
+    token: Option<String>,
+    limits: ImageLimits,
 }
 
 impl Session {
     /// Connects; insecure endpoints try HTTPS without verification first,
     /// then plain HTTP (as Docker does for insecure registries).
-    async fn open(endpoint: &Endpoint, auth: RegistryAuth) -> Result<Session, ImageError> {
+    async fn open(
+        endpoint: &Endpoint,
+        auth: RegistryAuth,
+        limits: ImageLimits,
+    ) -> Result<Session, ImageError> {
         let reference = oci_reference(&endpoint.name);
-        let protocols: &[ClientProtocol] = if endpoint.insecure {
-            &[ClientProtocol::Https, ClientProtocol::Http]
+        let protocols: &[(ClientProtocol, &str)] = if endpoint.insecure {
+            &[
+                (ClientProtocol::Https, "https"),
+                (ClientProtocol::Http, "http"),
+            ]
         } else {
-            &[ClientProtocol::Https]
+            &[(ClientProtocol::Https, "https")]
         };
         let mut last = None;
-        for protocol in protocols {
+        for (protocol, scheme) in protocols {
             let client = make_client(protocol.clone(), endpoint.insecure);
             let probe = client
                 .auth(&reference, &auth, oci_client::RegistryOperation::Pull)
@@ -303,11 +342,15 @@ impl Session {
             match probe {
                 Err(OciDistributionError::RequestError(e)) => last = Some(e.to_string()),
                 Err(e) => return Err(registry_error(&reference, e)),
-                Ok(_) => {
+                Ok(token) => {
                     return Ok(Session {
                         client,
                         reference,
                         auth,
+                        http: make_http_client(endpoint.insecure)?,
+                        scheme,
+                        token,
+                        limits,
                     })
                 }
             }
@@ -331,11 +374,7 @@ impl Session {
     }
 
     async fn raw_manifest(&self, reference: &Reference) -> Result<(Digest, Manifest), ImageError> {
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, &ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| registry_error(reference, e))?;
+        let bytes = self.fetch_manifest(reference).await?;
         let digest = Digest::of(&bytes);
         if let Some(wanted) = reference.digest() {
             if wanted != digest.to_string() {
@@ -349,14 +388,68 @@ impl Session {
         Ok((digest, manifest))
     }
 
-    /// A small blob (a config) in memory, verified.
-    async fn small_blob(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
-        let mut out = Vec::new();
+    /// GETs a manifest, reading at most `[image] manifest_max` bytes of it.
+    async fn fetch_manifest(&self, reference: &Reference) -> Result<Vec<u8>, ImageError> {
+        let url = manifest_url(self.scheme, reference);
+        let request = self
+            .http
+            .get(&url)
+            .header(http::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        let request = match (&self.token, &self.auth) {
+            (Some(token), _) | (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, RegistryAuth::Anonymous) => request,
+        };
+        let unreachable = |e: reqwest::Error| ImageError::Unavailable(format!("{url}: {e}"));
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = read_at_most(response, ERROR_BODY_MAX)
+                .await
+                .unwrap_or_default();
+            return Err(status_error(reference, status, &body.unwrap_or_default()));
+        }
+        let max = self.limits.manifest_max;
+        read_at_most(response, max)
+            .await
+            .map_err(unreachable)?
+            .ok_or_else(|| {
+                ImageError::LimitExceeded(format!(
+                    "manifest of {reference} is larger than [image] manifest_max ({max} bytes)"
+                ))
+            })
+    }
+
+    /// The image config in memory, verified: at most its declared size and
+    /// `[image] config_max`.
+    async fn config_blob(&self, digest: &Digest, declared: i64) -> Result<Vec<u8>, ImageError> {
+        let max = self.limits.config_max;
+        let declared = u64::try_from(declared)
+            .map_err(|_| ImageError::Corrupt(format!("config {digest}: negative size")))?;
+        if declared > max {
+            return Err(ImageError::LimitExceeded(format!(
+                "config {digest} of {} declares {declared} bytes, more than [image] config_max \
+                 ({max} bytes)",
+                self.reference
+            )));
+        }
         let text = digest.to_string();
-        self.client
-            .pull_blob(&self.reference, text.as_str(), &mut out)
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, text.as_str())
             .await
             .map_err(|e| registry_error(&self.reference, e))?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = chunk.map_err(|e| stream_error(digest, e))?;
+            if (out.len() + chunk.len()) as u64 > declared {
+                return Err(ImageError::Corrupt(format!(
+                    "config {digest} from {}: more than its declared {declared} bytes",
+                    self.reference
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
         let got = Digest::of(&out);
         if &got != digest {
             return Err(ImageError::Corrupt(format!(
@@ -366,6 +459,60 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// How much of an error response's body is kept for the message.
+const ERROR_BODY_MAX: u64 = 1024;
+
+/// The body, or `None` when it is longer than `max` bytes (read no further).
+async fn read_at_most(
+    mut response: reqwest::Response,
+    max: u64,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > max) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// `/v2/<repository>/manifests/<digest or tag>` on the reference's registry.
+fn manifest_url(scheme: &str, reference: &Reference) -> String {
+    let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
+    format!(
+        "{scheme}://{}/v2/{}/manifests/{tag_or_digest}",
+        reference.resolve_registry(),
+        reference.repository()
+    )
+}
+
+/// A registry's refusal, by HTTP status.
+fn status_error(reference: &Reference, status: reqwest::StatusCode, body: &[u8]) -> ImageError {
+    let context = format!(
+        "{reference}: the registry answered {status}: {}",
+        String::from_utf8_lossy(body).trim()
+    );
+    match status.as_u16() {
+        401 => ImageError::Unauthenticated(context),
+        403 => ImageError::PermissionDenied(context),
+        404 => ImageError::NotFound(context),
+        _ => ImageError::Unavailable(context),
+    }
+}
+
+fn make_http_client(insecure: bool) -> Result<reqwest::Client, ImageError> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(insecure)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| ImageError::Unavailable(format!("an HTTP client: {e}")))
 }
 
 fn make_client(protocol: ClientProtocol, insecure: bool) -> Client {
@@ -501,6 +648,13 @@ pub(super) fn store_error(e: StoreError) -> ImageError {
         StoreError::Mismatch { .. } => ImageError::Corrupt(e.to_string()),
         StoreError::Unpack(u @ UnpackError::Escape { .. }) => {
             ImageError::InvalidArgument(u.to_string())
+        }
+        StoreError::Unpack(u @ UnpackError::TooLarge { what, .. }) => {
+            let key = match what {
+                LimitKind::Bytes => "layer_size_max",
+                LimitKind::Entries => "layer_entries_max",
+            };
+            ImageError::LimitExceeded(format!("{u} ([image] {key})"))
         }
         StoreError::Unpack(u @ UnpackError::UnmappedOwner { .. }) => {
             ImageError::Config(u.to_string())

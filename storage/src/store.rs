@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter};
-use crate::unpack::{unpack_layer, Compression, UnpackError};
+use crate::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +141,7 @@ pub struct Usage {
 pub struct Store {
     root: PathBuf,
     counter: AtomicU64,
+    limits: UnpackLimits,
 }
 
 impl Store {
@@ -149,6 +150,7 @@ impl Store {
         let store = Store {
             root: root.into(),
             counter: AtomicU64::new(0),
+            limits: UnpackLimits::default(),
         };
         let tmp = store.root.join("tmp");
         if tmp.exists() {
@@ -171,6 +173,12 @@ impl Store {
             crate::set_mode(&path, mode).map_err(io_err(format!("securing {}", path.display())))?;
         }
         Ok(store)
+    }
+
+    /// The same store, refusing layers that exceed `limits` when unpacking.
+    pub fn with_unpack_limits(mut self, limits: UnpackLimits) -> Store {
+        self.limits = limits;
+        self
     }
 
     /// The store's root directory.
@@ -281,7 +289,7 @@ impl Store {
         let file = fs::File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
         let compression = compression_of(media_type, &path)?;
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let out = unpack_layer(reader, compression, &diff)?;
+        let out = unpack_layer(reader, compression, &diff, &self.limits)?;
         check_diff_id(&out, diff_id, blob)?;
         self.finish_layer(work, chain_id, diff_id, out.tar_size)
     }
@@ -343,7 +351,7 @@ impl Store {
         let head = tee.fill_buf().map_err(io_err("reading the layer"))?;
         let compression = Compression::from_media_type(&layer.media_type)
             .unwrap_or_else(|| Compression::sniff(head));
-        let out = unpack_layer(&mut tee, compression, &diff)?;
+        let out = unpack_layer(&mut tee, compression, &diff, &self.limits)?;
         std::io::copy(&mut tee, &mut std::io::sink()).map_err(io_err("reading the layer"))?;
         drop(tee);
         check_diff_id(&out, &layer.diff_id, &layer.blob)?;

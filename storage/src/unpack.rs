@@ -8,6 +8,7 @@
 //! or a leading `/`, parents that are symlinks, and hard links that leave
 //! the layer are rejected, and the whole layer with them.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -81,6 +82,14 @@ pub enum UnpackError {
         /// Why it is unsafe.
         reason: &'static str,
     },
+    /// The layer is bigger than a limit allows.
+    #[error("layer rejected: more than {limit} {what}")]
+    TooLarge {
+        /// Which limit.
+        what: LimitKind,
+        /// Its value.
+        limit: u64,
+    },
     /// A file belongs to an id the user namespace does not map.
     #[error(
         "{path} belongs to uid {uid} gid {gid}, which the user namespace does not map; \
@@ -94,6 +103,67 @@ pub enum UnpackError {
         /// Its gid.
         gid: u64,
     },
+}
+
+/// What a layer is measured by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Bytes of uncompressed tar.
+    Bytes,
+    /// Tar entries (files, directories, links, whiteouts).
+    Entries,
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitKind::Bytes => "bytes uncompressed",
+            LimitKind::Entries => "entries",
+        })
+    }
+}
+
+/// How big one layer may be once uncompressed: a layer is untrusted input
+/// (a gzip bomb of a few MB unpacks to many GB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Most bytes of uncompressed tar.
+    pub max_bytes: u64,
+    /// Most tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> UnpackLimits {
+        UnpackLimits {
+            max_bytes: 64 << 30,
+            max_entries: 4_000_000,
+        }
+    }
+}
+
+/// A reader that fails, and remembers it did, past `left` bytes.
+struct Capped<'a, R> {
+    inner: R,
+    left: u64,
+    tripped: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for Capped<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than allowed is read to tell "exactly the limit"
+        // from "over it".
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.tripped.set(true);
+            return Err(io::Error::other("the layer is over its size limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> UnpackError {
@@ -112,11 +182,13 @@ pub struct Unpacked {
     pub skipped: Vec<String>,
 }
 
-/// Unpacks `blob` (compressed as `compression`) into the empty directory `dest`.
+/// Unpacks `blob` (compressed as `compression`) into the empty directory
+/// `dest`, refusing the layer when it exceeds `limits`.
 pub fn unpack_layer<R: Read>(
     blob: R,
     compression: Compression,
     dest: &Path,
+    limits: &UnpackLimits,
 ) -> Result<Unpacked, UnpackError> {
     let tar_stream: Box<dyn Read> = match compression {
         Compression::None => Box::new(blob),
@@ -125,17 +197,48 @@ pub fn unpack_layer<R: Read>(
             Box::new(zstd::stream::read::Decoder::new(blob).map_err(io_err("zstd"))?)
         }
     };
-    let mut hashing = HashingReader::new(tar_stream);
+    let tripped = Cell::new(false);
+    let capped = Capped {
+        inner: tar_stream,
+        left: limits.max_bytes,
+        tripped: &tripped,
+    };
+    let too_large = |e: UnpackError| {
+        if tripped.get() {
+            UnpackError::TooLarge {
+                what: LimitKind::Bytes,
+                limit: limits.max_bytes,
+            }
+        } else {
+            e
+        }
+    };
+    let mut hashing = HashingReader::new(capped);
     let mut unpacker = Unpacker::new(dest);
     {
         let mut archive = tar::Archive::new(&mut hashing);
-        for entry in archive.entries().map_err(io_err("reading the layer tar"))? {
-            let entry = entry.map_err(io_err("reading a tar entry"))?;
-            unpacker.entry(entry)?;
+        let entries = archive
+            .entries()
+            .map_err(io_err("reading the layer tar"))
+            .map_err(too_large)?;
+        for (count, entry) in (1u64..).zip(entries) {
+            if count > limits.max_entries {
+                return Err(UnpackError::TooLarge {
+                    what: LimitKind::Entries,
+                    limit: limits.max_entries,
+                });
+            }
+            let entry = entry
+                .map_err(io_err("reading a tar entry"))
+                .map_err(too_large)?;
+            unpacker.entry(entry).map_err(too_large)?;
         }
     }
     unpacker.finish()?;
-    let (diff_id, tar_size) = hashing.finish().map_err(io_err("reading the layer tar"))?;
+    let (diff_id, tar_size) = hashing
+        .finish()
+        .map_err(io_err("reading the layer tar"))
+        .map_err(too_large)?;
     Ok(Unpacked {
         diff_id,
         tar_size,
@@ -504,7 +607,13 @@ mod tests {
             link(b, tar::EntryType::Link, "dir/hard", "dir/a.txt");
         });
         let dest = tempfile::tempdir().expect("tmp");
-        let out = unpack_layer(&data[..], Compression::None, dest.path()).expect("unpack");
+        let out = unpack_layer(
+            &data[..],
+            Compression::None,
+            dest.path(),
+            &UnpackLimits::default(),
+        )
+        .expect("unpack");
         assert_eq!(out.diff_id, Digest::of(&data));
         assert_eq!(
             fs::read(dest.path().join("dir/hard")).expect("read"),
@@ -529,7 +638,13 @@ mod tests {
             file(b, "evil/escaped.txt", b"x");
         });
         let dest = tempfile::tempdir().expect("tmp");
-        let err = unpack_layer(&data[..], Compression::None, dest.path()).expect_err("rejected");
+        let err = unpack_layer(
+            &data[..],
+            Compression::None,
+            dest.path(),
+            &UnpackLimits::default(),
+        )
+        .expect_err("rejected");
         assert!(matches!(err, UnpackError::Escape { .. }), "{err}");
         assert!(!outside.path().join("escaped.txt").exists());
     }
@@ -538,7 +653,60 @@ mod tests {
     fn hard_links_out_of_the_layer_are_rejected() {
         let data = tar_with(|b| link(b, tar::EntryType::Link, "x", "../../etc/passwd"));
         let dest = tempfile::tempdir().expect("tmp");
-        let err = unpack_layer(&data[..], Compression::None, dest.path()).expect_err("rejected");
+        let err = unpack_layer(
+            &data[..],
+            Compression::None,
+            dest.path(),
+            &UnpackLimits::default(),
+        )
+        .expect_err("rejected");
         assert!(err.to_string().contains("hard link"), "{err}");
+    }
+
+    #[test]
+    fn a_layer_over_its_byte_or_entry_limit_is_refused_and_one_at_it_is_not() {
+        let data = tar_with(|b| {
+            file(b, "a", &[7u8; 10_000]);
+            file(b, "b", b"x");
+        });
+        let unpack = |limits: UnpackLimits| {
+            let dest = tempfile::tempdir().expect("tmp");
+            unpack_layer(&data[..], Compression::None, dest.path(), &limits)
+        };
+        let exact = UnpackLimits {
+            max_bytes: data.len() as u64,
+            max_entries: 2,
+        };
+        unpack(exact).expect("exactly at both limits");
+        let err = unpack(UnpackLimits {
+            max_bytes: data.len() as u64 - 1,
+            ..exact
+        })
+        .expect_err("one byte over");
+        assert!(
+            matches!(
+                err,
+                UnpackError::TooLarge {
+                    what: LimitKind::Bytes,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = unpack(UnpackLimits {
+            max_entries: 1,
+            ..exact
+        })
+        .expect_err("one entry over");
+        assert!(
+            matches!(
+                err,
+                UnpackError::TooLarge {
+                    what: LimitKind::Entries,
+                    limit: 1
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cri;
+pub mod hostile;
 pub mod registry;
 
 use std::os::unix::fs::PermissionsExt;
