@@ -67,16 +67,6 @@ fn assert_store_empty(sb: &Sandbox) {
     }
 }
 
-/// The daemon's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// A directory of `files` small files (one layer's worth).
 fn layer_dir(root: &Path, name: &str, files: usize) -> std::path::PathBuf {
     let dir = root.join(name);

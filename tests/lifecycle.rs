@@ -1342,16 +1342,6 @@ fn a_pod_with_its_own_user_namespace_runs_with_the_requested_mapping() {
     assert_eq!(pods, 0, "refused pods leave nothing");
 }
 
-/// The daemon's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// ExecSync output is capped (runtime.exec_sync_output_max, 4 MiB a stream
 /// by default): 200 MB of output come back as the first 4 MiB, stderr says
 /// it was truncated, and the daemon's memory stays bounded by the cap, not
