@@ -1343,7 +1343,7 @@ fn a_pod_with_its_own_user_namespace_runs_with_the_requested_mapping() {
 }
 
 /// ExecSync output is capped (runtime.exec_sync_output_max, 4 MiB a stream
-/// by default): 200 MB of output come back as the first 4 MiB, stderr says
+/// by default): 1 GB of output come back as the first 4 MiB, stderr says
 /// it was truncated, and the daemon's memory stays bounded by the cap, not
 /// by the output.
 #[test]
@@ -1371,7 +1371,7 @@ fn exec_sync_output_is_capped_and_memory_stays_bounded() {
             cmd: vec![
                 "sh".into(),
                 "-c".into(),
-                "yes $(printf %0999d 0) | head -c 200000000".into(),
+                "yes $(printf %0999d 0) | head -c 1000000000".into(),
             ],
             timeout: 120,
         })
@@ -1388,10 +1388,10 @@ fn exec_sync_output_is_capped_and_memory_stays_bounded() {
         "{stderr}"
     );
     let after = peak_rss_kib(sb.daemon_pid());
-    eprintln!("daemon peak RSS: {before} KiB before, {after} KiB after 200 MB of ExecSync output");
+    eprintln!("daemon peak RSS: {before} KiB before, {after} KiB after 1 GB of ExecSync output");
     assert!(
         after < before + 96 * 1024,
-        "the daemon's peak RSS grew from {before} to {after} KiB for 200 MB of output"
+        "the daemon's peak RSS grew from {before} to {after} KiB for 1 GB of output"
     );
     remove_pod(sb, &pod);
 }
