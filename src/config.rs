@@ -180,6 +180,15 @@ pub struct DaemonConfig {
     pub allow_root: bool,
     /// Seconds in-flight RPCs get to finish after SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Most CRI connections served at once; more wait in the socket's
+    /// backlog. Never more than a quarter of the open-file limit, so that
+    /// clients cannot take the descriptors pods and monitors need.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+}
+
+fn default_max_connections() -> u64 {
+    512
 }
 
 /// `[runtime]`: the OCI runtimes (runtime handlers) and conmon.
@@ -336,6 +345,7 @@ impl Config {
                 log_level: "info".into(),
                 allow_root: false,
                 shutdown_grace_seconds: 10,
+                max_connections: default_max_connections(),
             },
             runtime: RuntimeConfig {
                 default_runtime: "crun".into(),

@@ -83,6 +83,17 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// `[daemon] max_connections`, but at most a quarter of the open-file limit.
+fn connection_cap(configured: u64) -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let quarter = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft / 4)
+        .unwrap_or(256);
+    let cap = configured.min(quarter).max(1);
+    tracing::info!(cap, configured, "CRI connections served at once");
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
 fn run_rootless_parent(config: Config) -> anyhow::Result<i32> {
     let spec = LaunchSpec {
         runtime_dir: RuntimeDir::new(&config.daemon.runtime_dir),
@@ -210,6 +221,7 @@ async fn serve_async(
             let _ = stop_rx.await;
         },
         grace,
+        connection_cap(config.daemon.max_connections),
     ));
     let admin =
         crate::admin::bind(&config.daemon.runtime_dir).context("binding the admin socket")?;

@@ -853,3 +853,104 @@ fn the_node_namespace_has_the_node_address_and_its_ports_linked_to_the_host() {
         "Status shows the node address: {info}"
     );
 }
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 overall; those after ")" start at field 3.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count()
+}
+
+/// 400 idle connections to the CRI socket of a daemon held to 256
+/// descriptors get its 64 connection slots (a quarter of the limit) and
+/// the socket's backlog, not the descriptors that pods, monitors and the
+/// uplink need: the daemon does not spin, a connection it already serves
+/// keeps working (a pod starts and gets an address), the uplink helper is
+/// left alone, and new clients get in once the flood ends. (Without the
+/// slots, the descriptors ran out, accept spun, and the watchdog restarted
+/// a live slirp4netns it could no longer see.)
+#[test]
+fn a_flood_of_idle_connections_takes_no_descriptors_the_node_needs() {
+    let registry = common::registry::TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "test/busybox:latest");
+    let mut sb = Sandbox::new("conn-flood");
+    let daemon = sb.start_daemon_via(&["prlimit", "--nofile=256:256"]);
+    let image = registry.image("test/busybox:latest");
+    sb.pull(&image);
+    let e = Env {
+        _daemon: daemon,
+        sb,
+        _registry: registry,
+        image,
+    };
+    let sb = &e.sb;
+    let (first, _) = web_pod(&e, &pod_config(sb, "before"), "before");
+    let helper = helper_pid(sb);
+    let serving = sb.daemon_pid();
+    block_on(async {
+        let mut open = client(sb).await;
+        open.version(VersionRequest::default())
+            .await
+            .expect("Version before the flood");
+        let mut flood = Vec::new();
+        for _ in 0..400 {
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::UnixStream::connect(sb.socket()),
+            );
+            if let Ok(Ok(stream)) = attempt.await {
+                flood.push(stream);
+            }
+        }
+        assert!(flood.len() > 64, "only {} connections got in", flood.len());
+        let ticks = cpu_ticks(serving);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let spent = cpu_ticks(serving) - ticks;
+        assert!(
+            spent < 100,
+            "the daemon spent {spent} ticks of CPU in 3 s of flood"
+        );
+        let descriptors = open_descriptors(serving);
+        assert!(
+            descriptors < 192,
+            "{descriptors} descriptors open during the flood"
+        );
+        let pod = open
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config(sb, "during")),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("a pod starts on the open connection during the flood")
+            .into_inner()
+            .pod_sandbox_id;
+        let status = open
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod,
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        let ip = status.network.map(|n| n.ip).unwrap_or_default();
+        assert!(!ip.is_empty(), "the pod got an address");
+        drop(flood);
+    });
+    assert_eq!(helper_pid(sb), helper, "the uplink helper was left alone");
+    let log = e._daemon.log_text();
+    assert!(!log.contains("restarting the uplink helper"), "{log}");
+    assert!(
+        !pod_ip(sb, &first).is_empty(),
+        "a new client gets in after the flood"
+    );
+}

@@ -85,9 +85,36 @@ impl HelperRecord {
     }
 
     fn is_alive(&self) -> bool {
-        reap_if_child(self.pid);
-        process_start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+        matches!(self.liveness(), Liveness::Alive(_))
     }
+
+    fn liveness(&self) -> Liveness {
+        reap_if_child(self.pid);
+        match read_stat_fields(self.pid) {
+            Ok(Some(fields)) => {
+                let start = fields.get(19).and_then(|t| t.parse::<u64>().ok());
+                let zombie = fields.first().map(String::as_str) == Some("Z");
+                if start == Some(self.start_time) && !zombie {
+                    Liveness::Alive(self.pid)
+                } else {
+                    Liveness::Gone
+                }
+            }
+            Ok(None) => Liveness::Gone,
+            Err(e) => Liveness::Unknown(e),
+        }
+    }
+}
+
+/// What a look at the helper found.
+#[derive(Debug)]
+enum Liveness {
+    /// It runs, with this pid.
+    Alive(i32),
+    /// It exited (or was never recorded).
+    Gone,
+    /// The daemon could not look (e.g. out of descriptors).
+    Unknown(std::io::Error),
 }
 
 /// The uplink namespace and its helper.
@@ -151,9 +178,20 @@ impl Uplink {
     }
 
     /// Periodic check: when the helper died, say so and start a new one.
+    /// When the daemon cannot look (out of descriptors, say), it says that
+    /// and leaves the helper alone: a live helper is never restarted for
+    /// the daemon's own trouble.
     pub fn supervise(&self) {
-        if self.options.kind == UplinkKind::None || self.helper_alive() {
+        if self.options.kind == UplinkKind::None {
             return;
+        }
+        match self.helper_liveness() {
+            Liveness::Alive(_) => return,
+            Liveness::Unknown(e) => {
+                tracing::warn!(%e, "cannot tell whether the uplink helper runs; leaving it be");
+                return;
+            }
+            Liveness::Gone => {}
         }
         let reason = format!(
             "{} (the uplink helper) exited{}",
@@ -172,13 +210,23 @@ impl Uplink {
 
     /// The pid of the running helper.
     pub fn helper_pid(&self) -> Option<i32> {
-        self.load_record()
-            .filter(|r| r.kind == self.options.kind && r.is_alive())
-            .map(|r| r.pid)
+        match self.helper_liveness() {
+            Liveness::Alive(pid) => Some(pid),
+            Liveness::Gone | Liveness::Unknown(_) => None,
+        }
     }
 
-    fn helper_alive(&self) -> bool {
-        self.helper_pid().is_some()
+    /// Whether the recorded helper runs, from its record and `/proc`.
+    fn helper_liveness(&self) -> Liveness {
+        let text = match fs::read(self.record_path()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Liveness::Gone,
+            Err(e) => return Liveness::Unknown(e),
+        };
+        match serde_json::from_slice::<HelperRecord>(&text) {
+            Ok(record) if record.kind == self.options.kind => record.liveness(),
+            _ => Liveness::Gone,
+        }
     }
 
     fn ensure_netns(&self) -> Result<(), NetError> {
@@ -449,18 +497,32 @@ fn reap_if_child(pid: i32) {
 
 /// Fields of `/proc/PID/stat` after the command name.
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
+    read_stat_fields(pid).ok().flatten()
+}
+
+/// Fields of `/proc/PID/stat` after the command name; `Ok(None)` when the
+/// process is gone, an error when it could not be read.
+fn read_stat_fields(pid: i32) -> std::io::Result<Option<Vec<String>>> {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let fields = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..))
+        .map(|rest| rest.split_whitespace().map(str::to_owned).collect());
+    Ok(fields)
 }
 
 fn process_start_time(pid: i32) -> Option<u64> {
     // Field 22 overall; the fields after ")" start at field 3.
     stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-fn is_zombie(pid: i32) -> bool {
-    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))
 }
 
 /// The last lines of a log, formatted to follow an error message.
@@ -484,7 +546,6 @@ mod tests {
         let me = std::process::id() as i32;
         let first = process_start_time(me).expect("start time");
         assert_eq!(process_start_time(me), Some(first));
-        assert!(!is_zombie(me));
         let record = HelperRecord::of_pid(UplinkKind::Pasta, me).expect("record");
         assert!(record.is_alive());
         let reused = HelperRecord {
@@ -494,6 +555,14 @@ mod tests {
         assert!(
             !reused.is_alive(),
             "a different start time is another process"
+        );
+        let gone = HelperRecord {
+            pid: 1 << 23,
+            ..record
+        };
+        assert!(
+            matches!(gone.liveness(), Liveness::Gone),
+            "a pid past pid_max is gone, not unknown"
         );
     }
 

@@ -29,13 +29,15 @@ const MAX_TIMEOUT_DIGITS: usize = 8;
 /// tries again, instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then lets open
-/// connections finish their RPCs for up to `grace`.
+/// Serves `routes` on `listener`, at most `max_connections` connections at
+/// once (more wait in the backlog), until `shutdown` resolves; then lets
+/// open connections finish their RPCs for up to `grace`.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     routes: Routes,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    max_connections: usize,
 ) {
     let service = tower::ServiceBuilder::new()
         .layer(tower::layer::layer_fn(Deadline))
@@ -43,7 +45,21 @@ pub async fn serve(
         .service(routes);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        if slots.available_permits() == 0 {
+            tracing::warn!(
+                max_connections,
+                "every CRI connection slot is taken; new clients wait until one closes"
+            );
+        }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -63,6 +79,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(%e, "CRI connection ended with an error");
             }
+            drop(slot);
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown())
