@@ -1074,12 +1074,7 @@ fn a_restart_removes_what_a_crash_left_half_created() {
     let out = e.sb.run_ucri(&["nsenter", "--", "sh", "-c", &setup]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(daemon_mounts(&e.sb).contains(&pin.display().to_string()));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(e.sb.daemon_pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9");
-    std::thread::sleep(Duration::from_millis(300));
+    e.sb.kill_serving_daemon();
     e._daemon = e.sb.start_daemon();
     assert!(
         !stray_pod.exists() && !stray_bundle.exists(),
@@ -1094,6 +1089,48 @@ fn a_restart_removes_what_a_crash_left_half_created() {
         "the real pod is untouched"
     );
     remove_pod(&e.sb, &kept);
+}
+
+/// The init of a pod's shared PID namespace is signalled only while its
+/// pid is still that init: after a restart (or a reboot) the remembered pid
+/// may be another process's, and StopPodSandbox leaves that one alone.
+#[test]
+fn a_remembered_init_pid_that_now_names_another_process_is_not_killed() {
+    let mut e = env("reused-pid");
+    let pod_mode = NamespaceMode::Pod;
+    let pod_cfg = host_pod(&e.sb, "reused", pod_mode, pod_mode, pod_mode);
+    let pod = run_pod(&e.sb, &pod_cfg).expect("a pod with a shared PID namespace");
+    let state_path = e.sb.data_dir().join(format!("state/pods/{pod}.json"));
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).expect("pod state")).expect("JSON");
+    let init = state["init_pid"].as_i64().expect("init_pid") as i32;
+    assert!(init > 0, "the pod has an init");
+    e.sb.kill_serving_daemon();
+    // The init dies (a reboot would end it too) and its pid is taken over,
+    // here by a process of the same user.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the pod's init");
+    let mut bystander =
+        e.sb.command_as_user("sleep")
+            .arg("300")
+            .spawn()
+            .expect("a bystander process");
+    state["init_pid"] = serde_json::json!(bystander.id());
+    std::fs::write(&state_path, serde_json::to_vec(&state).expect("JSON")).expect("write state");
+    std::os::unix::fs::chown(&state_path, Some(e.sb.user.uid), Some(e.sb.user.gid))
+        .expect("give the state file back");
+    e._daemon = e.sb.start_daemon();
+    stop_pod(&e.sb, &pod);
+    remove_pod(&e.sb, &pod);
+    assert!(
+        process_alive(bystander.id()),
+        "the process that now has the init's old pid is alive"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }
 
 #[test]

@@ -68,7 +68,7 @@ impl Lifecycle {
             if state.network.is_some() {
                 let _ = self.network.detach(&id);
             }
-            sandbox::stop_pid_init(state.init_pid);
+            sandbox::stop_pid_init(&dir, state.init_pid);
             let _ = sandbox::teardown(&dir);
             let _ = self.states.delete_pod(&id);
             self.pods_mut().remove(&id);
@@ -127,7 +127,7 @@ impl Lifecycle {
         }
         self.detach_network(&id)?;
         if let Some(pod) = self.pods_mut().get(&id) {
-            sandbox::stop_pid_init(pod.init_pid);
+            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), pod.init_pid);
         }
         sandbox::release_namespaces(&PodDir::new(&self.runtime_root, &id))?;
         self.update_pod(&id, |p| {
@@ -151,7 +151,7 @@ impl Lifecycle {
         self.remove_pod_cgroup(&id);
         self.detach_network(&id)?;
         if let Some(pod) = self.pods_mut().get(&id) {
-            sandbox::stop_pid_init(pod.init_pid);
+            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), pod.init_pid);
         }
         sandbox::teardown(&PodDir::new(&self.runtime_root, &id))?;
         self.states.delete_pod(&id)?;

@@ -214,7 +214,7 @@ pub fn start_pid_init(dir: &PodDir) -> Result<i32, LifecycleError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !ucri_storage::rootfs::mountpoints().contains(&pin) {
         if std::time::Instant::now() > deadline {
-            stop_pid_init(pid);
+            stop_pid_init(dir, pid);
             return Err(LifecycleError::Runtime(
                 "the pod's init did not start".into(),
             ));
@@ -224,14 +224,36 @@ pub fn start_pid_init(dir: &PodDir) -> Result<i32, LifecycleError> {
     Ok(pid)
 }
 
-/// Ends the pod's init (and so every process of the shared PID namespace).
-pub fn stop_pid_init(pid: i32) {
+/// Ends the pod's init (and so every process of the shared PID namespace),
+/// once `/proc` shows that `pid` still is that init: after a restart or a
+/// reboot the remembered pid may belong to another process by now.
+pub fn stop_pid_init(dir: &PodDir, pid: i32) {
     if pid <= 0 {
+        return;
+    }
+    if !is_pid_init_of(dir, pid) {
+        tracing::info!(
+            pid,
+            "the pod's init is gone (its pid is not that init now); not signalling it"
+        );
         return;
     }
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(pid, None);
+}
+
+/// Whether `pid` is the `unshare` that holds this pod's PID namespace: its
+/// argument list names the pod's own pin, which no other process has.
+fn is_pid_init_of(dir: &PodDir, pid: i32) -> bool {
+    let wanted = format!("--pid={}", dir.ns("pid").display());
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| {
+            cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == wanted.as_bytes())
+        })
+        .unwrap_or(false)
 }
 
 /// Unmounts the namespace pins and /dev/shm and removes the pod's files.

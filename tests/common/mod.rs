@@ -272,6 +272,24 @@ impl Sandbox {
         read_pid(&self.runtime_dir().join("daemon.pid"))
     }
 
+    /// SIGKILLs the serving daemon and waits (10 s at most) until it is gone:
+    /// a daemon started before that finds the lock taken.
+    pub fn kill_serving_daemon(&self) {
+        let serving = self.daemon_pid();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(serving as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(serving) {
+            assert!(
+                Instant::now() < deadline,
+                "the serving daemon {serving} outlived SIGKILL by 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The holder record (`holder.json`).
     pub fn holder(&self) -> serde_json::Value {
         let text = std::fs::read(self.runtime_dir().join("holder.json")).expect("holder.json");
