@@ -6,7 +6,7 @@ use std::process::Command;
 
 use common::*;
 
-const EXPECTED_CHECKS: [&str; 23] = [
+const EXPECTED_CHECKS: [&str; 24] = [
     "catatonit",
     "storage_driver",
     "kernel",
@@ -30,6 +30,7 @@ const EXPECTED_CHECKS: [&str; 23] = [
     "iptables",
     "node",
     "runtime_dir",
+    "state_records",
 ];
 
 fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

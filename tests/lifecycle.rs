@@ -1133,6 +1133,88 @@ fn a_remembered_init_pid_that_now_names_another_process_is_not_killed() {
     let _ = bystander.wait();
 }
 
+/// A truncated container record and a pod record of a newer schema are
+/// set aside in `state/quarantine/` at the next start, not read as "gone":
+/// the running container keeps running, its writable layer stays, and the
+/// Status condition and `ucri info` say what was set aside. (A truncated
+/// record used to make the next start kill the container and delete its
+/// writable layer.)
+#[test]
+fn unreadable_state_records_are_quarantined_and_what_they_describe_keeps_running() {
+    let mut e = env("quarantine");
+    let pod_cfg = pod_config(&e.sb, "kept");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "runner", "sleep 600"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &id).expect("start");
+    let other_cfg = pod_config(&e.sb, "future");
+    let other = run_pod(&e.sb, &other_cfg).expect("second pod");
+    let state = e.sb.data_dir().join("state");
+    let record = state.join(format!("containers/{id}.json"));
+    let bytes = std::fs::read(&record).expect("container record");
+    let pid = serde_json::from_slice::<serde_json::Value>(&bytes).expect("JSON")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    let upper =
+        e.sb.data_dir()
+            .join(format!("storage/containers/{id}/upper"));
+    assert!(process_alive(pid) && upper.is_dir());
+    e.sb.kill_serving_daemon();
+    std::fs::write(&record, &bytes[..bytes.len() / 2]).expect("truncate");
+    let pod_record = state.join(format!("pods/{other}.json"));
+    let mut newer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pod_record).expect("pod record")).expect("JSON");
+    newer["schema"] = serde_json::json!(99);
+    std::fs::write(&pod_record, serde_json::to_vec(&newer).expect("JSON")).expect("write");
+    e._daemon = e.sb.start_daemon();
+    assert!(process_alive(pid), "the container's process still runs");
+    assert!(upper.is_dir(), "its writable layer is still there");
+    let set_aside: Vec<String> = std::fs::read_dir(state.join("quarantine"))
+        .expect("quarantine dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(set_aside.len(), 2, "{set_aside:?}");
+    let conditions = block_on(async {
+        client(&e.sb)
+            .await
+            .status(StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner()
+            .status
+            .expect("status")
+            .conditions
+    });
+    let condition = conditions
+        .iter()
+        .find(|c| c.r#type == "StateRecordsRead")
+        .expect("the StateRecordsRead condition");
+    assert!(!condition.status && condition.reason == "StateQuarantined");
+    for (what, says) in [
+        (&id, "not a readable record"),
+        (&other, "newer ucri (schema 99"),
+    ] {
+        assert!(
+            condition.message.contains(what.as_str()) && condition.message.contains(says),
+            "{}",
+            condition.message
+        );
+    }
+    let info = e.sb.run_ucri(&["info"]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("2 unreadable state records"), "{text}");
+    assert!(
+        pod_status(&e.sb, &pod).is_ok(),
+        "the readable pod record was read"
+    );
+}
+
 #[test]
 fn system_reset_ends_every_container_and_pod_init() {
     let mut e = env("reset");

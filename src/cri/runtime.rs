@@ -169,6 +169,35 @@ fn limits_condition(cgroups: &crate::cgroups::CgroupSupport) -> RuntimeCondition
     )
 }
 
+/// Not a condition kubelet acts on: whether every state record was read
+/// at start-up, and where the unreadable ones went.
+fn state_condition(quarantined: &[crate::runtime::state::Quarantined]) -> RuntimeCondition {
+    let listed: Vec<String> = quarantined
+        .iter()
+        .map(|q| {
+            format!(
+                "{} {}: {} (now {})",
+                q.kind,
+                q.id,
+                q.reason,
+                q.path.display()
+            )
+        })
+        .collect();
+    let message = format!(
+        "{} state records could not be read and were set aside, with what they describe left \
+         as it is: {}",
+        quarantined.len(),
+        listed.join("; ")
+    );
+    condition(
+        "StateRecordsRead",
+        quarantined.is_empty(),
+        "StateQuarantined",
+        &message,
+    )
+}
+
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
@@ -230,6 +259,7 @@ impl RuntimeService for CriRuntimeService {
                     self.runtime_condition(),
                     network_condition(self.lifecycle.network()),
                     limits_condition(self.lifecycle.cgroups()),
+                    state_condition(&self.lifecycle.quarantined()),
                 ],
             }),
             info: if verbose { self.verbose_info() } else { HashMap::new() },

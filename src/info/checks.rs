@@ -44,7 +44,36 @@ pub fn all(config: &Config) -> Vec<Check> {
     checks.push(cgroups(config));
     checks.push(node(config));
     checks.push(runtime_dir(config));
+    checks.push(quarantine(config));
     checks
+}
+
+/// State records the daemon could not read and set aside.
+fn quarantine(config: &Config) -> Check {
+    let dir = config.daemon.data_dir.join("state/quarantine");
+    let records: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if records.is_empty() {
+        return Check::ok("state_records", "every record was readable");
+    }
+    Check::bad(
+        "state_records",
+        Verdict::Warning,
+        format!(
+            "{} unreadable state records set aside in {}: {}",
+            records.len(),
+            dir.display(),
+            records.join(", ")
+        ),
+        "the daemon log says why each was unreadable; what they describe (processes, \
+         writable layers) was left alone: stop it with `ucri system reset`, or repair a record, \
+         move it back to state/pods or state/containers as <id>.json and restart",
+    )
 }
 
 /// The node namespace's address (kubelet's --node-ip) and its links to the host.

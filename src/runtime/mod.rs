@@ -158,19 +158,35 @@ impl Lifecycle {
     fn recover(&self) -> Result<(), LifecycleError> {
         let pods = self.states.load_pods()?;
         let containers = self.states.load_containers()?;
-        let live: std::collections::HashSet<String> = containers
+        // What a quarantined record describes is kept as it is: it may run.
+        let quarantined = self.states.quarantined();
+        let set_aside = |kind: &str| {
+            quarantined
+                .iter()
+                .filter(|q| q.kind == kind)
+                .map(|q| q.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut live: std::collections::HashSet<String> = containers
             .iter()
             .flat_map(|c| {
                 std::iter::once(c.id.clone()).chain(image_volumes::rootfs_ids(&c.id, &c.config))
             })
             .collect();
+        live.extend(set_aside("containers"));
+        if !quarantined.is_empty() {
+            // Image volumes of a quarantined container cannot be told from
+            // leftovers without its record: keep every root filesystem.
+            live.extend(self.storage.rootfs().ids());
+        }
         let report =
             self.storage.rootfs().recover(&live).map_err(|e| {
                 LifecycleError::Internal(format!("recovering root filesystems: {e}"))
             })?;
         tracing::info!(pods = pods.len(), containers = containers.len(), remounted = ?report.remounted, removed = ?report.removed, "recovered state");
-        let known_pods: std::collections::HashSet<String> =
+        let mut known_pods: std::collections::HashSet<String> =
             pods.iter().map(|p| p.id.clone()).collect();
+        known_pods.extend(set_aside("pods"));
         self.remove_half_created(&known_pods, &live);
         self.pods_mut()
             .extend(pods.into_iter().map(|p| (p.id.clone(), p)));
@@ -225,6 +241,11 @@ impl Lifecycle {
 
     fn container_ids(&self) -> Vec<String> {
         self.containers_mut().keys().cloned().collect()
+    }
+
+    /// State records set aside at start-up because they could not be read.
+    pub fn quarantined(&self) -> Vec<state::Quarantined> {
+        self.states.quarantined()
     }
 
     /// Pod networking.

@@ -163,8 +163,10 @@ impl Lifecycle {
                 self.network.restore(&pod.id, attachment);
             }
         }
+        let quarantined = self.states.quarantined();
+        let set_aside = |id: &str| quarantined.iter().any(|q| q.kind == "pods" && q.id == id);
         for id in self.network.attached_pods() {
-            if !pods.iter().any(|p| p.id == id) {
+            if !pods.iter().any(|p| p.id == id) && !set_aside(&id) {
                 tracing::info!(pod = %id, "releasing the network of a pod that was never finished");
                 if let Err(e) = self.network.detach(&id) {
                     tracing::warn!(pod = %id, %e, "cannot release a half-created pod's network");

@@ -1,7 +1,15 @@
 //! Pod and container state on disk: one JSON file each, written atomically,
 //! reloaded at start-up.
+//!
+//! Each record carries a schema version ([`SCHEMA`]). A record from before
+//! versions (no `schema`) is version 0 and reads as version 1, which only
+//! added the field. A record that cannot be read (truncated, corrupt, or
+//! written by a newer ucri) is moved to `state/quarantine/` and reported,
+//! never taken as "this pod or container does not exist": recovery then
+//! leaves its processes, bundle and writable layer alone.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use ucri_cri_api::v1::{ContainerConfig, PodSandboxConfig};
@@ -123,10 +131,37 @@ pub struct ProcessUser {
     pub groups: Vec<u32>,
 }
 
+/// The schema version of the records this ucri writes; it reads this one
+/// and every older one.
+pub const SCHEMA: u32 = 1;
+
+/// A record as stored: the schema version next to the record's fields.
+#[derive(Serialize, Deserialize)]
+struct Versioned<T> {
+    #[serde(default)]
+    schema: u32,
+    #[serde(flatten)]
+    record: T,
+}
+
+/// A record set aside because it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// `pods` or `containers`.
+    pub kind: String,
+    /// The pod or container id (from the file name).
+    pub id: String,
+    /// Where the record is now.
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
 /// The state directory.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StateStore {
     root: PathBuf,
+    quarantined: Mutex<Vec<Quarantined>>,
 }
 
 impl StateStore {
@@ -155,7 +190,21 @@ impl StateStore {
         })?;
         Ok(StateStore {
             root: root.to_owned(),
+            quarantined: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records set aside at start-up because they could not be read.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where unreadable records go.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
     }
 
     fn path(&self, kind: &str, id: &str) -> PathBuf {
@@ -194,8 +243,11 @@ impl StateStore {
 
     fn save<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), LifecycleError> {
         let path = self.path(kind, id);
-        let data =
-            serde_json::to_vec(value).map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        let data = serde_json::to_vec(&Versioned {
+            schema: SCHEMA,
+            record: value,
+        })
+        .map_err(|e| LifecycleError::Internal(e.to_string()))?;
         ucri_rootless::rundir::write_atomic(&path, &data).map_err(|source| LifecycleError::Io {
             context: format!("writing {}", path.display()),
             source,
@@ -211,6 +263,9 @@ impl StateStore {
         })
     }
 
+    /// Every readable record of `kind`; the unreadable ones are moved to
+    /// the quarantine. A file that cannot even be opened stops the start:
+    /// going on could remove what that record describes.
     fn load<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, LifecycleError> {
         let dir = self.root.join(kind);
         let mut out = Vec::new();
@@ -219,14 +274,102 @@ impl StateStore {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            match std::fs::read(&path).map(|b| serde_json::from_slice(&b)) {
-                Ok(Ok(v)) => out.push(v),
-                Ok(Err(e)) => {
-                    tracing::warn!(path = %path.display(), %e, "ignoring unreadable state")
-                }
-                Err(e) => tracing::warn!(path = %path.display(), %e, "ignoring unreadable state"),
+            let bytes = std::fs::read(&path).map_err(|source| LifecycleError::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            })?;
+            match parse_record(&bytes) {
+                Ok(record) => out.push(record),
+                Err(reason) => self.quarantine(kind, &path, reason)?,
             }
         }
         Ok(out)
+    }
+
+    /// Moves an unreadable record out of the way, keeping it for the user.
+    fn quarantine(&self, kind: &str, path: &Path, reason: String) -> Result<(), LifecycleError> {
+        let id = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = self.quarantine_dir();
+        let io = |context: String| move |source| LifecycleError::Io { context, source };
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let moved = dir.join(format!("{kind}-{id}-{}.json", super::now_nanos()));
+        std::fs::rename(path, &moved).map_err(io(format!("quarantining {}", path.display())))?;
+        tracing::error!(
+            kind,
+            id = %id,
+            path = %moved.display(),
+            %reason,
+            "an unreadable state record was quarantined; what it describes is left as it is"
+        );
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Quarantined {
+                kind: kind.to_owned(),
+                id,
+                path: moved,
+                reason,
+            });
+        Ok(())
+    }
+}
+
+/// A record of any schema up to [`SCHEMA`], migrated to this one.
+fn parse_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let versioned: Versioned<serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a readable record: {e}"))?;
+    if versioned.schema > SCHEMA {
+        return Err(format!(
+            "written by a newer ucri (schema {}; this one reads up to {SCHEMA})",
+            versioned.schema
+        ));
+    }
+    // Schema 0 (before versions) and 1 have the same fields.
+    serde_json::from_value(versioned.record).map_err(|e| format!("not a readable record: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Sample {
+        id: String,
+    }
+
+    #[test]
+    fn records_of_old_and_current_schemas_read_newer_and_broken_ones_do_not() {
+        let current: Sample = parse_record(br#"{"schema":1,"id":"a"}"#).expect("current");
+        assert_eq!(current.id, "a");
+        let legacy: Sample = parse_record(br#"{"id":"b"}"#).expect("before versions");
+        assert_eq!(legacy.id, "b");
+        let newer = parse_record::<Sample>(br#"{"schema":2,"id":"c"}"#).expect_err("newer");
+        assert!(newer.contains("newer ucri (schema 2"), "{newer}");
+        let truncated = parse_record::<Sample>(br#"{"schema":1,"id":"#).expect_err("cut");
+        assert!(truncated.contains("not a readable record"), "{truncated}");
+    }
+
+    #[test]
+    fn unreadable_records_are_moved_to_the_quarantine_and_listed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StateStore::open(dir.path()).expect("open");
+        std::fs::write(
+            dir.path().join("pods/good.json"),
+            br#"{"schema":1,"id":"good"}"#,
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("pods/bad.json"), b"{\"id\":").expect("write");
+        let loaded: Vec<Sample> = store.load("pods").expect("load");
+        assert_eq!(loaded, vec![Sample { id: "good".into() }]);
+        let quarantined = store.quarantined();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(
+            (quarantined[0].kind.as_str(), quarantined[0].id.as_str()),
+            ("pods", "bad")
+        );
+        assert!(quarantined[0].path.exists() && !dir.path().join("pods/bad.json").exists());
     }
 }

@@ -402,6 +402,17 @@ impl Rootfs {
         disk_usage(&self.upper(id))
     }
 
+    /// The ids of every root filesystem in the store.
+    pub fn ids(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("containers"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// After a restart: remounts the root filesystems of `live` containers
     /// whose mount is gone, and unmounts and removes those of containers that
     /// no longer exist.
