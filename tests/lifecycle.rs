@@ -1215,6 +1215,106 @@ fn unreadable_state_records_are_quarantined_and_what_they_describe_keeps_running
     );
 }
 
+/// Every process in the daemon's user namespace (conmon, containers, the
+/// uplink helper, pod inits) and the holder itself.
+fn namespace_members(holder: u32) -> Vec<u32> {
+    let userns = ns_inode(holder, "user");
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| process_alive(*pid))
+        .filter(|pid| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{pid}/ns/user"))
+                .map(|m| m.ino())
+                .ok()
+                == Some(userns)
+        })
+        .collect()
+}
+
+/// What a reboot does to a rootless node, short of rebooting: every
+/// process of the daemon's user namespace ends (the holder too, so its
+/// mount namespace and namespace pins go), and the runtime dir (a tmpfs at
+/// /run/user/UID) is emptied. The data dir stays.
+fn as_if_rebooted(e: &mut Env) {
+    let holder = e.sb.holder_pid();
+    let members = namespace_members(holder);
+    e.sb.kill_serving_daemon();
+    e._daemon.wait_exit(Duration::from_secs(10));
+    for pid in members.iter().chain([&holder]) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while members.iter().chain([&holder]).any(|p| process_alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace's processes did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(e.sb.runtime_dir()).expect("empty the runtime dir");
+}
+
+/// After a reboot (or an emptied runtime dir) the state records outlive
+/// what they point at: containers read as exited (255, with the reason in
+/// the status message), pods as not ready, and both can be stopped and
+/// removed without the OCI runtime state that is gone; the node then runs
+/// new pods. (Stop and remove used to fail for good on
+/// `…/oci/<id>/status: No such file or directory` until `system reset`.)
+#[test]
+fn after_a_reboot_containers_read_as_exited_and_can_be_removed() {
+    let mut e = env("rebooted");
+    let pod_cfg = pod_config(&e.sb, "before");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "runner", "sleep 600"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &id).expect("start");
+    as_if_rebooted(&mut e);
+    e._daemon = e.sb.start_daemon();
+    let after = status(&e.sb, &id).expect("ContainerStatus after the reboot");
+    assert_eq!(after.state, ContainerState::ContainerExited as i32);
+    assert_eq!(after.exit_code, 255);
+    assert!(
+        after.message.contains("runtime directory was emptied"),
+        "{}",
+        after.message
+    );
+    let pod_after = pod_status(&e.sb, &pod)
+        .expect("PodSandboxStatus after the reboot")
+        .status
+        .expect("status");
+    assert_eq!(pod_after.state, PodSandboxState::SandboxNotready as i32);
+    stop(&e.sb, &id, 0).expect("StopContainer of a lost container");
+    stop_pod(&e.sb, &pod);
+    remove_container(&e.sb, &id);
+    remove_pod(&e.sb, &pod);
+    assert!(list_containers(&e.sb, None).is_empty());
+    let rootfs_left: Vec<_> = std::fs::read_dir(e.sb.data_dir().join("storage/containers"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(rootfs_left.is_empty(), "{rootfs_left:?}");
+    let new_cfg = pod_config(&e.sb, "after");
+    let new_pod = run_pod(&e.sb, &new_cfg).expect("a new pod after the reboot");
+    let (code, out) = run_to_exit(
+        &e,
+        &new_pod,
+        &new_cfg,
+        container_config(&e.image, "hello", "echo hello again"),
+    );
+    assert_eq!((code, out.trim()), (0, "hello again"));
+    remove_pod(&e.sb, &new_pod);
+}
+
 #[test]
 fn system_reset_ends_every_container_and_pod_init() {
     let mut e = env("reset");

@@ -124,6 +124,7 @@ impl Lifecycle {
             oom_killed: false,
             user: None,
             volume_images: Vec::new(),
+            lost: None,
         };
         containers.insert(id.to_owned(), state.clone());
         Ok(state)
@@ -396,11 +397,14 @@ impl Lifecycle {
         let lock = self.locks.get(&id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.container(&id)?;
-        self.oci.runtime(
-            &state.runtime,
-            &["delete", "--force", &id],
-            "deleting the container",
-        )?;
+        // A lost container's runtime state went with the runtime dir.
+        if state.lost.is_none() {
+            self.oci.runtime(
+                &state.runtime,
+                &["delete", "--force", &id],
+                "deleting the container",
+            )?;
+        }
         self.storage
             .rootfs()
             .remove(&id)
@@ -737,7 +741,7 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
         image: Some(image_spec(c)),
         image_ref: c.image_id.clone(),
         reason: reason.to_owned(),
-        message: String::new(),
+        message: c.lost.clone().unwrap_or_default(),
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),

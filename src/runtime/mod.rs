@@ -3,6 +3,7 @@
 //! runtime, state on disk and recovery after a restart.
 
 mod container;
+pub mod epoch;
 mod events;
 mod image_volumes;
 mod network;
@@ -156,8 +157,19 @@ impl Lifecycle {
     }
 
     fn recover(&self) -> Result<(), LifecycleError> {
-        let pods = self.states.load_pods()?;
-        let containers = self.states.load_containers()?;
+        let mut pods = self.states.load_pods()?;
+        let mut containers = self.states.load_containers()?;
+        let epoch = epoch::Epoch::new(
+            &self.config.daemon.data_dir.join("state"),
+            &self.config.daemon.runtime_dir,
+        );
+        if let Some(reason) = epoch.fate()?.reason() {
+            tracing::warn!(
+                reason,
+                "the runtime dir was lost: every container reads as exited"
+            );
+            self.mark_lost(&mut pods, &mut containers, reason)?;
+        }
         // What a quarantined record describes is kept as it is: it may run.
         let quarantined = self.states.quarantined();
         let set_aside = |kind: &str| {
@@ -197,6 +209,36 @@ impl Lifecycle {
         }
         self.refresh_pods();
         self.recover_networks();
+        epoch.renew()
+    }
+
+    /// After the runtime dir was lost: containers exited (with `reason`),
+    /// pods not ready and detached, each record saved so.
+    fn mark_lost(
+        &self,
+        pods: &mut [PodState],
+        containers: &mut [ContainerState],
+        reason: &str,
+    ) -> Result<(), LifecycleError> {
+        let now = now_nanos();
+        for c in containers.iter_mut() {
+            if c.phase != state::ContainerPhase::Exited {
+                c.phase = state::ContainerPhase::Exited;
+                c.exit_code = LOST_EXIT_CODE;
+                c.finished_at = now.max(c.started_at);
+                c.pid = 0;
+                c.lost = Some(reason.to_owned());
+            } else if c.lost.is_none() {
+                c.lost = Some(reason.to_owned());
+            }
+            self.states.save_container(c)?;
+        }
+        for p in pods.iter_mut() {
+            p.phase = state::PodPhase::NotReady;
+            p.init_pid = 0;
+            p.network = None;
+            self.states.save_pod(p)?;
+        }
         Ok(())
     }
 
@@ -342,6 +384,10 @@ fn dir_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
 }
 
 /// Now, Unix nanoseconds.
+/// The exit code of a container whose processes ended with the runtime
+/// dir (as containerd reports a lost task: 255).
+const LOST_EXIT_CODE: i32 = 255;
+
 fn now_nanos() -> i64 {
     nanos(std::time::SystemTime::now())
 }

@@ -118,6 +118,10 @@ pub struct ContainerState {
     /// Ids of the images its image volumes mount (kept while it exists).
     #[serde(default)]
     pub volume_images: Vec<String>,
+    /// Why its runtime state is gone (a reboot, an emptied runtime dir):
+    /// it reads as exited, and removal asks the OCI runtime nothing.
+    #[serde(default)]
+    pub lost: Option<String>,
 }
 
 /// The uid, gid and supplementary groups a container's process runs as.
