@@ -59,7 +59,7 @@ say "ucri ctl version (the CRI Version RPC over the unix socket)"
 as_user "${UCRI[@]}" ctl version
 
 say "ucri ctl info (the CRI Status RPC: conditions and effective configuration)"
-as_user "${UCRI[@]}" ctl info | head -n 40
+as_user "${UCRI[@]}" ctl info | sed -n 1,40p
 
 say "Inside the daemon's user namespace, $DEMO_USER is root (ucri nsenter)"
 as_user "${UCRI[@]}" nsenter -- sh -c 'echo "id -u: $(id -u)"; echo "uid_map:"; cat /proc/self/uid_map'

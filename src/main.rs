@@ -79,7 +79,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::System {
             action: SystemAction::Reset { force },
         } => system::reset(&config, force),
-        Command::Ctl(args) => ctl::run(&config, args),
+        Command::Ctl(args) => {
+            ucri_rootless::syscall::die_on_broken_pipe();
+            ctl::run(&config, args)
+        }
     }
 }
 

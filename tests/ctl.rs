@@ -464,3 +464,62 @@ fn exec_it_port_forward_and_attach_stream_through_the_daemon() {
     assert!(ctl(&sb, &["ps", "-a"]).contains("Exited"));
     ctl(&sb, &["rmp", &pod]);
 }
+
+/// `ucri ctl … | head` stops quietly, as Unix tools do, instead of
+/// panicking on its next write to the closed pipe (the demo's
+/// `ctl info | head -n 40` once failed that way). The log is bigger than a
+/// pipe's buffer, so the client is still writing when the pipe closes.
+#[test]
+fn a_client_whose_output_pipe_closes_stops_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let registry = TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "demo/busybox:latest");
+    let mut sb = Sandbox::new("ctl-pipe");
+    let _daemon = sb.start_daemon();
+    let image = registry.image("demo/busybox:latest");
+    let (pod_json, talker_json) = (sb.root.join("pod.json"), sb.root.join("talker.json"));
+    let logs = sb.home().join("logs");
+    sb.write_user_file(
+        &pod_json,
+        &format!(r#"{{"metadata": {{"name": "piped", "namespace": "default", "uid": "p1"}}, "log_directory": "{}"}}"#, logs.display()),
+    );
+    sb.write_user_file(
+        &talker_json,
+        &format!(r#"{{"metadata": {{"name": "talker"}}, "image": {{"image": "{image}"}}, "command": ["/bin/sh", "-c", "yes talking | head -n 100000"], "log_path": "talker.log"}}"#),
+    );
+    let id = ctl_owned(
+        &sb,
+        &[
+            "run".into(),
+            talker_json.display().to_string(),
+            pod_json.display().to_string(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    let mut child = sb
+        .ucri(&["ctl", "logs", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn ucri ctl logs");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("the start of the log");
+    assert_eq!(&first, b"talking\ntalking\n");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(nix::sys::signal::Signal::SIGPIPE as i32),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

@@ -1215,10 +1215,9 @@ fn unreadable_state_records_are_quarantined_and_what_they_describe_keeps_running
     );
 }
 
-/// Every process in the daemon's user namespace (conmon, containers, the
-/// uplink helper, pod inits) and the holder itself.
-fn namespace_members(holder: u32) -> Vec<u32> {
-    let userns = ns_inode(holder, "user");
+/// Every process in the user namespace of inode `userns` (the daemon's:
+/// conmon, containers, the uplink helper, pod inits, the holder).
+fn namespace_members(userns: u64) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .expect("proc")
         .flatten()
@@ -1240,7 +1239,7 @@ fn namespace_members(holder: u32) -> Vec<u32> {
 /// /run/user/UID) is emptied. The data dir stays.
 fn as_if_rebooted(e: &mut Env) {
     let holder = e.sb.holder_pid();
-    let members = namespace_members(holder);
+    let members = namespace_members(ns_inode(holder, "user"));
     e.sb.kill_serving_daemon();
     e._daemon.wait_exit(Duration::from_secs(10));
     for pid in members.iter().chain([&holder]) {
@@ -1339,18 +1338,9 @@ fn system_reset_ends_every_container_and_pod_init() {
     let holder = e.sb.holder_pid();
     let userns = ns_inode(holder, "user");
     let members = || -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .expect("proc")
-            .flatten()
-            .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| *pid != holder && process_alive(*pid))
-            .filter(|pid| {
-                use std::os::unix::fs::MetadataExt;
-                std::fs::metadata(format!("/proc/{pid}/ns/user"))
-                    .map(|m| m.ino())
-                    .ok()
-                    == Some(userns)
-            })
+        namespace_members(userns)
+            .into_iter()
+            .filter(|pid| *pid != holder)
             .collect()
     };
     e._daemon.signal(nix::sys::signal::Signal::SIGTERM);

@@ -107,6 +107,17 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Lets SIGPIPE end the process, as it ends other Unix tools: a client
+/// whose output goes to `head` then stops quietly instead of panicking on
+/// its next write. Never for the daemon, which must outlive closed sockets.
+pub fn die_on_broken_pipe() {
+    // SAFETY: resetting a signal's disposition to its default installs no
+    // handler, so no Rust code can run in signal context.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// True when `path` carries the extended attribute `name` (e.g. file
 /// capabilities in `security.capability`).
 pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::LifecycleError;
+use super::{io, LifecycleError};
 
 /// What the state dir remembers of the runtime dir.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,11 +133,6 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LifecycleError> {
 fn write(path: &Path, data: &[u8]) -> Result<(), LifecycleError> {
     ucri_rootless::rundir::write_atomic(path, data)
         .map_err(io(format!("writing {}", path.display())))
-}
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
-    let context = context.into();
-    move |source| LifecycleError::Io { context, source }
 }
 
 #[cfg(test)]

@@ -384,6 +384,12 @@ fn dir_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
 }
 
 /// Now, Unix nanoseconds.
+/// Maps an I/O error to a lifecycle error that says where it happened.
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
+    let context = context.into();
+    move |source| LifecycleError::Io { context, source }
+}
+
 /// The exit code of a container whose processes ended with the runtime
 /// dir (as containerd reports a lost task: 255).
 const LOST_EXIT_CODE: i32 = 255;

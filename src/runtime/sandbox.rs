@@ -10,7 +10,7 @@ use std::process::Command;
 use ucri_cri_api::v1::{DnsConfig, NamespaceMode, PodSandboxConfig};
 
 use super::state::PodNamespaces;
-use super::LifecycleError;
+use super::{io, LifecycleError};
 
 /// The run-time files of one pod.
 #[derive(Debug, Clone)]
@@ -55,11 +55,6 @@ impl PodDir {
     pub fn hostname_file(&self) -> PathBuf {
         self.root.join("hostname")
     }
-}
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
-    let context = context.into();
-    move |source| LifecycleError::Io { context, source }
 }
 
 /// Which namespaces the pod gets of its own (false = the host's).

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use ucri_cri_api::v1::{IdMapping, NamespaceMode, PodSandboxConfig, UserNamespace};
 
 use super::sandbox::{run_checked, PodDir};
-use super::LifecycleError;
+use super::{io, LifecycleError};
 
 /// The ids one pod with its own user namespace takes (kubelet's default).
 pub const IDS_PER_POD: u64 = 65_536;
@@ -223,11 +223,6 @@ fn write_map(path: &Path, map: &str) -> Result<(), LifecycleError> {
         .open(path)
         .and_then(|mut f| f.write_all(map.as_bytes()))
         .map_err(io(format!("writing {}", path.display())))
-}
-
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
-    let context = context.into();
-    move |source| LifecycleError::Io { context, source }
 }
 
 #[cfg(test)]
