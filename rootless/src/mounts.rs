@@ -83,14 +83,24 @@ fn hide_hybrid_cgroup2() -> Result<bool, MountError> {
     Ok(true)
 }
 
-/// Every mount point of the calling process's mount namespace.
+/// Every mount point of the calling process's mount namespace; none when
+/// `/proc/self/mountinfo` cannot be read (see [`try_mountpoints`] where
+/// "none" would be taken for "gone").
 pub fn mountpoints() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
+    try_mountpoints().unwrap_or_else(|e| {
+        tracing::warn!(%e, "cannot read /proc/self/mountinfo");
+        Vec::new()
+    })
+}
+
+/// Every mount point of the calling process's mount namespace, or why
+/// `/proc/self/mountinfo` could not be read.
+pub fn try_mountpoints() -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .collect()
+        .collect())
 }
 
 /// True when `path` is a mount point in the calling process's namespace.

@@ -206,8 +206,15 @@ impl Lifecycle {
     }
 
     /// Marks pods whose namespaces vanished (e.g. after a reboot) not ready.
+    /// An unreadable mount table says nothing about the pods: none is marked.
     pub(super) fn refresh_pods(&self) {
-        let mounts = ucri_storage::rootfs::mountpoints();
+        let mounts = match ucri_rootless::mounts::try_mountpoints() {
+            Ok(mounts) => mounts,
+            Err(e) => {
+                tracing::warn!(%e, "cannot read the mount table; pods keep their phase");
+                return;
+            }
+        };
         let mut stale = Vec::new();
         for pod in self.pods_mut().values_mut() {
             let pin = PodDir::new(&self.runtime_root, &pod.id).ns("net");
