@@ -698,3 +698,62 @@ fn registry_error(reference: &Reference, e: OciDistributionError) -> ImageError 
         _ => ImageError::Unavailable(context),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod properties {
+        //! Fuzzing by properties: manifests, indexes and configs from any
+        //! bytes are read or refused without a panic; an image's layers are
+        //! accepted exactly when the manifest and the config agree.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn digest_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[0-9a-f]{64}".prop_map(|h| format!("sha256:{h}")),
+                1 => "\\PC{0,20}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_read_or_refused(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(manifest) = serde_json::from_slice::<Manifest>(&data) {
+                    let _ = choose_platform(&manifest.manifests);
+                }
+                let _ = serde_json::from_slice::<ImageConfig>(&data);
+            }
+
+            #[test]
+            fn layers_are_accepted_exactly_when_manifest_and_config_agree(
+                blobs in proptest::collection::vec((digest_text(), -2i64..1000), 0..5),
+                diff_ids in proptest::collection::vec(digest_text(), 0..5),
+            ) {
+                let manifest = Manifest {
+                    config: None,
+                    layers: blobs
+                        .iter()
+                        .map(|(digest, size)| Descriptor {
+                            media_type: String::new(),
+                            digest: digest.clone(),
+                            size: *size,
+                            platform: None,
+                        })
+                        .collect(),
+                    manifests: Vec::new(),
+                };
+                let config = ImageConfig {
+                    config: None,
+                    rootfs: RootFs { diff_ids: diff_ids.clone() },
+                };
+                let valid = |d: &String| d.parse::<Digest>().is_ok();
+                let agree = blobs.len() == diff_ids.len()
+                    && blobs.iter().all(|(d, size)| valid(d) && *size >= 0)
+                    && diff_ids.iter().all(valid);
+                prop_assert_eq!(image_layers(&manifest, &config).is_ok(), agree);
+            }
+        }
+    }
+}

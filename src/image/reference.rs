@@ -273,4 +273,43 @@ mod tests {
             "prefixes end at a path boundary"
         );
     }
+
+    mod properties {
+        //! Fuzzing by properties: any text parses or is refused without a
+        //! panic, and a qualified name parses back to itself.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn reference() -> impl Strategy<Value = String> {
+            let registry = "[a-z0-9]{1,8}\\.[a-z]{2,4}(:[1-9][0-9]{0,3})?";
+            let repository = "[a-z0-9]{1,8}(/[a-z0-9._-]{1,8}){0,3}";
+            let tag = proptest::option::of("[A-Za-z0-9_][A-Za-z0-9._-]{0,20}");
+            let digest = proptest::option::of("[0-9a-f]{64}");
+            (registry, repository, tag, digest).prop_map(|(r, p, t, d)| {
+                let mut s = format!("{r}/{p}");
+                if let Some(t) = t {
+                    s.push_str(&format!(":{t}"));
+                }
+                if let Some(d) = d {
+                    s.push_str(&format!("@sha256:{d}"));
+                }
+                s
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_parses_or_is_refused(input in "\\PC{0,80}") {
+                let _ = parse(&input);
+            }
+
+            #[test]
+            fn qualified_names_parse_back_to_themselves(input in reference()) {
+                let Ok(Parsed::Qualified(name)) = parse(&input) else {
+                    return Err(TestCaseError::fail(format!("{input} should parse as qualified")));
+                };
+                prop_assert_eq!(parse(&name.to_string()).expect("again"), Parsed::Qualified(name));
+            }
+        }
+    }
 }

@@ -411,4 +411,30 @@ insecure = true
             "unblocked by the drop-in"
         );
     }
+
+    mod properties {
+        //! Fuzzing by properties: any registries.conf text is read or
+        //! refused, and any image string resolves or is refused, without a
+        //! panic.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_text_is_read_or_refused(text in "(\\PC|\n){0,200}") {
+                let _ = toml::from_str::<RegistriesConf>(&text);
+            }
+
+            #[test]
+            fn any_image_string_resolves_or_is_refused(input in "\\PC{0,60}") {
+                let conf: RegistriesConf = toml::from_str(CONF).expect("parse");
+                if let Ok(names) = conf.candidates(&input) {
+                    for name in names {
+                        let _ = conf.endpoints(&name);
+                    }
+                }
+                let _ = conf.local_candidates(&input);
+            }
+        }
+    }
 }

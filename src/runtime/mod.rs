@@ -445,3 +445,25 @@ fn resolve_id<'a>(ids: impl Iterator<Item = &'a String>, id: &str) -> Option<Str
     let first = found.next()?;
     found.next().is_none().then(|| first.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod properties {
+        //! Fuzzing by properties: the metadata check of RunPodSandbox and
+        //! CreateContainer takes any text, and refuses exactly what is too
+        //! long or holds a control character.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn metadata_is_refused_exactly_when_too_long_or_controlled(value in "(\\PC|\\PZ|[\\x00-\\x1f\\x7f]){0,300}") {
+                let refused = check_metadata_field("the name", &value).is_err();
+                let bad = value.len() > MAX_METADATA_FIELD || value.chars().any(char::is_control);
+                prop_assert_eq!(refused, bad);
+            }
+        }
+    }
+}

@@ -195,18 +195,17 @@ fn split(
                 Message::Close(_) => break,
                 _ => continue,
             };
-            let Some((&channel, payload)) = data.split_first() else {
-                continue;
-            };
-            if close_signal && channel == CLOSE {
-                if let Some(closed) = payload.first() {
-                    inputs.remove(closed);
-                }
-                continue;
-            }
-            if let Some(pipe) = inputs.get_mut(&channel) {
-                if pipe.write_all(payload).await.is_err() {
+            match route(&data, close_signal) {
+                Route::Nothing => {}
+                Route::Close(channel) => {
                     inputs.remove(&channel);
+                }
+                Route::Data(channel, payload) => {
+                    if let Some(pipe) = inputs.get_mut(&channel) {
+                        if pipe.write_all(payload).await.is_err() {
+                            inputs.remove(&channel);
+                        }
+                    }
                 }
             }
         }
@@ -220,6 +219,29 @@ fn split(
         writer,
         gone,
     )
+}
+
+/// What one message from the client asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// Bytes for a channel's pipe.
+    Data(u8, &'a [u8]),
+    /// The client closed its side of a channel (v5's close signal).
+    Close(u8),
+    /// Nothing: an empty message, or a close signal naming no channel.
+    Nothing,
+}
+
+/// Reads a message of the channel protocol: its first byte names the
+/// channel; with `close_signal` (v5), channel 255 closes the one named next.
+fn route(data: &[u8], close_signal: bool) -> Route<'_> {
+    match data.split_first() {
+        None => Route::Nothing,
+        Some((&CLOSE, rest)) if close_signal => {
+            rest.first().map_or(Route::Nothing, |&c| Route::Close(c))
+        }
+        Some((&channel, payload)) => Route::Data(channel, payload),
+    }
 }
 
 /// One Exec or Attach over the socket: channels per what was asked, the
@@ -324,5 +346,40 @@ mod tests {
         assert!(query_ports("port=0").is_err());
         assert!(query_ports("port=x").is_err());
         assert!(query_ports("").is_err());
+    }
+
+    mod properties {
+        //! Fuzzing by properties: the channel protocol and the port query
+        //! take any bytes and any text without panicking, and read back
+        //! what a client sends.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_message_routes_to_its_channel(
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+                close_signal in any::<bool>(),
+            ) {
+                let routed = route(&data, close_signal);
+                match data.as_slice() {
+                    [] => prop_assert_eq!(routed, Route::Nothing),
+                    [CLOSE] if close_signal => prop_assert_eq!(routed, Route::Nothing),
+                    [CLOSE, c, ..] if close_signal => prop_assert_eq!(routed, Route::Close(*c)),
+                    [c, rest @ ..] => prop_assert_eq!(routed, Route::Data(*c, rest)),
+                }
+            }
+
+            #[test]
+            fn any_query_is_read_without_panicking(query in "\\PC{0,64}") {
+                let _ = query_ports(&query);
+            }
+
+            #[test]
+            fn the_ports_a_client_asks_for_come_back(ports in proptest::collection::vec(1u16.., 1..5)) {
+                let query: Vec<String> = ports.iter().map(|p| format!("port={p}")).collect();
+                prop_assert_eq!(query_ports(&query.join("&")), Ok(ports));
+            }
+        }
     }
 }

@@ -709,4 +709,151 @@ mod tests {
             "{err}"
         );
     }
+
+    mod properties {
+        //! Fuzzing by properties: layers of hostile entries (`..`, absolute
+        //! names, symlinks and hard links pointing anywhere, whiteouts,
+        //! opaque markers, in any order) and arbitrary bytes. Whatever the
+        //! unpacker answers, nothing appears outside the destination.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Raw names, written into the header as they are (the tar
+        /// crate's builder refuses `..`, an attacker's does not).
+        fn name() -> impl Strategy<Value = String> {
+            let part = prop_oneof![
+                4 => Just("a".to_owned()),
+                2 => Just("b".to_owned()),
+                1 => Just("..".to_owned()),
+                1 => Just(".".to_owned()),
+                1 => Just("".to_owned()),
+                1 => Just(".wh.a".to_owned()),
+                1 => Just(".wh..wh..opq".to_owned()),
+                1 => "[a-z]{1,3}",
+            ];
+            (
+                proptest::bool::weighted(0.2),
+                proptest::collection::vec(part, 1..4),
+            )
+                .prop_map(|(absolute, parts)| {
+                    let joined = parts.join("/");
+                    if absolute {
+                        format!("/{joined}")
+                    } else {
+                        joined
+                    }
+                })
+        }
+
+        #[derive(Debug, Clone)]
+        enum Kind {
+            File,
+            Dir,
+            Symlink(String),
+            HardLink(String),
+        }
+
+        fn entry() -> impl Strategy<Value = (String, Kind)> {
+            let kind = prop_oneof![
+                Just(Kind::File),
+                Just(Kind::Dir),
+                name().prop_map(Kind::Symlink),
+                Just(Kind::Symlink("../outside".to_owned())),
+                name().prop_map(Kind::HardLink),
+            ];
+            (name(), kind)
+        }
+
+        /// The tar of `entries`; absolute link targets are moved under
+        /// `outside`, so that following one is seen there.
+        fn raw_tar(entries: &[(String, Kind)], outside: &Path) -> Vec<u8> {
+            let mut out = Vec::new();
+            let relocate = |t: &str| match t.strip_prefix('/') {
+                Some(rest) => format!("{}/{rest}", outside.display()),
+                None => t.to_owned(),
+            };
+            for (name, kind) in entries {
+                let kind = match kind {
+                    Kind::Symlink(t) => Kind::Symlink(relocate(t)),
+                    Kind::HardLink(t) => Kind::HardLink(relocate(t)),
+                    other => other.clone(),
+                };
+                let mut h = tar::Header::new_old();
+                let (entry_type, link, data): (_, &str, &[u8]) = match &kind {
+                    Kind::File => (tar::EntryType::Regular, "", b"data"),
+                    Kind::Dir => (tar::EntryType::Directory, "", b""),
+                    Kind::Symlink(t) => (tar::EntryType::Symlink, t, b""),
+                    Kind::HardLink(t) => (tar::EntryType::Link, t, b""),
+                };
+                let bytes = h.as_old_mut();
+                let n = name.len().min(99);
+                assert!(link.len() < 100, "link target {link:?} fits the old header");
+                bytes.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+                let l = link.len().min(99);
+                bytes.linkname[..l].copy_from_slice(&link.as_bytes()[..l]);
+                h.set_entry_type(entry_type);
+                h.set_size(data.len() as u64);
+                h.set_mode(0o755);
+                h.set_uid(nix::unistd::getuid().as_raw().into());
+                h.set_gid(nix::unistd::getgid().as_raw().into());
+                h.set_cksum();
+                out.extend_from_slice(h.as_bytes());
+                out.extend_from_slice(data);
+                out.resize(out.len().div_ceil(512) * 512, 0);
+            }
+            out.extend_from_slice(&[0u8; 1024]);
+            out
+        }
+
+        /// Every path under `root`, relative to it.
+        fn tree(root: &Path) -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(dir) = stack.pop() {
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = e.path();
+                    out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(path);
+                    }
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn hostile_layers_write_nothing_outside_the_destination(
+                entries in proptest::collection::vec(entry(), 1..12),
+            ) {
+                let root = tempfile::tempdir().expect("tmp");
+                let dest = root.path().join("layer");
+                fs::create_dir(&dest).expect("dest");
+                let outside = root.path().join("outside");
+                fs::create_dir(&outside).expect("outside");
+                let data = raw_tar(&entries, &outside);
+                let _ = unpack_layer(&data[..], Compression::None, &dest, &UnpackLimits::default());
+                let escaped: Vec<PathBuf> = tree(root.path())
+                    .into_iter()
+                    .filter(|p| !p.starts_with("layer") && p != Path::new("outside"))
+                    .collect();
+                prop_assert!(escaped.is_empty(), "written outside: {:?}", escaped);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_the_unpacker(
+                data in proptest::collection::vec(any::<u8>(), 0..4096),
+                compression in prop_oneof![
+                    Just(Compression::None),
+                    Just(Compression::Gzip),
+                    Just(Compression::Zstd),
+                ],
+            ) {
+                let dest = tempfile::tempdir().expect("tmp");
+                let _ = unpack_layer(&data[..], compression, dest.path(), &UnpackLimits::default());
+            }
+        }
+    }
 }

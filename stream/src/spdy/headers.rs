@@ -313,4 +313,30 @@ mod tests {
 
     const KAT_1: &str = "78f9e3c6a7c202a62346703a2b294a4dcc851625aca9a08006000000ffff";
     const KAT_2: &str = "02651c0c2960624ec90797d19c459028cd042575464300000000ffff";
+
+    mod properties {
+        //! Fuzzing by properties: header blocks from arbitrary bytes, raw
+        //! and compressed, never panic; encoded blocks decode back.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_blocks_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                let _ = decode_block(&data);
+                let _ = HeaderDecompressor::new().decompress(&data);
+            }
+
+            #[test]
+            fn encoded_blocks_decode_to_themselves(
+                headers in proptest::collection::vec(("[a-z0-9-]{1,16}", "[ -~]{0,64}"), 0..10),
+            ) {
+                prop_assert_eq!(decode_block(&encode_block(&headers)).expect("decode"), headers.clone());
+                let mut comp = HeaderCompressor::new();
+                let mut dec = HeaderDecompressor::new();
+                let wire = comp.compress(&headers).expect("compress");
+                prop_assert_eq!(dec.decompress(&wire).expect("decompress"), headers);
+            }
+        }
+    }
 }
