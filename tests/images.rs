@@ -89,13 +89,7 @@ fn store(sb: &Sandbox) -> PathBuf {
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    dir_entries(dir).into_iter().collect()
 }
 
 fn assert_store_empty(sb: &Sandbox) {

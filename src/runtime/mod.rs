@@ -268,8 +268,22 @@ impl Lifecycle {
                 &["delete", "--force", id],
                 "deleting a half-created container",
             );
-            let _ = std::fs::remove_dir_all(self.runtime_root.join("containers").join(id));
+            let bundle = self.runtime_root.join("containers").join(id);
+            oci::wait_monitor_gone(&bundle.join("conmon.pid"), LEFT_MONITOR_EXIT);
+            let _ = std::fs::remove_dir_all(bundle);
             self.oci.forget(id);
+        }
+        // Exit files and attach sockets of containers nobody knows (their
+        // monitor outlived a half-finished removal).
+        for dir in [&self.oci.exits, &self.oci.attach] {
+            let known = |name: &str| containers.contains(name);
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !known(&name) {
+                    tracing::info!(container = %name, "removing the exit file or attach socket of a container that is gone");
+                    self.oci.forget(&name);
+                }
+            }
         }
     }
 
@@ -389,6 +403,10 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleErr
     let context = context.into();
     move |source| LifecycleError::Io { context, source }
 }
+
+/// How long a monitor left by a killed daemon may take to exit once its
+/// half-created container is deleted.
+const LEFT_MONITOR_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The exit code of a container whose processes ended with the runtime
 /// dir (as containerd reports a lost task: 255).

@@ -301,13 +301,42 @@ pub fn split_cri_log(log: &str) -> (Vec<u8>, Vec<u8>) {
 /// How long a monitor whose create failed may take to exit.
 const FAILED_MONITOR_EXIT: Duration = Duration::from_secs(60);
 
-/// Reaps, in the background, the conmon monitor of a create that failed.
-fn reap_failed_monitor(pid_file: &std::path::Path) {
-    let Some(pid) = std::fs::read_to_string(pid_file)
+/// Waits (at most `limit`) until the conmon whose pid is in `pid_file` is
+/// gone: a monitor left by a killed daemon is nobody's child here, and it
+/// writes its container's exit file as it goes.
+pub fn wait_monitor_gone(pid_file: &std::path::Path, limit: Duration) {
+    let Some(pid) = read_pid_file(pid_file) else {
+        return;
+    };
+    let is_live_conmon = || {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        comm.trim() == "conmon" && !zombie
+    };
+    let deadline = std::time::Instant::now() + limit;
+    while is_live_conmon() {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(pid, "a monitor left by the previous daemon did not exit");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The positive pid a pid file holds.
+fn read_pid_file(pid_file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
         .filter(|pid| *pid > 0)
-    else {
+}
+
+/// Reaps, in the background, the conmon monitor of a create that failed.
+fn reap_failed_monitor(pid_file: &std::path::Path) {
+    let Some(pid) = read_pid_file(pid_file) else {
         return;
     };
     let pid = nix::unistd::Pid::from_raw(pid);
