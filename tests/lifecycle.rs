@@ -1215,6 +1215,32 @@ fn unreadable_state_records_are_quarantined_and_what_they_describe_keeps_running
     );
 }
 
+/// A kill in the middle of RemoveContainer can leave a root filesystem
+/// without its record while the container's record stays: the next start
+/// finishes that removal instead of refusing to start (it failed with "no
+/// root filesystem for container …", for good; the chaos test found it).
+#[test]
+fn a_root_filesystem_whose_removal_was_interrupted_does_not_stop_the_start() {
+    let mut e = env("half-removed");
+    let pod_cfg = pod_config(&e.sb, "pod");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "gone", "true"),
+        &pod_cfg,
+    )
+    .expect("create");
+    let rootfs = e.sb.data_dir().join(format!("storage/containers/{id}"));
+    e.sb.kill_serving_daemon();
+    e._daemon.wait_exit(Duration::from_secs(10));
+    std::fs::remove_file(rootfs.join("rootfs.json")).expect("the record goes first");
+    e._daemon = e.sb.start_daemon();
+    assert!(!rootfs.exists(), "the interrupted removal was finished");
+    remove_container(&e.sb, &id);
+    remove_pod(&e.sb, &pod);
+}
+
 /// Every process in the user namespace of inode `userns` (the daemon's:
 /// conmon, containers, the uplink helper, pod inits, the holder).
 fn namespace_members(userns: u64) -> Vec<u32> {

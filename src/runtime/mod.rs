@@ -196,6 +196,9 @@ impl Lifecycle {
                 LifecycleError::Internal(format!("recovering root filesystems: {e}"))
             })?;
         tracing::info!(pods = pods.len(), containers = containers.len(), remounted = ?report.remounted, removed = ?report.removed, "recovered state");
+        for (id, error) in &report.failed {
+            tracing::error!(container = %id, %error, "its root filesystem could not be mounted again");
+        }
         let mut known_pods: std::collections::HashSet<String> =
             pods.iter().map(|p| p.id.clone()).collect();
         known_pods.extend(set_aside("pods"));

@@ -129,8 +129,12 @@ pub struct IdShift {
 pub struct Recovery {
     /// Containers whose mount was missing and was made again.
     pub remounted: Vec<String>,
-    /// Containers that no longer exist, unmounted and removed.
+    /// Containers that no longer exist, unmounted and removed, and the
+    /// leftovers of a removal or creation that a kill interrupted.
     pub removed: Vec<String>,
+    /// Containers whose root filesystem could not be mounted again, and why
+    /// (they stay on disk; their containers fail to start).
+    pub failed: Vec<(String, String)>,
 }
 
 /// The container root filesystems under one store root.
@@ -367,6 +371,10 @@ impl Rootfs {
 
     /// Unmounts and deletes container `id`'s root filesystem; a missing one
     /// is fine (removal is idempotent).
+    ///
+    /// The record goes first: a root filesystem without one is being made
+    /// or removed, and [`Rootfs::recover`] finishes the removal of what a
+    /// kill interrupted.
     pub fn remove(&self, id: &str) -> Result<(), RootfsError> {
         let dir = self.dir(id);
         if !dir.exists() {
@@ -375,6 +383,13 @@ impl Rootfs {
         let target = self.mountpoint(id);
         while is_mounted(&target) {
             unmount(&target)?;
+        }
+        let record = dir.join("rootfs.json");
+        match fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing {}", record.display()))(e));
+            }
+            _ => {}
         }
         fs::remove_dir_all(&dir).map_err(io_err(format!("removing {}", dir.display())))
     }
@@ -423,20 +438,32 @@ impl Rootfs {
             .map_err(io_err(format!("listing {}", containers.display())))?;
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&id) {
+            let unfinished = matches!(self.record(&id), Err(RootfsError::NotFound(_)));
+            if !live.contains(&id) || unfinished {
                 self.remove(&id)?;
                 report.removed.push(id);
                 continue;
             }
-            let record = self.record(&id)?;
-            // Containers made before their dirs were private become so.
-            self.secure(&self.dir(&id), record.shift)?;
-            if !self.is_mounted(&id) {
-                self.mount(&record)?;
-                report.remounted.push(id);
+            match self.remount(&id) {
+                Ok(true) => report.remounted.push(id),
+                Ok(false) => {}
+                Err(e) => report.failed.push((id, e.to_string())),
             }
         }
         Ok(report)
+    }
+
+    /// Mounts container `id`'s root filesystem again if its mount is gone;
+    /// true when it did.
+    fn remount(&self, id: &str) -> Result<bool, RootfsError> {
+        let record = self.record(id)?;
+        // Containers made before their dirs were private become so.
+        self.secure(&self.dir(id), record.shift)?;
+        if self.is_mounted(id) {
+            return Ok(false);
+        }
+        self.mount(&record)?;
+        Ok(true)
     }
 
     /// Every mount under this store, from `/proc/self/mountinfo`.

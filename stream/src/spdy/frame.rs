@@ -648,6 +648,42 @@ mod tests {
             ]
         }
 
+        /// The frame with its headers in name order (see `headers`'s
+        /// properties: SPDY groups a repeated name's values).
+        fn by_name_in(frame: Frame) -> Frame {
+            let sort = |mut h: Headers| {
+                h.sort_by(|a, b| a.0.cmp(&b.0));
+                h
+            };
+            match frame {
+                Frame::SynStream {
+                    stream_id,
+                    associated_to,
+                    priority,
+                    slot,
+                    flags,
+                    headers,
+                } => Frame::SynStream {
+                    stream_id,
+                    associated_to,
+                    priority,
+                    slot,
+                    flags,
+                    headers: sort(headers),
+                },
+                Frame::SynReply {
+                    stream_id,
+                    flags,
+                    headers,
+                } => Frame::SynReply {
+                    stream_id,
+                    flags,
+                    headers: sort(headers),
+                },
+                other => other,
+            }
+        }
+
         proptest! {
             #[test]
             fn arbitrary_bytes_never_panic_the_decoder(
@@ -668,7 +704,7 @@ mod tests {
                     let head: [u8; 8] = wire[..8].try_into().expect("head");
                     let payload = wire.split_off(8).freeze();
                     let back = decode(head, payload, &mut dec).expect("decode");
-                    prop_assert_eq!(&back, f);
+                    prop_assert_eq!(by_name_in(back), by_name_in(f.clone()));
                 }
             }
         }

@@ -316,9 +316,17 @@ mod tests {
 
     mod properties {
         //! Fuzzing by properties: header blocks from arbitrary bytes, raw
-        //! and compressed, never panic; encoded blocks decode back.
+        //! and compressed, never panic; encoded blocks decode back (a
+        //! repeated name's values together, in their order).
         use super::*;
         use proptest::prelude::*;
+
+        /// Headers as HTTP means them: SPDY sends a repeated name once with
+        /// its values joined, so only the order of each name's values counts.
+        fn by_name(mut headers: Headers) -> Headers {
+            headers.sort_by(|a, b| a.0.cmp(&b.0));
+            headers
+        }
 
         proptest! {
             #[test]
@@ -331,11 +339,12 @@ mod tests {
             fn encoded_blocks_decode_to_themselves(
                 headers in proptest::collection::vec(("[a-z0-9-]{1,16}", "[ -~]{0,64}"), 0..10),
             ) {
-                prop_assert_eq!(decode_block(&encode_block(&headers)).expect("decode"), headers.clone());
+                let decoded = decode_block(&encode_block(&headers)).expect("decode");
+                prop_assert_eq!(by_name(decoded), by_name(headers.clone()));
                 let mut comp = HeaderCompressor::new();
                 let mut dec = HeaderDecompressor::new();
                 let wire = comp.compress(&headers).expect("compress");
-                prop_assert_eq!(dec.decompress(&wire).expect("decompress"), headers);
+                prop_assert_eq!(by_name(dec.decompress(&wire).expect("decompress")), by_name(headers));
             }
         }
     }
