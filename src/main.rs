@@ -6,10 +6,7 @@ mod cli;
 mod config;
 mod cri;
 mod ctl;
-mod ctl_config;
-mod ctl_pods;
-mod ctl_stream;
-mod ctl_watch;
+
 mod daemon;
 mod error;
 mod image;

@@ -9,6 +9,7 @@
 mod measure;
 mod report;
 mod streams;
+mod suite;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,7 +70,7 @@ pub struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let channel = connect(&args.socket).await?;
-    let results = measure::run_all(&args, channel).await?;
+    let results = suite::run_all(&args, channel).await?;
     print!("{}", report::markdown(&results));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;

@@ -16,47 +16,6 @@ use crate::Args;
 
 type Client = RuntimeServiceClient<Channel>;
 
-/// Every section, in an order that keeps them from disturbing each other.
-pub async fn run_all(args: &Args, channel: Channel) -> anyhow::Result<Value> {
-    let mut client = RuntimeServiceClient::new(channel.clone());
-    let idle_rss_kib = rss_kib(daemon_pid(&args.runtime_dir)?)?;
-    eprintln!("ucri-bench: lifecycle, {} pods", args.pods);
-    let lifecycle = lifecycle(&mut client, args).await?;
-    eprintln!("ucri-bench: the crun floor");
-    let floor = floor(&mut client, args).await?;
-    let mut batches = Vec::new();
-    for &size in &args.batches {
-        eprintln!("ucri-bench: batch of {size}");
-        batches.push(batch(&channel, args, size).await?);
-    }
-    eprintln!("ucri-bench: ExecSync x{}", args.execs);
-    let exec = exec_sync(&mut client, args).await?;
-    eprintln!(
-        "ucri-bench: streaming (exec x{} per transport, port-forward)",
-        args.execs
-    );
-    let streaming = crate::streams::run(&mut client, args).await?;
-    eprintln!("ucri-bench: {} running pods", args.scale);
-    let scale = at_scale(&mut client, args, idle_rss_kib).await?;
-    let pull = match &args.pull_image {
-        Some(image) => {
-            eprintln!("ucri-bench: pull of {image}");
-            pull(&channel, args, image).await?
-        }
-        None => Value::Null,
-    };
-    Ok(json!({
-        "machine": machine(),
-        "lifecycle": lifecycle,
-        "floor": floor,
-        "batches": batches,
-        "execSync": exec,
-        "streaming": streaming,
-        "scale": scale,
-        "pull": pull,
-    }))
-}
-
 /// mean, p50, p90, p95, p99 of `samples` in milliseconds.
 pub fn summary(samples: &mut [Duration]) -> Value {
     if samples.is_empty() {
@@ -182,7 +141,7 @@ pub const STEPS: [&str; 8] = [
 ];
 
 /// Each pod's whole life, one pod after another.
-async fn lifecycle(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
+pub async fn lifecycle(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
     for i in 0..args.pods {
         let (pod, id, [run, create, start]) =
@@ -229,7 +188,7 @@ async fn lifecycle(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
 /// A bare `crun run` of a container like the pods' (`true`, same root
 /// filesystem and generated config, fresh namespaces instead of the pod's),
 /// inside the daemon's namespaces, timed inside them.
-async fn floor(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
+pub async fn floor(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
     let (pod, id, _) = start_pod(client, args, "floor", &["true"], false).await?;
     let bundle_config = args
         .runtime_dir
@@ -292,7 +251,7 @@ async fn floor(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
 
 /// `size` pods started at once; time from the batch's start until each
 /// pod's container runs.
-async fn batch(channel: &Channel, args: &Args, size: usize) -> anyhow::Result<Value> {
+pub async fn batch(channel: &Channel, args: &Args, size: usize) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     let tasks: Vec<_> = (0..size)
         .map(|i| {
@@ -323,7 +282,7 @@ async fn batch(channel: &Channel, args: &Args, size: usize) -> anyhow::Result<Va
 }
 
 /// ExecSync of `true` in a running container.
-async fn exec_sync(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
+pub async fn exec_sync(client: &mut Client, args: &Args) -> anyhow::Result<Value> {
     let (pod, id, _) = start_pod(client, args, "exec", &["sleep", "3600"], true).await?;
     let mut samples = Vec::new();
     for _ in 0..args.execs {
@@ -352,7 +311,11 @@ pub async fn exec_sync_true(client: &mut Client, id: &str) -> anyhow::Result<Dur
 
 /// `scale` running pods: the daemon's and the monitors' memory, and the
 /// list calls kubelet makes all the time.
-async fn at_scale(client: &mut Client, args: &Args, idle_rss_kib: u64) -> anyhow::Result<Value> {
+pub async fn at_scale(
+    client: &mut Client,
+    args: &Args,
+    idle_rss_kib: u64,
+) -> anyhow::Result<Value> {
     let mut pods = Vec::new();
     for i in 0..args.scale {
         let (pod, _, _) = start_pod(
@@ -412,7 +375,7 @@ async fn at_scale(client: &mut Client, args: &Args, idle_rss_kib: u64) -> anyhow
 }
 
 /// Alternating rounds of `skopeo copy` to an OCI dir and a cold CRI pull.
-async fn pull(channel: &Channel, args: &Args, image: &str) -> anyhow::Result<Value> {
+pub async fn pull(channel: &Channel, args: &Args, image: &str) -> anyhow::Result<Value> {
     let mut images = ImageServiceClient::new(channel.clone());
     let (mut ucri, mut skopeo, mut bytes) = (Vec::new(), Vec::new(), 0u64);
     for round in 0..args.pull_rounds {
@@ -480,7 +443,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn daemon_pid(runtime_dir: &Path) -> anyhow::Result<u32> {
+pub fn daemon_pid(runtime_dir: &Path) -> anyhow::Result<u32> {
     let path = runtime_dir.join("daemon.pid");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -498,7 +461,7 @@ fn status_kib(pid: u32, file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     status_kib(pid, "status", "VmRSS:").with_context(|| format!("VmRSS of pid {pid}"))
 }
 
@@ -531,7 +494,7 @@ fn processes_named(name: &str) -> Vec<u32> {
 }
 
 /// What the figures were measured on.
-fn machine() -> Value {
+pub fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

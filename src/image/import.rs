@@ -11,7 +11,7 @@ use ucri_storage::digest::{chain_ids, Digest, HashingWriter};
 use ucri_storage::store::{ImageLayer, ImageRecord, Store};
 
 use super::reference::{self, ImageName, Parsed, DOCKER_HUB};
-use super::{ImageError, Images};
+use super::{layer_sizes, ImageError, Images};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -349,7 +349,7 @@ fn store_image(
         if !store.has_layer(&chain_id) {
             store
                 .unpack_layer(&blob, media, diff_id, &chain_id)
-                .map_err(super::pull::store_error)?;
+                .map_err(super::store_error)?;
         }
         image_layers.push(ImageLayer {
             blob,
@@ -369,21 +369,11 @@ fn store_image(
         manifest_digest,
         size: layer_sizes(store, &image_layers),
         layers: image_layers,
-        stored_at: super::pull::now_nanos(),
+        stored_at: super::now_nanos(),
         pinned: false,
         user: config.config.and_then(|c| c.user).unwrap_or_default(),
         removed: false,
     })
-}
-
-/// Sum of the unpacked layers' tar sizes.
-pub(super) fn layer_sizes(store: &Store, layers: &[ImageLayer]) -> u64 {
-    layers
-        .iter()
-        .filter_map(|l| fs::read(store.layer_dir(&l.chain_id).join("layer.json")).ok())
-        .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-        .filter_map(|v| v["tar_size"].as_u64())
-        .sum()
 }
 
 /// Streams a file into the store; a blob named by its digest (OCI layouts)
@@ -400,7 +390,7 @@ fn copy_blob(store: &Store, path: &Path) -> Result<(Digest, u64), ImageError> {
     let size = std::io::copy(&mut file, &mut writer).map_err(|e| invalid(path, e))?;
     let digest = store
         .commit_blob(writer, &tmp, expected.as_ref(), None)
-        .map_err(super::pull::store_error)?;
+        .map_err(super::store_error)?;
     Ok((digest, size))
 }
 

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::Instrument;
 use ucri_storage::digest::Digest;
-use ucri_storage::store::{ImageRecord, Store, StoreError, Usage};
-use ucri_storage::unpack::UnpackLimits;
+use ucri_storage::store::{ImageLayer, ImageRecord, Store, StoreError, Usage};
+use ucri_storage::unpack::{LimitKind, UnpackError, UnpackLimits};
 
 use crate::config::ImageLimits;
 
@@ -384,4 +384,44 @@ fn lookup_by_id<'a>(
     let mut matches = index.values().filter(|r| r.id.hex().starts_with(hex));
     let first = matches.next()?;
     matches.next().is_none().then_some(first)
+}
+
+/// Now, in Unix nanoseconds.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Store failures: content mismatches are corruption, crafted layers are
+/// invalid images, the rest internal.
+pub(crate) fn store_error(e: StoreError) -> ImageError {
+    match e {
+        StoreError::Mismatch { .. } => ImageError::Corrupt(e.to_string()),
+        StoreError::Unpack(u @ UnpackError::Escape { .. }) => {
+            ImageError::InvalidArgument(u.to_string())
+        }
+        StoreError::Unpack(u @ UnpackError::TooLarge { what, .. }) => {
+            let key = match what {
+                LimitKind::Bytes => "layer_size_max",
+                LimitKind::Entries => "layer_entries_max",
+            };
+            ImageError::LimitExceeded(format!("{u} ([image] {key})"))
+        }
+        StoreError::Unpack(u @ UnpackError::UnmappedOwner { .. }) => {
+            ImageError::Config(u.to_string())
+        }
+        other => ImageError::Store(other),
+    }
+}
+
+/// Sum of the unpacked layers' tar sizes.
+pub(crate) fn layer_sizes(store: &Store, layers: &[ImageLayer]) -> u64 {
+    layers
+        .iter()
+        .filter_map(|l| std::fs::read(store.layer_dir(&l.chain_id).join("layer.json")).ok())
+        .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .filter_map(|v| v["tar_size"].as_u64())
+        .sum()
 }

@@ -11,12 +11,11 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use ucri_storage::digest::{chain_ids, Digest};
 use ucri_storage::store::{ImageLayer, ImageRecord, StoreError};
-use ucri_storage::unpack::{LimitKind, UnpackError};
 
 use super::auth::{self, RequestAuth};
 use super::reference::ImageName;
 use super::registries::Endpoint;
-use super::{ImageError, Images};
+use super::{now_nanos, store_error, ImageError, Images};
 use crate::config::ImageLimits;
 
 /// Layers downloaded at once per pull.
@@ -179,7 +178,7 @@ impl Images {
     }
 
     fn with_size(&self, mut record: ImageRecord) -> ImageRecord {
-        record.size = super::import::layer_sizes(&self.store, &record.layers);
+        record.size = super::layer_sizes(&self.store, &record.layers);
         record
     }
 
@@ -631,36 +630,6 @@ fn stream_error(digest: &Digest, e: std::io::Error) -> ImageError {
 fn parse_digest(s: &str) -> Result<Digest, ImageError> {
     s.parse()
         .map_err(|e: ucri_storage::digest::BadDigest| ImageError::Corrupt(e.to_string()))
-}
-
-/// Now, in Unix nanoseconds.
-pub(super) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// Store failures: content mismatches are corruption, crafted layers are
-/// invalid images, the rest internal.
-pub(super) fn store_error(e: StoreError) -> ImageError {
-    match e {
-        StoreError::Mismatch { .. } => ImageError::Corrupt(e.to_string()),
-        StoreError::Unpack(u @ UnpackError::Escape { .. }) => {
-            ImageError::InvalidArgument(u.to_string())
-        }
-        StoreError::Unpack(u @ UnpackError::TooLarge { what, .. }) => {
-            let key = match what {
-                LimitKind::Bytes => "layer_size_max",
-                LimitKind::Entries => "layer_entries_max",
-            };
-            ImageError::LimitExceeded(format!("{u} ([image] {key})"))
-        }
-        StoreError::Unpack(u @ UnpackError::UnmappedOwner { .. }) => {
-            ImageError::Config(u.to_string())
-        }
-        other => ImageError::Store(other),
-    }
 }
 
 /// Maps a distribution error to the image error kinds.

@@ -174,7 +174,7 @@ impl Play {
                 image: c.image.clone(),
                 ..Default::default()
             };
-            if crate::ctl_watch::pull_if_missing(&mut self.images, spec, None).await? {
+            if crate::ctl::pods::pull_if_missing(&mut self.images, spec, None).await? {
                 println!("[play] pulled {}", c.image);
             }
         }

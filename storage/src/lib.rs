@@ -3,6 +3,7 @@
 //! decides whether kernel overlayfs works inside a user namespace.
 
 pub mod digest;
+pub mod fsutil;
 pub mod probe;
 pub mod rootfs;
 pub mod store;

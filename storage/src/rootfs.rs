@@ -23,7 +23,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::store::{disk_usage, Usage};
+use crate::fsutil::{disk_usage, Usage};
 use crate::unpack::{FUSE_OPAQUE_XATTR, OPAQUE_XATTR};
 
 /// Length of the short layer link names under `l/`.
@@ -255,7 +255,7 @@ impl Rootfs {
         }
         let json = serde_json::to_vec_pretty(record)
             .map_err(|e| io_err("encoding rootfs.json")(e.into()))?;
-        crate::store::write_file_atomic(&dir.join("rootfs.json"), &json)
+        crate::fsutil::write_file_atomic(&dir.join("rootfs.json"), &json)
             .map_err(io_err("writing rootfs.json"))
     }
 

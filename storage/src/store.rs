@@ -14,13 +14,13 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter};
+pub use crate::fsutil::{disk_usage, write_file_atomic, Usage};
 use crate::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits};
 
 /// Errors of the store.
@@ -125,15 +125,6 @@ pub struct LayerRecord {
     pub diff_id: Digest,
     /// Length of its uncompressed tar.
     pub tar_size: u64,
-}
-
-/// Bytes and inodes used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Bytes of disk blocks used.
-    pub bytes: u64,
-    /// Distinct inodes.
-    pub inodes: u64,
 }
 
 /// The store rooted at one directory.
@@ -464,11 +455,20 @@ fn verify(
     }
 }
 
+/// Checks the layer's diff ID, and says which entries it could not create.
 fn check_diff_id(
     out: &crate::unpack::Unpacked,
     diff_id: &Digest,
     blob: &Digest,
 ) -> Result<(), StoreError> {
+    if !out.skipped.is_empty() {
+        tracing::warn!(
+            layer = %blob,
+            count = out.skipped.len(),
+            entries = ?out.skipped.iter().take(10).collect::<Vec<_>>(),
+            "layer entries that cannot be made without root (device nodes) were left out"
+        );
+    }
     if &out.diff_id == diff_id {
         return Ok(());
     }
@@ -511,21 +511,6 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     write_file_atomic(path, &data).map_err(io_err(format!("writing {}", path.display())))
 }
 
-/// Writes `data` to `path` atomically: temp file, fsync, rename.
-pub fn write_file_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> Result<usize, StoreError> {
     let entries = fs::read_dir(dir).map_err(io_err(format!("listing {}", dir.display())))?;
     let mut removed = 0;
@@ -544,33 +529,6 @@ fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> Result<usize, StoreErr
         removed += 1;
     }
     Ok(removed)
-}
-
-/// Bytes (by allocated blocks) and distinct inodes under `root`, not
-/// following symlinks or crossing into other filesystems.
-pub fn disk_usage(root: &Path) -> Usage {
-    let mut seen = HashSet::new();
-    let mut usage = Usage::default();
-    let Ok(top) = fs::symlink_metadata(root) else {
-        return usage;
-    };
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.dev() != top.dev() || !seen.insert(meta.ino()) {
-            continue;
-        }
-        usage.bytes += meta.blocks() * 512;
-        usage.inodes += 1;
-        if meta.is_dir() {
-            if let Ok(entries) = fs::read_dir(&path) {
-                stack.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    usage
 }
 
 #[cfg(test)]

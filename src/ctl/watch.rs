@@ -1,37 +1,17 @@
-//! `ucri ctl` commands that watch or combine: `logs` (with `-f`, `--tail`,
-//! `-t`), `stats`, `statsp`, `events` and `run`, in crictl's shapes.
+//! `ucri ctl` commands that watch: `logs` (with `-f`, `--tail`, `-t`),
+//! `stats`, `statsp` and `events`, in crictl's shapes.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tonic::transport::Channel;
-use ucri_cri_api::v1::image_service_client::ImageServiceClient;
 use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use ucri_cri_api::v1::*;
 
+use super::output::{print_structured, Output};
+
 type Client = RuntimeServiceClient<Channel>;
-
-/// How lists are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned columns.
-    Table,
-    /// The CRI response as JSON.
-    Json,
-    /// The CRI response as YAML.
-    Yaml,
-}
-
-/// Prints `value` as JSON or YAML (a table is the caller's business).
-pub fn print_structured(value: &serde_json::Value, output: Output) -> anyhow::Result<()> {
-    match output {
-        Output::Yaml => print!("{}", yaml_serde::to_string(value)?),
-        _ => println!("{}", serde_json::to_string_pretty(value)?),
-    }
-    Ok(())
-}
 
 /// One CRI log line split into its parts.
 struct LogLine<'a> {
@@ -282,78 +262,6 @@ pub async fn events(client: &mut Client, output: Output) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
     Ok(())
-}
-
-/// `ucri ctl run CONTAINER.json POD.json`: pull the image when missing, run
-/// the pod, create and start the container; prints the container ID.
-pub async fn run(
-    client: &mut Client,
-    images: &mut ImageServiceClient<Channel>,
-    container_file: &Path,
-    pod_file: &Path,
-    handler: String,
-) -> anyhow::Result<()> {
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let container = crate::ctl_config::container_config(&read(container_file)?)
-        .with_context(|| container_file.display().to_string())?;
-    let pod = crate::ctl_config::pod_config(&read(pod_file)?)
-        .with_context(|| pod_file.display().to_string())?;
-    let Some(image) = container.image.clone() else {
-        bail!(
-            "{}: the container config names no image",
-            container_file.display()
-        );
-    };
-    pull_if_missing(images, image, Some(&pod)).await?;
-    let pod_id = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: handler,
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id,
-            config: Some(container),
-            sandbox_config: Some(pod),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    crate::ctl_pods::start(client, id).await
-}
-
-/// Pulls `image` unless the store has it; true when it pulled.
-pub async fn pull_if_missing(
-    images: &mut ImageServiceClient<Channel>,
-    image: ImageSpec,
-    pod: Option<&PodSandboxConfig>,
-) -> anyhow::Result<bool> {
-    let present = images
-        .image_status(ImageStatusRequest {
-            image: Some(image.clone()),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .image
-        .is_some();
-    if present {
-        return Ok(false);
-    }
-    let name = image.image.clone();
-    images
-        .pull_image(PullImageRequest {
-            image: Some(image),
-            auth: None,
-            sandbox_config: pod.cloned(),
-        })
-        .await
-        .with_context(|| format!("pulling {name}"))?;
-    Ok(true)
 }
 
 #[cfg(test)]

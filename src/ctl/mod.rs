@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Subcommand};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use ucri_cri_api::v1::image_service_client::ImageServiceClient;
@@ -15,213 +14,14 @@ use ucri_cri_api::v1::{
 
 use crate::config::Config;
 
-/// `ucri ctl` arguments.
-#[derive(Debug, Args)]
-pub struct CtlArgs {
-    /// CRI endpoint (`unix:///path` or a path); defaults to the user's ucri socket.
-    #[arg(short = 'r', long, env = "CONTAINER_RUNTIME_ENDPOINT")]
-    pub runtime_endpoint: Option<String>,
-    /// Seconds to wait for the connection.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
-    /// The client command.
-    #[command(subcommand)]
-    pub command: CtlCommand,
-}
+mod args;
+mod config;
+mod output;
+pub(crate) mod pods;
+mod stream;
+mod watch;
 
-/// `ucri ctl` commands.
-#[derive(Debug, Subcommand)]
-pub enum CtlCommand {
-    /// Show the runtime's name and versions.
-    Version,
-    /// Show the runtime's status conditions and configuration.
-    Info,
-    /// Pull an image.
-    Pull {
-        /// The image reference.
-        image: String,
-        /// Registry credentials as `USER:PASSWORD`.
-        #[arg(long)]
-        creds: Option<String>,
-    },
-    /// List images.
-    Images {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: crate::ctl_watch::Output,
-        /// Only this image.
-        image: Option<String>,
-        /// Only print image IDs.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// Show an image's status (JSON).
-    Inspecti {
-        /// Output format (json or yaml).
-        #[arg(short, long, value_enum, default_value = "json")]
-        output: crate::ctl_watch::Output,
-        /// The image reference or ID.
-        image: String,
-    },
-    /// Remove images.
-    Rmi {
-        /// Image references or IDs.
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
-    /// Show the image filesystem usage (JSON).
-    Imagefsinfo,
-    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
-    Import {
-        /// The file or directory.
-        path: PathBuf,
-    },
-    /// Run a pod sandbox from a crictl-style JSON config file.
-    Runp {
-        /// Pod config file.
-        #[arg(value_name = "POD_CONFIG")]
-        pod_config_file: PathBuf,
-        /// Runtime handler.
-        #[arg(short = 'r', long = "runtime")]
-        handler: Option<String>,
-    },
-    /// Create a container in a pod from crictl-style JSON config files.
-    Create {
-        /// The pod ID.
-        pod: String,
-        /// Container config file.
-        container_config: PathBuf,
-        /// The pod's config file.
-        pod_config: PathBuf,
-    },
-    /// Start containers.
-    Start {
-        /// Container IDs.
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Stop containers.
-    Stop {
-        /// Seconds before SIGKILL.
-        #[arg(short, long, default_value_t = 10)]
-        timeout: i64,
-        /// Container IDs.
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Remove containers (stopping them first).
-    Rm {
-        /// Container IDs.
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Stop pods.
-    Stopp {
-        /// Pod IDs.
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Remove pods and their containers.
-    Rmp {
-        /// Pod IDs.
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// List pods.
-    Pods {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: crate::ctl_watch::Output,
-        /// Only print IDs.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// List containers (running ones unless --all).
-    Ps {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: crate::ctl_watch::Output,
-        /// Include containers that are not running.
-        #[arg(short, long)]
-        all: bool,
-        /// Only print IDs.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Only this pod's containers.
-        #[arg(long = "pod")]
-        pod: Option<String>,
-    },
-    /// Run a command in a running container, streaming its stdio (`-it` for
-    /// an interactive terminal; `--sync` for ExecSync).
-    Exec(crate::ctl_stream::ExecArgs),
-    /// Attach to a running container's stdio.
-    Attach(crate::ctl_stream::AttachArgs),
-    /// Forward local ports to a pod's ports until Ctrl-C.
-    #[command(name = "port-forward")]
-    PortForward(crate::ctl_stream::PortForwardArgs),
-    /// Print a container's log (the content, without the CRI prefixes).
-    Logs {
-        /// Keep printing new lines until the container exits.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N lines (-1: all).
-        #[arg(long, default_value_t = -1)]
-        tail: i64,
-        /// Prefix each line with its timestamp.
-        #[arg(short, long)]
-        timestamps: bool,
-        /// The container ID.
-        id: String,
-    },
-    /// Show containers' resource usage (CPU % over half a second).
-    Stats {
-        /// Only this container.
-        id: Option<String>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: crate::ctl_watch::Output,
-    },
-    /// Show pods' resource usage and network counters.
-    Statsp {
-        /// Only this pod.
-        id: Option<String>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: crate::ctl_watch::Output,
-    },
-    /// Print container and pod events as they happen.
-    Events {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value = "table")]
-        output: crate::ctl_watch::Output,
-    },
-    /// Pull the image if missing, run the pod, create and start the container.
-    Run {
-        /// Container config file.
-        container_config: PathBuf,
-        /// Pod config file.
-        pod_config: PathBuf,
-        /// Runtime handler.
-        #[arg(short = 'r', long = "runtime")]
-        handler: Option<String>,
-    },
-    /// Show a container's status (JSON).
-    Inspect {
-        /// Output format (json or yaml).
-        #[arg(short, long, value_enum, default_value = "json")]
-        output: crate::ctl_watch::Output,
-        /// The container ID.
-        id: String,
-    },
-    /// Show a pod's status (JSON).
-    Inspectp {
-        /// Output format (json or yaml).
-        #[arg(short, long, value_enum, default_value = "json")]
-        output: crate::ctl_watch::Output,
-        /// The pod ID.
-        id: String,
-    },
-}
+pub use args::{CtlArgs, CtlCommand};
 
 /// Runs a client command; returns the exit code.
 pub fn run(config: &Config, args: CtlArgs) -> anyhow::Result<i32> {
@@ -240,9 +40,9 @@ pub fn run(config: &Config, args: CtlArgs) -> anyhow::Result<i32> {
     let code = runtime.block_on(async {
         let channel = connect(&socket, std::time::Duration::from_secs(timeout)).await?;
         match command {
-            CtlCommand::Exec(args) => crate::ctl_stream::exec(channel, args).await,
-            CtlCommand::Attach(args) => crate::ctl_stream::attach(channel, args).await,
-            CtlCommand::PortForward(args) => crate::ctl_stream::port_forward(channel, args).await,
+            CtlCommand::Exec(args) => stream::exec(channel, args).await,
+            CtlCommand::Attach(args) => stream::attach(channel, args).await,
+            CtlCommand::PortForward(args) => stream::port_forward(channel, args).await,
             other => run_cri(channel, other).await.map(|()| 0),
         }
     });
@@ -275,18 +75,16 @@ async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {
             tail,
             timestamps,
             id,
-        } => crate::ctl_watch::logs(&mut client, id, follow, tail, timestamps).await,
-        CtlCommand::Stats { id, output } => crate::ctl_watch::stats(&mut client, id, output).await,
-        CtlCommand::Statsp { id, output } => {
-            crate::ctl_watch::statsp(&mut client, id, output).await
-        }
-        CtlCommand::Events { output } => crate::ctl_watch::events(&mut client, output).await,
+        } => watch::logs(&mut client, id, follow, tail, timestamps).await,
+        CtlCommand::Stats { id, output } => watch::stats(&mut client, id, output).await,
+        CtlCommand::Statsp { id, output } => watch::statsp(&mut client, id, output).await,
+        CtlCommand::Events { output } => watch::events(&mut client, output).await,
         CtlCommand::Run {
             container_config,
             pod_config,
             handler,
         } => {
-            crate::ctl_watch::run(
+            pods::run_container(
                 &mut client,
                 &mut images,
                 &container_config,
@@ -295,7 +93,7 @@ async fn run_cri(channel: Channel, command: CtlCommand) -> anyhow::Result<()> {
             )
             .await
         }
-        other => crate::ctl_pods::run(&mut client, other).await,
+        other => pods::run(&mut client, other).await,
     }
 }
 
@@ -393,15 +191,15 @@ async fn list_images(
     client: &mut ImageServiceClient<Channel>,
     image: Option<String>,
     quiet: bool,
-    output: crate::ctl_watch::Output,
+    output: output::Output,
 ) -> anyhow::Result<()> {
     let filter = image.map(|i| ImageFilter { image: spec(i) });
     let reply = client
         .list_images(ListImagesRequest { filter })
         .await?
         .into_inner();
-    if output != crate::ctl_watch::Output::Table {
-        return crate::ctl_watch::print_structured(&serde_json::to_value(&reply)?, output);
+    if output != output::Output::Table {
+        return output::print_structured(&serde_json::to_value(&reply)?, output);
     }
     let images = reply.images;
     if quiet {
@@ -458,7 +256,7 @@ fn human_size(bytes: u64) -> String {
 async fn inspect_image(
     client: &mut ImageServiceClient<Channel>,
     image: String,
-    output: crate::ctl_watch::Output,
+    output: output::Output,
 ) -> anyhow::Result<()> {
     let request = ImageStatusRequest {
         image: spec(image.clone()),
@@ -474,7 +272,7 @@ async fn inspect_image(
         .and_then(|i| serde_json::from_str(i).ok())
         .unwrap_or_default();
     let out = serde_json::json!({ "status": status, "info": info });
-    crate::ctl_watch::print_structured(&out, output)
+    output::print_structured(&out, output)
 }
 
 async fn remove_images(

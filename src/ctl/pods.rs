@@ -1,13 +1,16 @@
 //! `ucri ctl` pod and container commands, following crictl's names and
 //! output shapes.
 
-use anyhow::{anyhow, Context};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
 use tonic::transport::Channel;
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
 use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use ucri_cri_api::v1::*;
 
-use crate::ctl::CtlCommand;
-use crate::ctl_watch::{print_structured, Output};
+use super::args::CtlCommand;
+use super::output::{print_structured, Output};
 
 type Client = RuntimeServiceClient<Channel>;
 
@@ -74,8 +77,8 @@ async fn runp(
     path: &std::path::Path,
     runtime_handler: String,
 ) -> anyhow::Result<()> {
-    let config = crate::ctl_config::pod_config(&read(path)?)
-        .with_context(|| format!("{}", path.display()))?;
+    let config =
+        super::config::pod_config(&read(path)?).with_context(|| format!("{}", path.display()))?;
     let request = RunPodSandboxRequest {
         config: Some(config),
         runtime_handler,
@@ -97,9 +100,9 @@ async fn create(
     container: &std::path::Path,
     sandbox: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let config = crate::ctl_config::container_config(&read(container)?)
+    let config = super::config::container_config(&read(container)?)
         .with_context(|| format!("{}", container.display()))?;
-    let sandbox_config = crate::ctl_config::pod_config(&read(sandbox)?)
+    let sandbox_config = super::config::pod_config(&read(sandbox)?)
         .with_context(|| format!("{}", sandbox.display()))?;
     let request = CreateContainerRequest {
         pod_sandbox_id: pod,
@@ -325,4 +328,76 @@ fn print_status(
         &serde_json::json!({ "status": status, "info": info }),
         output,
     )
+}
+
+/// `ucri ctl run CONTAINER.json POD.json`: pull the image when missing, run
+/// the pod, create and start the container; prints the container ID.
+pub async fn run_container(
+    client: &mut Client,
+    images: &mut ImageServiceClient<Channel>,
+    container_file: &Path,
+    pod_file: &Path,
+    handler: String,
+) -> anyhow::Result<()> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let container = super::config::container_config(&read(container_file)?)
+        .with_context(|| container_file.display().to_string())?;
+    let pod = super::config::pod_config(&read(pod_file)?)
+        .with_context(|| pod_file.display().to_string())?;
+    let Some(image) = container.image.clone() else {
+        bail!(
+            "{}: the container config names no image",
+            container_file.display()
+        );
+    };
+    pull_if_missing(images, image, Some(&pod)).await?;
+    let pod_id = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: handler,
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id,
+            config: Some(container),
+            sandbox_config: Some(pod),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    start(client, id).await
+}
+
+/// Pulls `image` unless the store has it; true when it pulled.
+pub async fn pull_if_missing(
+    images: &mut ImageServiceClient<Channel>,
+    image: ImageSpec,
+    pod: Option<&PodSandboxConfig>,
+) -> anyhow::Result<bool> {
+    let present = images
+        .image_status(ImageStatusRequest {
+            image: Some(image.clone()),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image
+        .is_some();
+    if present {
+        return Ok(false);
+    }
+    let name = image.image.clone();
+    images
+        .pull_image(PullImageRequest {
+            image: Some(image),
+            auth: None,
+            sandbox_config: pod.cloned(),
+        })
+        .await
+        .with_context(|| format!("pulling {name}"))?;
+    Ok(true)
 }
