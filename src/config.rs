@@ -152,6 +152,15 @@ pub struct StreamingConfig {
     pub in_uplink: bool,
     /// How long a streaming URL stays valid, in seconds (it works once).
     pub url_ttl_seconds: u64,
+    /// Most streaming connections served at once, on all its listeners;
+    /// never more than an eighth of the open-file limit (any local user can
+    /// connect to the port).
+    #[serde(default = "default_streaming_connections")]
+    pub max_connections: u64,
+}
+
+fn default_streaming_connections() -> u64 {
+    256
 }
 
 /// `[metrics]`: an optional Prometheus endpoint (off by default).
@@ -377,6 +386,7 @@ impl Config {
                 port: 0,
                 in_uplink: true,
                 url_ttl_seconds: 60,
+                max_connections: default_streaming_connections(),
             },
             node: NodeConfig::default(),
             image: ImageLimits::default(),

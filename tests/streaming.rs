@@ -743,3 +743,70 @@ fn the_streaming_server_also_listens_in_the_uplink_namespace() {
     stop_pod(&e.sb, &pod);
     remove_pod(&e.sb, &pod);
 }
+
+/// 300 idle connections to the streaming port (any local user can open
+/// them) of a daemon held to 256 descriptors get its 32 streaming slots (an
+/// eighth of the limit) and the backlog, not the descriptors pods need; an
+/// exec streams once the flood ends.
+#[test]
+fn a_flood_of_streaming_connections_spends_no_descriptors_the_node_needs() {
+    let registry = common::registry::TestRegistry::start(None);
+    registry.push_test_image("busybox", "latest", "test/busybox:latest");
+    let mut sb = Sandbox::new("stream-flood");
+    let daemon = sb.start_daemon_via(&["prlimit", "--nofile=256:256"]);
+    let image = registry.image("test/busybox:latest");
+    sb.pull(&image);
+    let e = Env {
+        _daemon: daemon,
+        sb,
+        _registry: registry,
+        image,
+    };
+    let (pod, id) = running(
+        &e,
+        "flood",
+        container_config(&e.image, "c", "exec sleep 600"),
+    );
+    let probe = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
+    let port: u16 = probe
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the streaming port");
+    let serving = e.sb.daemon_pid();
+    let flooding = std::time::Instant::now();
+    // Until the backlog is full too (a connect then times out).
+    let mut flood = Vec::new();
+    while flood.len() < 300 {
+        match std::net::TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::LOCALHOST, port).into(),
+            Duration::from_millis(300),
+        ) {
+            Ok(stream) => flood.push(stream),
+            Err(_) => break,
+        }
+    }
+    eprintln!("{} connections in {:?}", flood.len(), flooding.elapsed());
+    assert!(flood.len() > 32, "only {} connections got in", flood.len());
+    std::thread::sleep(Duration::from_secs(1));
+    let descriptors = std::fs::read_dir(format!("/proc/{serving}/fd"))
+        .expect("fd dir")
+        .count();
+    assert!(
+        descriptors < 192,
+        "{descriptors} descriptors open during the flood"
+    );
+    drop(flood);
+    let url = exec_url(&e.sb, exec_request(&id, &["echo", "after"], false, false)).expect("Exec");
+    let ran = stream(
+        &url,
+        Transport::WebSocket,
+        options(false, false),
+        None,
+        None,
+    );
+    assert_eq!(ran.result.expect("exec after the flood"), 0);
+    assert_eq!(ran.stdout, "after\n");
+    remove_pod(&e.sb, &pod);
+}

@@ -6,6 +6,7 @@
 //! on the same address and port, in the uplink namespace, where a rootless
 //! kubelet runs (usernetes).
 
+mod capped;
 pub mod portforward;
 pub mod remotecommand;
 mod spdy;
@@ -148,10 +149,19 @@ pub async fn start(
         streaming: streaming.clone(),
         lifecycle: lifecycle.clone(),
     };
-    let mut tasks = vec![tokio::spawn(serve(host, shared.clone()))];
+    let slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(
+        config.max_connections,
+    )));
+    let mut tasks = vec![tokio::spawn(serve(
+        capped::CappedListener::new(host, slots.clone()),
+        shared.clone(),
+    ))];
     if config.in_uplink {
         match bind_in_uplink(&lifecycle.network().uplink_netns(), address).await {
-            Ok(listener) => tasks.push(tokio::spawn(serve(listener, shared))),
+            Ok(listener) => tasks.push(tokio::spawn(serve(
+                capped::CappedListener::new(listener, slots),
+                shared,
+            ))),
             Err(e) => tracing::warn!(
                 error = %format!("{e:#}"),
                 "streaming server not reachable from the uplink namespace"
@@ -203,7 +213,19 @@ pub async fn run_in_netns<T: Send + 'static>(
         .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
 }
 
-async fn serve(listener: tokio::net::TcpListener, shared: Shared) {
+/// `[streaming] max_connections`, but at most an eighth of the open-file
+/// limit.
+fn connection_cap(configured: u64) -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let eighth = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft / 8)
+        .unwrap_or(128);
+    let cap = configured.min(eighth).max(1);
+    tracing::info!(cap, configured, "streaming connections served at once");
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
+async fn serve(listener: capped::CappedListener, shared: Shared) {
     let app = axum::Router::new()
         .route("/{kind}/{token}", axum::routing::any(handle))
         .with_state(shared);
