@@ -223,3 +223,74 @@ fn layer_bombs_and_images_of_too_many_files_or_layers_are_refused() {
         "the image id is its config's digest"
     );
 }
+
+/// A pull the client gives up on stops downloading: its layer stream from
+/// a slow registry ends within moments, not when the layer is complete, and
+/// nothing of it stays in the store.
+#[test]
+fn a_cancelled_pull_stops_downloading() {
+    let (sb, _daemon) = daemon("cancelled-pull");
+    let registry = HostileRegistry::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("noise");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Incompressible, so the blob is as big as the file.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(dir.join("noise"), &noise).expect("noise");
+    let image = CraftedImage::from_dirs(&[&dir]);
+    let (layer_digest, layer_blob) = image.layers[0].clone();
+    let total = layer_blob.len() as u64;
+    registry.serve_image(
+        "slow",
+        "latest",
+        &image,
+        &[(
+            layer_digest.as_str(),
+            Body::Trickle {
+                data: layer_blob,
+                chunk: 64 << 10,
+                pause: std::time::Duration::from_millis(100),
+            },
+        )],
+    );
+    let route = format!("/v2/slow/blobs/{layer_digest}");
+    let reference = registry.image("slow", "latest");
+    let finished = block_on(async {
+        let mut images = ImageServiceClient::new(connect(&sb.socket()).await.expect("connect"));
+        let request = PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference,
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        };
+        // Dropping the call at the timeout resets its HTTP/2 stream.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            images.pull_image(request),
+        )
+        .await
+        .is_ok()
+    });
+    assert!(!finished, "the slow pull cannot finish in a second");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after_cancel = registry.sent(&route);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let later = registry.sent(&route);
+    eprintln!("{after_cancel} then {later} of {total} bytes sent");
+    assert!(later < total, "the whole layer was downloaded");
+    assert_eq!(
+        later, after_cancel,
+        "the download went on after the client gave up"
+    );
+    assert_store_empty(&sb);
+}

@@ -114,6 +114,32 @@ pub struct Images {
     limits: ImageLimits,
 }
 
+/// Ends a pull whose caller went away (the client cancelled, or its
+/// deadline passed): the download stops, and garbage collection removes
+/// what the pull had stored.
+struct CancelOnDrop {
+    task: Option<tokio::task::AbortHandle>,
+    images: Arc<Images>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        task.abort();
+        tracing::info!("pull cancelled by its caller");
+        let images = self.images.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = images.collect_garbage().await {
+                    tracing::warn!(%e, "cleaning up after a cancelled pull");
+                }
+            });
+        }
+    }
+}
+
 /// Tells whether a container uses an image (by image ID).
 pub struct InUseCheck(pub Box<dyn Fn(&str) -> bool + Send + Sync>);
 
@@ -238,7 +264,13 @@ impl Images {
         let task = tokio::spawn(
             async move { images.pull_now(&spec, auth.as_ref()).await }.in_current_span(),
         );
-        task.await.map_err(|e| {
+        let mut cancel = CancelOnDrop {
+            task: Some(task.abort_handle()),
+            images: self.clone(),
+        };
+        let result = task.await;
+        cancel.task = None;
+        result.map_err(|e| {
             ImageError::Store(StoreError::Io {
                 context: "pull task".into(),
                 source: std::io::Error::other(e),

@@ -36,6 +36,16 @@ pub enum Body {
     Endless(Vec<u8>),
     /// A Content-Length header of this many bytes, then endless filler.
     Claims(u64),
+    /// These bytes with a correct Content-Length, `chunk` bytes at a time
+    /// with a pause of `pause` between chunks (a slow registry).
+    Trickle {
+        /// The body.
+        data: Vec<u8>,
+        /// Bytes per write.
+        chunk: usize,
+        /// Between writes.
+        pause: Duration,
+    },
 }
 
 #[derive(Default)]
@@ -219,6 +229,7 @@ fn respond(
         Body::Exact(bytes) => (Some(bytes.len() as u64), bytes.as_slice(), false),
         Body::Endless(prefix) => (None, prefix.as_slice(), true),
         Body::Claims(n) => (Some(*n), &[][..], true),
+        Body::Trickle { data, .. } => (Some(data.len() as u64), &[][..], false),
     };
     let mut head = format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n");
     match length {
@@ -230,6 +241,16 @@ fn respond(
         return false;
     }
     if head_only {
+        return true;
+    }
+    if let Body::Trickle { data, chunk, pause } = body {
+        for piece in data.chunks((*chunk).max(1)) {
+            if out.write_all(piece).is_err() {
+                return false;
+            }
+            sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
+            std::thread::sleep(*pause);
+        }
         return true;
     }
     if out.write_all(prefix).is_err() {
