@@ -673,3 +673,80 @@ fn a_pull_past_the_clients_deadline_ends_with_deadline_exceeded() {
     assert_eq!(code, 0, "in time: {message}");
     pull(&sb, &image).expect("without a deadline the pull completes");
 }
+
+/// A layer whose tar has a root-level `.wh..wh..opq` replaces every layer
+/// below it (overlayfs reads the opaque mark only on directories under a
+/// layer's root, so ucri drops the hidden layers itself): a file of the
+/// hidden layer is gone in the container, the opaque layer's and those
+/// above it are there.
+#[test]
+fn a_root_level_opaque_whiteout_hides_the_layers_below() {
+    use common::cri::{container_config, pod_config, remove_pod, run_pod, run_to_exit, Env};
+    use common::hostile::{gzip, CraftedImage, HostileRegistry};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let tar_of = |dir: &Path| {
+        let out = std::process::Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+            .arg(dir)
+            .args(["-cf", "-", "."])
+            .output()
+            .expect("tar");
+        assert!(out.status.success());
+        out.stdout
+    };
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (name, files) in [
+        ("hidden", vec!["hidden-file"]),
+        ("opaque", vec!["kept-file", ".wh..wh..opq"]),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        for f in files {
+            std::fs::write(dir.join(f), b"").expect("file");
+        }
+        let tar = tar_of(&dir);
+        diff_ids.push(common::registry::sha256_digest(&tar));
+        let blob = gzip(&tar);
+        layers.push((common::registry::sha256_digest(&blob), blob));
+    }
+    // busybox on top, for a shell.
+    for layer in image_info("busybox", "latest")["layers"]
+        .as_array()
+        .expect("layers")
+    {
+        let digest = layer["digest"].as_str().expect("digest");
+        let blob = std::fs::read(common::registry::layout_blob("busybox", digest)).expect("blob");
+        layers.push((digest.to_owned(), blob));
+        diff_ids.push(layer["diffId"].as_str().expect("diffId").to_owned());
+    }
+    let image = CraftedImage::assemble(layers, diff_ids);
+    let crafted = HostileRegistry::start();
+    crafted.serve_image("opaque", "latest", &image, &[]);
+    let (sb, daemon, registry) = daemon_with_registry("opaque-root", None);
+    let reference = crafted.image("opaque", "latest");
+    pull(&sb, &reference).expect("pull");
+    let e = Env {
+        _daemon: daemon,
+        sb,
+        _registry: registry,
+        image: reference.clone(),
+    };
+    let pod_cfg = pod_config(&e.sb, "opaque");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let (code, out) = run_to_exit(
+        &e,
+        &pod,
+        &pod_cfg,
+        container_config(&reference, "look", "ls -a /"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let names: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(names.contains(&"kept-file"), "{names:?}");
+    assert!(names.contains(&"bin"), "{names:?}");
+    assert!(
+        !names.contains(&"hidden-file"),
+        "the hidden layer shows: {names:?}"
+    );
+    remove_pod(&e.sb, &pod);
+}

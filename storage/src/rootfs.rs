@@ -202,10 +202,23 @@ impl Rootfs {
         self.create_record(RootfsRecord {
             id: id.to_owned(),
             driver: self.driver,
-            layers: layers.to_vec(),
+            layers: self.visible_layers(layers),
             readonly,
             shift: None,
         })
+    }
+
+    /// `layers` (bottom first) without those an opaque layer root hides:
+    /// a layer whose tar has a root-level `.wh..wh..opq` replaces
+    /// everything below it, which overlayfs does not do for a layer's root
+    /// (it reads the opaque mark on directories under it only).
+    pub fn visible_layers(&self, layers: &[Digest]) -> Vec<Digest> {
+        let diff = |l: &Digest| self.root.join("layers").join(l.hex()).join("diff");
+        let start = layers
+            .iter()
+            .rposition(|l| is_opaque(&diff(l)))
+            .unwrap_or(0);
+        layers[start..].to_vec()
     }
 
     /// Like [`Rootfs::create`], with the ids shifted by `shift`: always
@@ -227,7 +240,7 @@ impl Rootfs {
         self.create_record(RootfsRecord {
             id: id.to_owned(),
             driver: DriverKind::FuseOverlayfs,
-            layers: layers.to_vec(),
+            layers: self.visible_layers(layers),
             readonly: false,
             shift: Some(shift),
         })
@@ -678,4 +691,34 @@ fn which_fuse_overlayfs() -> Option<PathBuf> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join("fuse-overlayfs"))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opaque_layer_root_hides_the_layers_below_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rootfs = Rootfs::new(dir.path(), DriverKind::Vfs).expect("rootfs");
+        let layers: Vec<Digest> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| Digest::of(s.as_bytes()))
+            .collect();
+        for l in &layers {
+            fs::create_dir_all(dir.path().join("layers").join(l.hex()).join("diff")).expect("diff");
+        }
+        assert_eq!(
+            rootfs.visible_layers(&layers),
+            layers,
+            "no opaque root: every layer"
+        );
+        let opaque = dir.path().join("layers").join(layers[2].hex()).join("diff");
+        xattr::set(&opaque, OPAQUE_XATTR, b"y").expect("user xattrs on the test's file system");
+        assert_eq!(
+            rootfs.visible_layers(&layers),
+            layers[2..].to_vec(),
+            "c replaces a and b"
+        );
+    }
 }
