@@ -26,7 +26,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     // data dir is traversable but not listable (0711), for crun inside a
     // pod's own user namespace; what lies below is 0700 where it matters.
     make_data_dir(&config.daemon.data_dir)?;
-    raise_descriptor_limit();
+    crate::descriptors::raise_to_hard_limit();
     match launch::detect_mode() {
         Mode::Rootless => run_rootless_parent(config),
         Mode::NestedRoot => {
@@ -66,32 +66,6 @@ fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("securing {}", dir.display()))
-}
-
-/// Raises the open-file limit to its hard limit (children inherit it): a
-/// node's connections, pods and monitors need more than the usual 1024.
-fn raise_descriptor_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(%e, soft, hard, "cannot raise the open-file limit");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(%e, "cannot read the open-file limit"),
-    }
-}
-
-/// `[daemon] max_connections`, but at most a quarter of the open-file limit.
-fn connection_cap(configured: u64) -> usize {
-    use nix::sys::resource::{getrlimit, Resource};
-    let quarter = getrlimit(Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft / 4)
-        .unwrap_or(256);
-    let cap = configured.min(quarter).max(1);
-    tracing::info!(cap, configured, "CRI connections served at once");
-    usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
 fn run_rootless_parent(config: Config) -> anyhow::Result<i32> {
@@ -221,7 +195,7 @@ async fn serve_async(
             let _ = stop_rx.await;
         },
         grace,
-        connection_cap(config.daemon.max_connections),
+        crate::descriptors::share(config.daemon.max_connections, 4, "CRI connections"),
     ));
     let admin =
         crate::admin::bind(&config.daemon.runtime_dir).context("binding the admin socket")?;

@@ -8,6 +8,7 @@ mod cri;
 mod ctl;
 
 mod daemon;
+mod descriptors;
 mod error;
 mod image;
 mod info;

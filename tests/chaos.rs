@@ -154,12 +154,6 @@ fn ns_inode_opt(pid: u32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 fn list_pods(sb: &Sandbox) -> Vec<PodSandbox> {
     block_on(async {
         client(sb)

@@ -681,19 +681,9 @@ fn a_pull_past_the_clients_deadline_ends_with_deadline_exceeded() {
 /// above it are there.
 #[test]
 fn a_root_level_opaque_whiteout_hides_the_layers_below() {
-    use common::cri::{container_config, pod_config, remove_pod, run_pod, run_to_exit, Env};
-    use common::hostile::{gzip, CraftedImage, HostileRegistry};
+    use common::cri::{container_config, env, pod_config, remove_pod, run_pod, run_to_exit};
+    use common::hostile::{gzip, tar_dir, CraftedImage, HostileRegistry};
     let tmp = tempfile::tempdir().expect("tmp");
-    let tar_of = |dir: &Path| {
-        let out = std::process::Command::new("tar")
-            .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-            .arg(dir)
-            .args(["-cf", "-", "."])
-            .output()
-            .expect("tar");
-        assert!(out.status.success());
-        out.stdout
-    };
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for (name, files) in [
@@ -705,7 +695,7 @@ fn a_root_level_opaque_whiteout_hides_the_layers_below() {
         for f in files {
             std::fs::write(dir.join(f), b"").expect("file");
         }
-        let tar = tar_of(&dir);
+        let tar = tar_dir(&dir);
         diff_ids.push(common::registry::sha256_digest(&tar));
         let blob = gzip(&tar);
         layers.push((common::registry::sha256_digest(&blob), blob));
@@ -723,15 +713,9 @@ fn a_root_level_opaque_whiteout_hides_the_layers_below() {
     let image = CraftedImage::assemble(layers, diff_ids);
     let crafted = HostileRegistry::start();
     crafted.serve_image("opaque", "latest", &image, &[]);
-    let (sb, daemon, registry) = daemon_with_registry("opaque-root", None);
+    let e = env("opaque-root");
     let reference = crafted.image("opaque", "latest");
-    pull(&sb, &reference).expect("pull");
-    let e = Env {
-        _daemon: daemon,
-        sb,
-        _registry: registry,
-        image: reference.clone(),
-    };
+    pull(&e.sb, &reference).expect("pull");
     let pod_cfg = pod_config(&e.sb, "opaque");
     let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
     let (code, out) = run_to_exit(

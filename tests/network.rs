@@ -863,12 +863,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
-fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .count()
-}
-
 /// 400 idle connections to the CRI socket of a daemon held to 256
 /// descriptors get its 64 connection slots (a quarter of the limit) and
 /// the socket's backlog, not the descriptors that pods, monitors and the
@@ -879,18 +873,7 @@ fn open_descriptors(pid: u32) -> usize {
 /// a live slirp4netns it could no longer see.)
 #[test]
 fn a_flood_of_idle_connections_takes_no_descriptors_the_node_needs() {
-    let registry = common::registry::TestRegistry::start(None);
-    registry.push_test_image("busybox", "latest", "test/busybox:latest");
-    let mut sb = Sandbox::new("conn-flood");
-    let daemon = sb.start_daemon_via(&["prlimit", "--nofile=256:256"]);
-    let image = registry.image("test/busybox:latest");
-    sb.pull(&image);
-    let e = Env {
-        _daemon: daemon,
-        sb,
-        _registry: registry,
-        image,
-    };
+    let e = env_via("conn-flood", &["prlimit", "--nofile=256:256"]);
     let sb = &e.sb;
     let (first, _) = web_pod(&e, &pod_config(sb, "before"), "before");
     let helper = helper_pid(sb);

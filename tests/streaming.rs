@@ -750,18 +750,7 @@ fn the_streaming_server_also_listens_in_the_uplink_namespace() {
 /// exec streams once the flood ends.
 #[test]
 fn a_flood_of_streaming_connections_spends_no_descriptors_the_node_needs() {
-    let registry = common::registry::TestRegistry::start(None);
-    registry.push_test_image("busybox", "latest", "test/busybox:latest");
-    let mut sb = Sandbox::new("stream-flood");
-    let daemon = sb.start_daemon_via(&["prlimit", "--nofile=256:256"]);
-    let image = registry.image("test/busybox:latest");
-    sb.pull(&image);
-    let e = Env {
-        _daemon: daemon,
-        sb,
-        _registry: registry,
-        image,
-    };
+    let e = env_via("stream-flood", &["prlimit", "--nofile=256:256"]);
     let (pod, id) = running(
         &e,
         "flood",
@@ -790,9 +779,7 @@ fn a_flood_of_streaming_connections_spends_no_descriptors_the_node_needs() {
     eprintln!("{} connections in {:?}", flood.len(), flooding.elapsed());
     assert!(flood.len() > 32, "only {} connections got in", flood.len());
     std::thread::sleep(Duration::from_secs(1));
-    let descriptors = std::fs::read_dir(format!("/proc/{serving}/fd"))
-        .expect("fd dir")
-        .count();
+    let descriptors = open_descriptors(serving);
     assert!(
         descriptors < 192,
         "{descriptors} descriptors open during the flood"

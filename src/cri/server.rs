@@ -25,10 +25,6 @@ use super::authority::AuthorityFix;
 /// The longest `grpc-timeout` value a client may send (the spec's 8 digits).
 const MAX_TIMEOUT_DIGITS: usize = 8;
 
-/// How long accept waits after it fails (descriptor exhaustion) before it
-/// tries again, instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Serves `routes` on `listener`, at most `max_connections` connections at
 /// once (more wait in the backlog), until `shutdown` resolves; then lets
 /// open connections finish their RPCs for up to `grace`.
@@ -65,7 +61,7 @@ pub async fn serve(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(%e, "accepting a CRI connection failed; retrying");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(crate::descriptors::ACCEPT_BACKOFF).await;
                     continue;
                 }
             },

@@ -7,14 +7,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// How long accepting waits after it failed (descriptors exhausted).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A listener that serves at most as many connections as `slots` has.
 pub struct CappedListener {
@@ -55,7 +51,7 @@ impl axum::serve::Listener for CappedListener {
                 }
                 Err(e) => {
                     tracing::warn!(%e, "accepting a streaming connection failed; retrying");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(crate::descriptors::ACCEPT_BACKOFF).await;
                 }
             }
         }

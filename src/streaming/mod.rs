@@ -149,8 +149,10 @@ pub async fn start(
         streaming: streaming.clone(),
         lifecycle: lifecycle.clone(),
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(
+    let slots = Arc::new(tokio::sync::Semaphore::new(crate::descriptors::share(
         config.max_connections,
+        8,
+        "streaming connections",
     )));
     let mut tasks = vec![tokio::spawn(serve(
         capped::CappedListener::new(host, slots.clone()),
@@ -211,18 +213,6 @@ pub async fn run_in_netns<T: Send + 'static>(
         })?;
     rx.await
         .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
-}
-
-/// `[streaming] max_connections`, but at most an eighth of the open-file
-/// limit.
-fn connection_cap(configured: u64) -> usize {
-    use nix::sys::resource::{getrlimit, Resource};
-    let eighth = getrlimit(Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft / 8)
-        .unwrap_or(128);
-    let cap = configured.min(eighth).max(1);
-    tracing::info!(cap, configured, "streaming connections served at once");
-    usize::try_from(cap).unwrap_or(usize::MAX)
 }
 
 async fn serve(listener: capped::CappedListener, shared: Shared) {

@@ -36,13 +36,28 @@ pub fn env_with_config(name: &str, config: &str) -> Env {
 
 /// Like [`env_with_config`], with the daemon running as `user`.
 pub fn env_as(name: &str, user: TestUser, config: &str) -> Env {
+    env_started(name, user, config, |sb| sb.start_daemon())
+}
+
+/// Like [`env`], with the daemon started through `wrapper` (e.g.
+/// `prlimit --nofile=256:256`).
+pub fn env_via(name: &str, wrapper: &[&str]) -> Env {
+    env_started(name, default_user(), "", |sb| sb.start_daemon_via(wrapper))
+}
+
+fn env_started(
+    name: &str,
+    user: TestUser,
+    config: &str,
+    start: impl FnOnce(&mut Sandbox) -> Daemon,
+) -> Env {
     let registry = TestRegistry::start(None);
     registry.push_test_image("busybox", "latest", "test/busybox:latest");
     let mut sb = Sandbox::for_user(name, user);
     if !config.is_empty() {
         sb.write_user_file(&sb.config_dir().join("ucri.toml"), config);
     }
-    let daemon = sb.start_daemon();
+    let daemon = start(&mut sb);
     let image = registry.image("test/busybox:latest");
     block_on(async {
         let channel = connect(&sb.socket()).await.expect("connect");

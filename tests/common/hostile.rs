@@ -289,10 +289,7 @@ impl CraftedImage {
         let mut layers = Vec::new();
         let mut diff_ids = Vec::new();
         for dir in layer_dirs {
-            let tar = run(Command::new("tar")
-                .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
-                .arg(dir)
-                .args(["-cf", "-", "."]));
+            let tar = tar_dir(dir);
             diff_ids.push(sha256_digest(&tar));
             let gz = gzip(&tar);
             layers.push((sha256_digest(&gz), gz));
@@ -339,6 +336,14 @@ fn host_arch() -> &'static str {
         "aarch64" => "arm64",
         other => other,
     }
+}
+
+/// `tar -c` of `dir`'s contents, owned by 0:0.
+pub fn tar_dir(dir: &Path) -> Vec<u8> {
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(dir)
+        .args(["-cf", "-", "."]))
 }
 
 /// `gzip -c` of `data`.

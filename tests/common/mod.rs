@@ -556,3 +556,10 @@ pub fn dir_entries(dir: &Path) -> std::collections::BTreeSet<String> {
         })
         .unwrap_or_default()
 }
+
+/// How many descriptors process `pid` has open.
+pub fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
