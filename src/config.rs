@@ -291,6 +291,28 @@ pub struct NetworkConfig {
     /// (verbose PodSandboxStatus shows the latest result), in seconds.
     #[serde(default = "default_cni_check_seconds")]
     pub cni_check_seconds: u64,
+    /// Pod connections to destinations off the node get a socket made in
+    /// the host's network namespace (seccomp user notification) instead of
+    /// going through the uplink helper. A pod opts out with the annotation
+    /// `ucri.io/socket-bypass: "false"`.
+    #[serde(default = "default_socket_bypass")]
+    pub socket_bypass: bool,
+    /// Networks that never take the bypass besides loopback, link-local,
+    /// the pod network and the uplink's own addresses: the cluster's
+    /// service network and pod networks of other nodes.
+    #[serde(default = "default_bypass_keep")]
+    pub bypass_keep: Vec<ucri_net::bypass::Cidr>,
+}
+
+fn default_socket_bypass() -> bool {
+    true
+}
+
+fn default_bypass_keep() -> Vec<ucri_net::bypass::Cidr> {
+    ["10.96.0.0/12", "10.244.0.0/16"]
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect()
 }
 
 fn default_cni_check_seconds() -> u64 {
@@ -376,6 +398,8 @@ impl Config {
                 mtu: 65520,
                 allow_host_loopback: false,
                 cni_check_seconds: default_cni_check_seconds(),
+                socket_bypass: default_socket_bypass(),
+                bypass_keep: default_bypass_keep(),
             },
             metrics: MetricsConfig {
                 enabled: false,

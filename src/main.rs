@@ -51,6 +51,7 @@ fn run_hidden_role() -> Option<i32> {
         ucri_rootless::holder::HOLDER_ARG => ucri_rootless::holder::run_holder(),
         ucri_rootless::launch::CHILD_ARG => Some(daemon::run_child()),
         ucri_storage::probe::PROBE_ARG => Some(ucri_storage::probe::run_probe_role()),
+        ucri_net::bypass::AGENT_ARG => Some(ucri_net::bypass::agent::run_agent()),
         _ => None,
     }
 }

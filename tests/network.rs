@@ -23,6 +23,8 @@ const PASTA: &str = "[network]\nuplink = \"pasta\"\n";
 struct OutsideServer {
     name: String,
     addr: Ipv4Addr,
+    /// The host's end of the veth pair.
+    host_addr: Ipv4Addr,
     server: std::process::Child,
 }
 
@@ -79,7 +81,13 @@ impl OutsideServer {
             .arg(&www)
             .spawn()
             .expect("busybox httpd (busybox-static)");
-        let outside = OutsideServer { name, addr, server };
+        let host_addr = host_ip.parse().expect("host ip");
+        let outside = OutsideServer {
+            name,
+            addr,
+            host_addr,
+            server,
+        };
         outside.wait_listening();
         outside
     }
@@ -936,4 +944,203 @@ fn a_flood_of_idle_connections_takes_no_descriptors_the_node_needs() {
         !pod_ip(sb, &first).is_empty(),
         "a new client gets in after the flood"
     );
+}
+
+/// The socket bypass agent's counters of a pod, from verbose status.
+fn bypass_stats(sb: &Sandbox, pod: &str) -> serde_json::Value {
+    let info = pod_status(sb, pod).expect("verbose status").info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+    info["socketBypass"].clone()
+}
+
+fn counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+fn bypass_condition(sb: &Sandbox) -> RuntimeCondition {
+    runtime_status(sb)
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "SocketBypass")
+        .expect("a SocketBypass condition")
+}
+
+/// A pod's connection to the outside takes the socket bypass (its agent
+/// installs a host socket), while connections to another pod, to its own
+/// loopback and to a service address stay on the pod's path; after a
+/// daemon restart the agent still serves the running container; a pod that
+/// opts out by annotation has no agent and reaches the outside through the
+/// uplink.
+#[test]
+fn connections_to_the_outside_take_the_socket_bypass_and_pod_traffic_does_not() {
+    let mut e = env("net-bypass");
+    let outside = OutsideServer::start();
+    let condition = bypass_condition(&e.sb);
+    assert!(condition.status, "{condition:?}");
+    let (pod_a, a) = web_pod(&e, &pod_config(&e.sb, "bypass-a"), "hello-from-a");
+    let (pod_b, _) = web_pod(&e, &pod_config(&e.sb, "bypass-b"), "hello-from-b");
+    let ip_b = pod_ip(&e.sb, &pod_b);
+    let start = bypass_stats(&e.sb, &pod_a);
+    assert!(
+        counter(&start, "listeners") >= 1,
+        "the container's listener: {start}"
+    );
+
+    let outside_url = format!("http://{}:8099/", outside.addr);
+    let got = fetch_from(&e.sb, &a, &outside_url);
+    assert_eq!(got.trim(), "hello from outside");
+    let after_outside = bypass_stats(&e.sb, &pod_a);
+    assert!(
+        counter(&after_outside, "bypassed") > counter(&start, "bypassed"),
+        "the outside connection was bypassed: {start} -> {after_outside}"
+    );
+    assert_eq!(counter(&after_outside, "fell_back"), 0, "{after_outside}");
+
+    let got = fetch_from(&e.sb, &a, &format!("http://{ip_b}:8080/"));
+    assert_eq!(got.trim(), "hello-from-b", "pod to pod still works");
+    let got = fetch_from(&e.sb, &a, "http://127.0.0.1:8080/");
+    assert_eq!(got.trim(), "hello-from-a");
+    let service = exec(
+        &e.sb,
+        &a,
+        &[
+            "timeout",
+            "2",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://10.96.0.1:80/",
+        ],
+        10,
+    )
+    .expect("ExecSync");
+    assert_ne!(service.exit_code, 0, "nothing serves the service address");
+    let after_pods = bypass_stats(&e.sb, &pod_a);
+    assert_eq!(
+        counter(&after_pods, "bypassed"),
+        counter(&after_outside, "bypassed"),
+        "pod, loopback and service traffic is not bypassed: {after_pods}"
+    );
+    assert!(
+        counter(&after_pods, "kept") >= counter(&after_outside, "kept") + 3,
+        "the three connections were seen and kept: {after_outside} -> {after_pods}"
+    );
+
+    let serving = e.sb.daemon_pid();
+    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    e._daemon.wait_exit(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(serving) {
+        assert!(Instant::now() < deadline, "the serving daemon lingers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    e._daemon = e.sb.start_daemon();
+    let got = fetch_from(&e.sb, &a, &outside_url);
+    assert_eq!(got.trim(), "hello from outside", "after a daemon restart");
+    let restarted = bypass_stats(&e.sb, &pod_a);
+    assert!(
+        counter(&restarted, "bypassed") > counter(&after_pods, "bypassed"),
+        "the agent outlived the daemon and still bypasses: {restarted}"
+    );
+
+    let mut opted_out = pod_config(&e.sb, "bypass-off");
+    opted_out
+        .annotations
+        .insert("ucri.io/socket-bypass".into(), "false".into());
+    let (pod_c, c) = web_pod(&e, &opted_out, "hello-from-c");
+    assert!(
+        bypass_stats(&e.sb, &pod_c).is_null(),
+        "no agent for an opted-out pod"
+    );
+    let got = fetch_from(&e.sb, &c, &outside_url);
+    assert_eq!(got.trim(), "hello from outside", "through the uplink");
+
+    let agents = e.sb.runtime_dir().join("bypass");
+    for pod in [pod_a, pod_b, pod_c] {
+        stop_pod(&e.sb, &pod);
+        remove_pod(&e.sb, &pod);
+    }
+    assert_eq!(
+        dir_entries(&agents).len(),
+        0,
+        "agents and their sockets are gone"
+    );
+}
+
+#[test]
+fn a_bad_socket_bypass_annotation_is_refused_and_leaves_nothing() {
+    let e = env("net-bypass-bad");
+    let mut config = pod_config(&e.sb, "bypass-bad");
+    config
+        .annotations
+        .insert("ucri.io/socket-bypass".into(), "maybe".into());
+    let err = run_pod(&e.sb, &config).expect_err("a bad annotation");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("ucri.io/socket-bypass"), "{err:?}");
+    assert_eq!(dir_entries(&e.sb.runtime_dir().join("pods")).len(), 0);
+}
+
+/// A connection to a host port from another machine (a namespace of the
+/// test's, through the host's veth address) reaches the pod from the
+/// client's own address; one from the host's loopback still works.
+#[test]
+fn host_ports_show_the_pod_the_clients_own_address() {
+    let e = env("net-client-addr");
+    let sb = &e.sb;
+    let outside = OutsideServer::start();
+    let port = free_port();
+    let config = with_host_port(pod_config(sb, "who"), port, "");
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    // httpd holds a connection open while it waits for the request.
+    let script = "exec httpd -f -p 8080 -h /tmp";
+    let id = create(sb, &pod, container_config(&e.image, "who", script), &config)
+        .expect("CreateContainer");
+    start(sb, &id).expect("StartContainer");
+    wait_state(sb, &id, ContainerState::ContainerRunning);
+
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &outside.name, "sh", "-c"])
+        .arg(format!("sleep 8 | busybox nc {} {port}", outside.host_addr))
+        .spawn()
+        .expect("a client in the outside namespace");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let seen = loop {
+        let table = exec(sb, &id, &["netstat", "-tn"], 10).expect("netstat");
+        let table = String::from_utf8_lossy(&table.stdout).into_owned();
+        if table.contains(&format!("{}:", outside.addr)) {
+            break table;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod never saw a connection from {}: {table}",
+            outside.addr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !seen.contains("10.88.0.1:"),
+        "no connection from the uplink's address: {seen}"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+
+    let local = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("from loopback");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let table = exec(sb, &id, &["netstat", "-tn"], 10).expect("netstat");
+        let table = String::from_utf8_lossy(&table.stdout).into_owned();
+        if table.contains("ESTABLISHED") && table.contains("10.88.0.1:") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no loopback connection: {table}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(local);
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
 }

@@ -602,6 +602,52 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The networks of a CNI result's addresses and of its routes other than
+/// the default ones, as `network/prefix`.
+pub fn result_subnets(result: &Value) -> Vec<String> {
+    let list = |key: &str, field: &'static str| {
+        result
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(move |entry| entry.get(field).and_then(Value::as_str))
+    };
+    let mut out: Vec<String> = Vec::new();
+    for cidr in list("ips", "address").chain(list("routes", "dst")) {
+        let Some(network) = network_of(cidr) else {
+            continue;
+        };
+        if !network.ends_with("/0") && !out.contains(&network) {
+            out.push(network);
+        }
+    }
+    out
+}
+
+/// `10.88.0.5/16` -> `10.88.0.0/16`.
+fn network_of(cidr: &str) -> Option<String> {
+    let (addr, prefix) = cidr.split_once('/')?;
+    let prefix: u32 = prefix.parse().ok()?;
+    match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(v4) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            Some(format!(
+                "{}/{prefix}",
+                std::net::Ipv4Addr::from(u32::from(v4) & mask)
+            ))
+        }
+        IpAddr::V6(v6) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            Some(format!(
+                "{}/{prefix}",
+                std::net::Ipv6Addr::from(u128::from(v6) & mask)
+            ))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,9 @@ impl Exposed {
 pub struct HostPorts {
     uplink: std::path::PathBuf,
     pods: Mutex<HashMap<String, Vec<Exposed>>>,
+    /// Replies routing is in place in the uplink: TCP connections to pods
+    /// come from the client's own address.
+    client_addresses: Arc<AtomicBool>,
 }
 
 impl HostPorts {
@@ -161,7 +164,14 @@ impl HostPorts {
         HostPorts {
             uplink: uplink.to_owned(),
             pods: Mutex::new(HashMap::new()),
+            client_addresses: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// From now on, forwarded TCP connections reach the pod from the
+    /// client's own address (the uplink routes the replies back).
+    pub fn show_client_addresses(&self) {
+        self.client_addresses.store(true, Ordering::SeqCst);
     }
 
     /// Listens on every host port of `mappings` and forwards to `pod_ip`.
@@ -203,7 +213,14 @@ impl HostPorts {
         }
         let exposed = sockets
             .into_iter()
-            .map(|(socket, target)| start(pod, socket, target, uplink.clone()))
+            .map(|(socket, target)| {
+                let forward = Forward {
+                    target,
+                    uplink: uplink.clone(),
+                    client_addresses: self.client_addresses.clone(),
+                };
+                start(pod, socket, forward)
+            })
             .collect::<Vec<_>>();
         if !exposed.is_empty() {
             tracing::info!(pod, ports = exposed.len(), %pod_ip, "host ports forwarded");
@@ -216,17 +233,25 @@ impl HostPorts {
     }
 }
 
-fn start(pod: &str, socket: ListeningSocket, target: SocketAddr, uplink: Arc<File>) -> Exposed {
+/// Where one host port forwards to, and how.
+#[derive(Clone)]
+struct Forward {
+    target: SocketAddr,
+    uplink: Arc<File>,
+    client_addresses: Arc<AtomicBool>,
+}
+
+fn start(pod: &str, socket: ListeningSocket, forward: Forward) -> Exposed {
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
     let name = format!("hostport-{}", &pod[..pod.len().min(12)]);
     let thread = match socket.clone() {
         ListeningSocket::Tcp(listener) => std::thread::Builder::new()
             .name(name)
-            .spawn(move || accept_loop(&listener, target, uplink, &thread_stop)),
+            .spawn(move || accept_loop(&listener, &forward, &thread_stop)),
         ListeningSocket::Udp(socket) => std::thread::Builder::new()
             .name(name)
-            .spawn(move || udp_loop(socket, target, uplink, thread_stop)),
+            .spawn(move || udp_loop(socket, forward.target, forward.uplink, thread_stop)),
     };
     Exposed {
         stop,
@@ -255,14 +280,14 @@ impl HostPorts {
     }
 }
 
-fn accept_loop(listener: &TcpListener, target: SocketAddr, uplink: Arc<File>, stop: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, forward: &Forward, stop: &AtomicBool) {
     loop {
         match listener.accept() {
-            Ok((client, _)) => {
-                let uplink = uplink.clone();
+            Ok((client, from)) => {
+                let forward = forward.clone();
                 let _ = std::thread::Builder::new()
                     .name("hostport-conn".into())
-                    .spawn(move || forward_connection(client, target, &uplink));
+                    .spawn(move || forward_connection(client, from, &forward));
             }
             Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -276,12 +301,21 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, uplink: Arc<File>, st
 
 /// Runs on its own thread: joins the uplink namespace, dials the pod and
 /// splices both directions.
-fn forward_connection(client: TcpStream, target: SocketAddr, uplink: &File) {
-    if let Err(e) = nix::sched::setns(uplink, CloneFlags::CLONE_NEWNET) {
+fn forward_connection(client: TcpStream, from: SocketAddr, forward: &Forward) {
+    let target = forward.target;
+    if let Err(e) = nix::sched::setns(&*forward.uplink, CloneFlags::CLONE_NEWNET) {
         tracing::warn!(%e, "joining the uplink namespace to forward a host port");
         return;
     }
-    let pod = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
+    let source = client_source(from, target, &forward.client_addresses);
+    let connected = match source {
+        Some(source) => connect_from(source, target).or_else(|e| {
+            tracing::warn!(%e, %source, "connecting from the client's address; using the uplink's");
+            TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
+        }),
+        None => TcpStream::connect_timeout(&target, CONNECT_TIMEOUT),
+    };
+    let pod = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%e, %target, "the pod refused a forwarded connection");
@@ -289,6 +323,43 @@ fn forward_connection(client: TcpStream, target: SocketAddr, uplink: &File) {
         }
     };
     crate::splice::bridge(&client, &pod);
+}
+
+/// The address a forwarded connection comes from in the pod: the client's
+/// own when the uplink routes replies back and the client is not on this
+/// host's loopback (which the pod cannot answer); `None` = the uplink's.
+fn client_source(from: SocketAddr, target: SocketAddr, enabled: &AtomicBool) -> Option<Ipv4Addr> {
+    let (IpAddr::V4(client), IpAddr::V4(pod)) = (from.ip(), target.ip()) else {
+        return None;
+    };
+    let usable = !client.is_loopback() && !client.is_unspecified() && !pod.is_loopback();
+    (usable && enabled.load(Ordering::Relaxed)).then_some(client)
+}
+
+/// A connection to `target` from `source` (not an address of this
+/// namespace: `IP_TRANSPARENT`), within [`CONNECT_TIMEOUT`].
+fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let SocketAddr::V4(target) = target else {
+        return Err(io::Error::other("an IPv6 pod address"));
+    };
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    let timeout = nix::sys::time::TimeVal::new(CONNECT_TIMEOUT.as_secs() as i64, 0);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    socket::bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )?;
+    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(target))?;
+    let stream = TcpStream::from(fd);
+    stream.set_write_timeout(None)?;
+    Ok(stream)
 }
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, UdpSocket>>>;

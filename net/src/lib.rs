@@ -2,6 +2,7 @@
 //! slirp4netns/pasta helper, CNI plugins run inside it, and hostPort
 //! forwarding from the host into pods.
 
+pub mod bypass;
 pub mod cni;
 pub mod discover;
 pub mod hostport;

@@ -63,6 +63,10 @@ pub struct PodAttachment {
     /// declared ports are forwarded to the node namespace's loopback.
     #[serde(default)]
     pub node: bool,
+    /// The networks of its interfaces and its non-default routes, as CIDRs
+    /// (traffic there stays on the pod network).
+    #[serde(default)]
+    pub subnets: Vec<String>,
 }
 
 impl PodAttachment {
@@ -110,6 +114,19 @@ pub struct CheckResult {
     pub result: String,
     /// Unix seconds.
     pub at: u64,
+}
+
+/// The IPv4 default gateway of this process's network namespace, from
+/// `/proc/net/route` (gateway in little-endian hex).
+fn host_default_gateway() -> Option<std::net::Ipv4Addr> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"00000000"))
+            .then(|| u32::from_str_radix(fields.get(2)?, 16).ok())
+            .flatten()
+            .map(|gw| std::net::Ipv4Addr::from(gw.to_le_bytes()))
+    })
 }
 
 /// Parses kubelet's pod CIDR ("10.244.0.0/24" or a comma-separated
@@ -170,6 +187,13 @@ impl Network {
         }
         if let Err(e) = uplink.ensure() {
             tracing::error!(%e, "the uplink namespace is not usable: pods cannot get a network");
+        }
+        match uplink.ensure_reply_routing() {
+            Ok(()) => ports.show_client_addresses(),
+            Err(e) => tracing::warn!(
+                %e,
+                "pods see host port clients as the uplink's address, not their own"
+            ),
         }
         let node = NodeLinks::open(options.node.clone(), &uplink.netns(), &ports);
         let pod_cidrs = std::fs::read_to_string(pod_cidr_file(&options))
@@ -291,6 +315,23 @@ impl Network {
         self.uplink.netns()
     }
 
+    /// The uplink's own addresses as pods see them (its gateway and
+    /// resolver), as CIDRs: connections there stay on the uplink's path.
+    pub fn uplink_networks(&self) -> Vec<String> {
+        match self.options.uplink.kind {
+            UplinkKind::None => Vec::new(),
+            UplinkKind::Slirp4netns => vec!["10.0.2.0/24".into()],
+            UplinkKind::Pasta => {
+                let mut kept = vec![format!("{UPLINK_DNS}/32")];
+                // pasta maps the host's gateway address to the host's loopback.
+                if self.options.uplink.allow_host_loopback {
+                    kept.extend(host_default_gateway().map(|gw| format!("{gw}/32")));
+                }
+                kept
+            }
+        }
+    }
+
     /// The nameserver pods use when the CRI gives no DNS config.
     pub fn dns_server(&self) -> Option<&'static str> {
         (self.options.uplink.kind != UplinkKind::None).then_some(UPLINK_DNS)
@@ -319,6 +360,7 @@ impl Network {
             ips: cni::result_ips(&result),
             port_mappings: pod.port_mappings.clone(),
             node: false,
+            subnets: cni::result_subnets(&result),
         };
         let exposed = match done.forward_target() {
             None => Err(NetError::Plugin {
@@ -360,6 +402,7 @@ impl Network {
             ips: Vec::new(),
             port_mappings: published,
             node: true,
+            subnets: Vec::new(),
         };
         let target = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
         if let Err(e) = self.ports.expose(pod_id, target, &done.port_mappings) {

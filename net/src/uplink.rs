@@ -26,6 +26,11 @@ pub const UPLINK_DNS: &str = "10.0.2.3";
 /// use this name).
 pub const UPLINK_IFNAME: &str = "tap0";
 
+/// The packet mark and routing table of [`Uplink::ensure_reply_routing`].
+pub const REPLY_MARK: u32 = 0x0010_0000;
+/// See [`REPLY_MARK`].
+pub const REPLY_TABLE: u32 = 7563;
+
 /// How long a helper may take to get the namespace ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -273,6 +278,99 @@ impl Uplink {
             )));
         }
         Ok(())
+    }
+
+    /// Makes replies to connections the uplink namespace opens towards pods
+    /// come back to their socket whatever their destination, so that the
+    /// hostPort forwarder can connect from the client's own address
+    /// (`IP_TRANSPARENT`): packets coming from the pod side (anything but
+    /// the helper's device) to a non-local address that answer a
+    /// connection nothing NATs (so not the pods' own traffic, nor portmap's
+    /// hairpin) get a mark, and marked packets are delivered locally (the TPROXY reply set-up,
+    /// keyed on conntrack's direction instead of a socket lookup). Once
+    /// per namespace: its `ip rule` says it is done.
+    pub fn ensure_reply_routing(&self) -> Result<(), NetError> {
+        let mark = format!("{REPLY_MARK:#x}/{REPLY_MARK:#x}");
+        let table = REPLY_TABLE.to_string();
+        let rules = self.run_in_netns("ip", &["rule", "show", "table", &table])?;
+        if !rules.trim().is_empty() {
+            return Ok(());
+        }
+        let iptables = ucri_rootless::which("iptables").unwrap_or("iptables".into());
+        self.run_in_netns(
+            &iptables.to_string_lossy(),
+            &[
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "!",
+                "-i",
+                UPLINK_IFNAME,
+                "-m",
+                "addrtype",
+                "!",
+                "--dst-type",
+                "LOCAL",
+                "-m",
+                "conntrack",
+                "--ctdir",
+                "REPLY",
+                "!",
+                "--ctstate",
+                "SNAT,DNAT",
+                "-m",
+                "comment",
+                "--comment",
+                "ucri hostPort replies",
+                "-j",
+                "MARK",
+                "--set-xmark",
+                &mark,
+            ],
+        )?;
+        self.run_in_netns(
+            "ip",
+            &[
+                "route",
+                "replace",
+                "local",
+                "0.0.0.0/0",
+                "dev",
+                "lo",
+                "table",
+                &table,
+            ],
+        )?;
+        self.run_in_netns(
+            "ip",
+            &[
+                "rule", "add", "fwmark", &mark, "lookup", &table, "pref", "1000",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Runs a program in the uplink namespace; its stdout, or its stderr in
+    /// the error.
+    fn run_in_netns(&self, program: &str, args: &[&str]) -> Result<String, NetError> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("XTABLES_LOCKFILE", self.dir.join("xtables.lock"));
+        let _ns = ucri_rootless::enter::command_in_netns(&mut cmd, &self.netns())
+            .map_err(io("opening the uplink namespace"))?;
+        let out = cmd
+            .output()
+            .map_err(io(format!("running {program} in the uplink namespace")))?;
+        if !out.status.success() {
+            return Err(NetError::Helper(format!(
+                "{program} {} in the uplink namespace failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn ensure_helper(&self) -> Result<(), NetError> {

@@ -4,6 +4,10 @@
 #   pod -> outside through slirp4netns, then through pasta (the "outside" is
 #     an iperf3 server in a network namespace this script makes, joined to
 #     the host by a veth pair);
+#   a container -> outside through the socket bypass, and the same with the
+#     bypass turned off for its pod (annotation), both TCP directions and UDP:
+#     iperf3 runs inside the container (the host's binary, bind-mounted), as
+#     only container processes have the seccomp listener;
 #   host -> pod through ucri's hostPort forwarder (127.0.0.1:PORT, spliced
 #     into a socket opened in the uplink namespace);
 #   references: host -> outside directly, and host -> host over loopback.
@@ -70,7 +74,39 @@ measure_uplink() { # KIND -> "pod->outside Gbps" "host->pod Gbps"
   echo "$up $down"
 }
 
+IMAGE=127.0.0.1:$PORT/bench/busybox:latest
+bench_push busybox latest bench/busybox:latest
+LIBS=/host/usr/lib/x86_64-linux-gnu
+IPERF=("$LIBS/ld-linux-x86-64.so.2" --library-path "$LIBS" /host/usr/bin/iperf3)
+udp_gbps() { jq -r '.end.sum.bits_per_second / 1e9 | . * 100 | round / 100'; }
+measure_container() { # NAME BYPASS(true|false) -> "up down udp"
+  local pod cid up down udp
+  cat >"$WORK/$1.json" <<EOF
+{"metadata": {"name": "$1", "namespace": "bench", "uid": "$1"},
+ "annotations": {"ucri.io/socket-bypass": "$2"}}
+EOF
+  cat >"$WORK/$1-ctr.json" <<EOF
+{"metadata": {"name": "iperf"}, "image": {"image": "$IMAGE"},
+ "command": ["sleep", "3600"],
+ "mounts": [{"container_path": "/host/usr", "host_path": "/usr", "readonly": true}]}
+EOF
+  chmod 0644 "$WORK/$1.json" "$WORK/$1-ctr.json"
+  pod=$(ucri ctl runp "$WORK/$1.json")
+  cid=$(ucri ctl create "$pod" "$WORK/$1-ctr.json" "$WORK/$1.json")
+  ucri ctl start "$cid" >/dev/null
+  up=$(ucri ctl exec --sync "$cid" "${IPERF[@]}" -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -J | gbps)
+  down=$(ucri ctl exec --sync "$cid" "${IPERF[@]}" -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -R -J | gbps)
+  udp=$(ucri ctl exec --sync "$cid" "${IPERF[@]}" -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -u -b 0 -l 1400 -J | udp_gbps)
+  ucri ctl inspectp "$pod" | jq -c '.info.info | fromjson | .socketBypass' >&2
+  ucri ctl stopp "$pod" >/dev/null
+  ucri ctl rmp "$pod" >/dev/null
+  echo "$up $down $udp"
+}
+
 bench_daemon
+ucri ctl pull "$IMAGE" >/dev/null
+read -r BYPASS_UP BYPASS_DOWN BYPASS_UDP < <(measure_container bench-bypass true)
+read -r NOBYPASS_UP NOBYPASS_DOWN NOBYPASS_UDP < <(measure_container bench-no-bypass false)
 read -r SLIRP_UP SLIRP_DOWN < <(measure_uplink slirp4netns)
 kill "$DAEMON" && wait "$DAEMON" 2>/dev/null || true
 ucri system reset --force >/dev/null
@@ -81,15 +117,25 @@ bench_daemon
 read -r PASTA_UP PASTA_DOWN < <(measure_uplink pasta)
 
 DIRECT=$(iperf3 -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -J | gbps)
+DIRECT_DOWN=$(iperf3 -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -R -J | gbps)
+DIRECT_UDP=$(iperf3 -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -u -b 0 -l 1400 -J | udp_gbps)
 iperf3 -s -1 -p 5202 >/dev/null 2>&1 &
 sleep 0.5
 LOOP=$(iperf3 -c 127.0.0.1 -p 5202 -t "$SECONDS_EACH" -J | gbps)
 
 echo "| path (one TCP stream, ${SECONDS_EACH} s, iperf3) | Gbit/s |"
 echo "|---|---|"
+echo "| container -> outside through the socket bypass | $BYPASS_UP |"
+echo "| outside -> container through the socket bypass (-R) | $BYPASS_DOWN |"
+echo "| container -> outside through the socket bypass, UDP (-u -b 0 -l 1400) | $BYPASS_UDP |"
+echo "| container -> outside, bypass off (slirp4netns) | $NOBYPASS_UP |"
+echo "| outside -> container, bypass off (slirp4netns, -R) | $NOBYPASS_DOWN |"
+echo "| container -> outside, bypass off (slirp4netns), UDP | $NOBYPASS_UDP |"
 echo "| pod -> outside through slirp4netns | $SLIRP_UP |"
 echo "| pod -> outside through pasta | $PASTA_UP |"
 echo "| host -> pod through the hostPort forwarder (slirp4netns uplink) | $SLIRP_DOWN |"
 echo "| host -> pod through the hostPort forwarder (pasta uplink) | $PASTA_DOWN |"
 echo "| reference: host -> outside directly (veth) | $DIRECT |"
+echo "| reference: outside -> host directly (veth, -R) | $DIRECT_DOWN |"
+echo "| reference: host -> outside directly (veth), UDP | $DIRECT_UDP |"
 echo "| reference: host -> host over loopback | $LOOP |"

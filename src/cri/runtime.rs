@@ -198,6 +198,17 @@ fn state_condition(quarantined: &[crate::runtime::state::Quarantined]) -> Runtim
     )
 }
 
+/// Not a condition kubelet acts on: whether pod connections to the
+/// outside take the socket bypass or the uplink helper's path.
+fn bypass_condition(support: &Result<(), String>) -> RuntimeCondition {
+    let message = support
+        .as_ref()
+        .err()
+        .map(|why| format!("pod traffic to the outside goes through the uplink helper: {why}"))
+        .unwrap_or_default();
+    condition("SocketBypass", support.is_ok(), "SocketBypassOff", &message)
+}
+
 type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
@@ -260,6 +271,7 @@ impl RuntimeService for CriRuntimeService {
                     network_condition(self.lifecycle.network()),
                     limits_condition(self.lifecycle.cgroups()),
                     state_condition(&self.lifecycle.quarantined()),
+                    bypass_condition(self.lifecycle.socket_bypass()),
                 ],
             }),
             info: if verbose { self.verbose_info() } else { HashMap::new() },

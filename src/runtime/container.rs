@@ -222,6 +222,7 @@ impl Lifecycle {
             resolv_conf: dir.resolv_conf(),
             hosts: dir.hosts(),
             hostname_file: dir.hostname_file(),
+            bypass_receiver: self.bypass_receiver(&pod.id)?,
         };
         let container_id = bundle
             .file_name()

@@ -2,6 +2,7 @@
 //! sandboxes with pinned namespaces, containers under conmon and the OCI
 //! runtime, state on disk and recovery after a restart.
 
+pub mod bypass;
 mod container;
 pub mod epoch;
 mod events;
@@ -114,6 +115,8 @@ pub struct Lifecycle {
     /// The previous CPU sample per container or pod, for usage rates.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     events: tokio::sync::broadcast::Sender<ucri_cri_api::v1::ContainerEventResponse>,
+    /// Whether pods get the socket bypass; `Err` says why not.
+    bypass: Result<(), String>,
 }
 
 impl Lifecycle {
@@ -136,6 +139,10 @@ impl Lifecycle {
         };
         oci.prepare()?;
         let cgroups = resources::detect_cgroups(&config.runtime);
+        let bypass = bypass::support(&config);
+        if let Err(why) = &bypass {
+            tracing::info!(%why, "no socket bypass: pod traffic goes through the uplink helper");
+        }
         let lifecycle = Lifecycle {
             config,
             images,
@@ -151,6 +158,7 @@ impl Lifecycle {
             cpu_samples: Mutex::new(HashMap::new()),
             orphan_monitors: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(events::BACKLOG).0,
+            bypass,
         };
         lifecycle.recover()?;
         Ok(lifecycle)
@@ -300,6 +308,11 @@ impl Lifecycle {
 
     fn container_ids(&self) -> Vec<String> {
         self.containers_mut().keys().cloned().collect()
+    }
+
+    /// Whether pods get the socket bypass; `Err` says why not.
+    pub fn socket_bypass(&self) -> &Result<(), String> {
+        &self.bypass
     }
 
     /// State records set aside at start-up because they could not be read.

@@ -33,6 +33,7 @@ impl Lifecycle {
         let port_mappings = super::network::port_mappings(&config)?;
         ucri_net::hostport::validate(&port_mappings)?;
         let hostname = pod_hostname(&config)?;
+        super::bypass::annotation_allows(&config)?;
         let available =
             super::userns::available_ids("uid").min(super::userns::available_ids("gid"));
         let user_maps = super::userns::requested_maps(&config, available)?;
@@ -48,6 +49,7 @@ impl Lifecycle {
             namespaces,
             hostname: hostname.clone(),
             init_pid: 0,
+            bypass_pid: 0,
             network: None,
         };
         // Host-network pods live in the node namespace too: the host's
@@ -63,11 +65,13 @@ impl Lifecycle {
         )
         .and_then(|()| self.start_init(&dir, &mut state))
         .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
+        .and_then(|()| self.start_bypass(&mut state))
         .and_then(|()| self.states.save_pod(&state));
         if let Err(e) = created {
             if state.network.is_some() {
                 let _ = self.network.detach(&id);
             }
+            self.stop_bypass(&id, state.bypass_pid);
             sandbox::stop_pid_init(&dir, state.init_pid);
             let _ = sandbox::teardown(&dir);
             let _ = self.states.delete_pod(&id);
@@ -100,6 +104,7 @@ impl Lifecycle {
             namespaces: sandbox::own_namespaces(config),
             hostname: String::new(),
             init_pid: 0,
+            bypass_pid: 0,
             network: None,
         };
         pods.insert(id.to_owned(), placeholder);
@@ -126,13 +131,16 @@ impl Lifecycle {
             self.stop_container(&container, 0)?;
         }
         self.detach_network(&id)?;
-        if let Some(pod) = self.pods_mut().get(&id) {
-            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), pod.init_pid);
+        let pids = self.pods_mut().get(&id).map(|p| (p.init_pid, p.bypass_pid));
+        if let Some((init_pid, bypass_pid)) = pids {
+            self.stop_bypass(&id, bypass_pid);
+            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), init_pid);
         }
         sandbox::release_namespaces(&PodDir::new(&self.runtime_root, &id))?;
         self.update_pod(&id, |p| {
             p.phase = PodPhase::NotReady;
             p.init_pid = 0;
+            p.bypass_pid = 0;
         })?;
         self.emit_pod(&id, ContainerEventType::ContainerStoppedEvent);
         Ok(())
@@ -150,8 +158,10 @@ impl Lifecycle {
         }
         self.remove_pod_cgroup(&id);
         self.detach_network(&id)?;
-        if let Some(pod) = self.pods_mut().get(&id) {
-            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), pod.init_pid);
+        let pids = self.pods_mut().get(&id).map(|p| (p.init_pid, p.bypass_pid));
+        if let Some((init_pid, bypass_pid)) = pids {
+            self.stop_bypass(&id, bypass_pid);
+            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), init_pid);
         }
         sandbox::teardown(&PodDir::new(&self.runtime_root, &id))?;
         self.states.delete_pod(&id)?;
@@ -189,6 +199,7 @@ impl Lifecycle {
             "namespaces": pod.namespaces,
             "netns": pod.namespaces.network.then(|| dir.ns("net")),
             "runtimeHandler": pod.runtime_handler,
+            "socketBypass": self.bypass_stats(pod),
             "containers": self.containers_of(&pod.id),
         });
         HashMap::from([("info".to_owned(), info.to_string())])

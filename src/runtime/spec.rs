@@ -53,6 +53,8 @@ pub struct PodContext {
     pub hosts: PathBuf,
     /// The pod's hostname file, bound at /etc/hostname.
     pub hostname_file: PathBuf,
+    /// The socket bypass agent's receiver when the pod has one.
+    pub bypass_receiver: Option<PathBuf>,
 }
 
 /// Everything the spec of one container is made from.
@@ -133,6 +135,9 @@ pub fn generate(inputs: &SpecInputs) -> Result<Spec, SpecError> {
         .set_annotations(Some(annotations(inputs, &image)))
         .set_linux(Some(linux(inputs, sc, &caps)?))
         .set_hooks(None);
+    if let Some(receiver) = &inputs.pod.bypass_receiver {
+        super::bypass::apply(&mut spec, receiver);
+    }
     Ok(spec)
 }
 
@@ -1709,6 +1714,7 @@ mod tests {
             resolv_conf: pod.join("resolv.conf"),
             hosts: pod.join("hosts"),
             hostname_file: pod.join("hostname"),
+            bypass_receiver: None,
         }
     }
 

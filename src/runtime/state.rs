@@ -62,6 +62,9 @@ pub struct PodState {
     /// shares one PID namespace; 0 otherwise.
     #[serde(default)]
     pub init_pid: i32,
+    /// The pod's socket bypass agent; 0 when the pod has none.
+    #[serde(default)]
+    pub bypass_pid: i32,
     /// The pod's network attachment (IPs, host ports) while it is attached.
     #[serde(default)]
     pub network: Option<ucri_net::PodAttachment>,

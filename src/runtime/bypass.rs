@@ -1,0 +1,335 @@
+//! The socket bypass of pods (see `ucri_net::bypass`): which pods get it,
+//! their agents' lifecycle, and what it changes in a container's spec.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Spec};
+use ucri_cri_api::v1::PodSandboxConfig;
+use ucri_net::bypass::{self, Cidr, Policy};
+
+use super::sandbox::PodDir;
+use super::state::PodState;
+use super::{Lifecycle, LifecycleError};
+
+/// The pod annotation that turns the bypass off for one pod (`"false"`).
+pub const POD_ANNOTATION: &str = "ucri.io/socket-bypass";
+
+/// The system call the bypass intercepts.
+const CONNECT: &str = "connect";
+
+/// Whether this daemon runs the bypass, decided once at start: `Err` says
+/// why not (pods then use the uplink's path, and `Status` says so).
+pub fn support(config: &crate::config::Config) -> Result<(), String> {
+    let net = &config.network;
+    if !net.socket_bypass {
+        return Err("turned off (network.socket_bypass = false)".into());
+    }
+    if net.uplink == crate::config::Uplink::None {
+        return Err("there is no uplink (network.uplink = \"none\")".into());
+    }
+    bypass::kernel_support()
+}
+
+/// What the pod's [`POD_ANNOTATION`] says: absent or `"true"` allows the
+/// bypass, `"false"` turns it off; anything else is refused.
+pub fn annotation_allows(config: &PodSandboxConfig) -> Result<bool, LifecycleError> {
+    match config.annotations.get(POD_ANNOTATION).map(String::as_str) {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(LifecycleError::InvalidArgument(format!(
+            "annotation {POD_ANNOTATION} must be \"true\" or \"false\", not {other:?}"
+        ))),
+    }
+}
+
+/// The agent's socket of pod `id`: short, as Unix socket paths must be.
+pub fn agent_socket(runtime_root: &Path, id: &str) -> PathBuf {
+    runtime_root
+        .join("bypass")
+        .join(format!("{}.sock", &id[..id.len().min(16)]))
+}
+
+impl Lifecycle {
+    /// Whether the pod gets the bypass: its own network namespace, the
+    /// daemon runs it, crun runs its containers, and it did not opt out.
+    fn wants_bypass(&self, pod: &PodState) -> Result<bool, LifecycleError> {
+        if !pod.namespaces.network || self.bypass.is_err() || !annotation_allows(&pod.config)? {
+            return Ok(false);
+        }
+        self.runtime_receives_listeners(pod)
+    }
+
+    /// crun hands seccomp listeners to a receiver; runc does not.
+    fn runtime_receives_listeners(&self, pod: &PodState) -> Result<bool, LifecycleError> {
+        let runtime = self.runtime_for(&pod.runtime_handler)?;
+        Ok(runtime
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("crun")))
+    }
+
+    /// Starts the pod's agent when the pod gets the bypass; records its pid.
+    pub(super) fn start_bypass(&self, pod: &mut PodState) -> Result<(), LifecycleError> {
+        if !self.wants_bypass(pod)? {
+            return Ok(());
+        }
+        let socket = agent_socket(&self.runtime_root, &pod.id);
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(super::io("creating the bypass dir"))?;
+        }
+        let log = PodDir::new(&self.runtime_root, &pod.id)
+            .path()
+            .join("bypass.log");
+        let exe = std::env::current_exe().map_err(super::io("finding the ucri binary"))?;
+        pod.bypass_pid = bypass::start_agent(&exe, &socket, &self.bypass_policy(pod), &log)?;
+        Ok(())
+    }
+
+    /// The receiver a new container of the pod sends its listener to, its
+    /// agent started again first if it is gone; `None` without the bypass.
+    pub(super) fn bypass_receiver(&self, pod_id: &str) -> Result<Option<PathBuf>, LifecycleError> {
+        let Some(pod) = self.pods_mut().get(pod_id).cloned() else {
+            return Ok(None);
+        };
+        if pod.bypass_pid <= 0 {
+            return Ok(None);
+        }
+        let socket = agent_socket(&self.runtime_root, pod_id);
+        if bypass::is_agent_of(&socket, pod.bypass_pid) {
+            return Ok(Some(socket));
+        }
+        tracing::warn!(pod = %pod_id, pid = pod.bypass_pid, "the socket bypass agent is gone; starting it again");
+        let mut restarted = pod.clone();
+        self.start_bypass(&mut restarted)?;
+        let pid = restarted.bypass_pid;
+        self.update_pod(pod_id, |p| p.bypass_pid = pid)?;
+        Ok((pid > 0).then_some(socket))
+    }
+
+    /// Ends the pod's agent (its containers are stopped by now).
+    pub(super) fn stop_bypass(&self, pod_id: &str, pid: i32) {
+        bypass::stop_agent(&agent_socket(&self.runtime_root, pod_id), pid);
+    }
+
+    /// What the pod's agent has done, for verbose status; `None` without it.
+    pub(super) fn bypass_stats(&self, pod: &PodState) -> Option<serde_json::Value> {
+        if pod.bypass_pid <= 0 {
+            return None;
+        }
+        let socket = agent_socket(&self.runtime_root, &pod.id);
+        Some(match bypass::query_stats(&socket) {
+            Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        })
+    }
+
+    /// Networks the pod's connections keep to its own path: the
+    /// configured ones, the node's pod CIDRs, the pod's own subnets and the
+    /// uplink's addresses.
+    fn bypass_policy(&self, pod: &PodState) -> Policy {
+        let mut keep: Vec<Cidr> = self.config.network.bypass_keep.clone();
+        let own = pod.network.iter().flat_map(|a| a.subnets.iter());
+        let node = self.network.pod_cidrs();
+        keep.extend(
+            own.chain(node.iter())
+                .chain(self.network.uplink_networks().iter())
+                .filter_map(|c| c.parse::<Cidr>().ok()),
+        );
+        keep.dedup();
+        Policy { keep }
+    }
+}
+
+/// Sends the container's `connect` calls to the pod's agent at `receiver`:
+/// crun's receiver annotation and a `SCMP_ACT_NOTIFY` rule for `connect`
+/// in the container's seccomp profile. A profile that denies `connect` or
+/// filters it on its arguments is left alone: that container does without.
+pub fn apply(spec: &mut Spec, receiver: &Path) {
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let Some(seccomp) = with_connect_notified(linux.seccomp().clone()) else {
+        tracing::info!("the seccomp profile decides connect itself: no socket bypass");
+        return;
+    };
+    linux.set_seccomp(Some(seccomp));
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert(
+        bypass::RECEIVER_ANNOTATION.to_owned(),
+        receiver.display().to_string(),
+    );
+    spec.set_annotations(Some(annotations));
+}
+
+/// The profile with `connect` sent to the listener, or `None` when the
+/// profile itself decides `connect` (denies it, filters its arguments,
+/// already has a listener).
+pub fn with_connect_notified(profile: Option<LinuxSeccomp>) -> Option<LinuxSeccomp> {
+    let mut profile = match profile {
+        Some(p) => p,
+        None => {
+            let mut allow_all = LinuxSeccomp::default();
+            allow_all.set_default_action(LinuxSeccompAction::ScmpActAllow);
+            allow_all
+        }
+    };
+    if profile.listener_path().is_some() {
+        return None;
+    }
+    let mut rules = profile.syscalls().clone().unwrap_or_default();
+    let mut allowed = matches!(
+        profile.default_action(),
+        LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog
+    );
+    for rule in rules
+        .iter()
+        .filter(|r| r.names().iter().any(|n| n == CONNECT))
+    {
+        let unconditional = rule.args().as_ref().is_none_or(|a| a.is_empty());
+        let allows = matches!(
+            rule.action(),
+            LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog
+        );
+        if !unconditional || !allows {
+            return None;
+        }
+        allowed = true;
+    }
+    if !allowed {
+        return None;
+    }
+    for rule in rules.iter_mut() {
+        let names: Vec<String> = rule
+            .names()
+            .iter()
+            .filter(|n| *n != CONNECT)
+            .cloned()
+            .collect();
+        rule.set_names(names);
+    }
+    rules.retain(|r| !r.names().is_empty());
+    let mut notify = LinuxSyscall::default();
+    notify
+        .set_names(vec![CONNECT.to_owned()])
+        .set_action(LinuxSeccompAction::ScmpActNotify);
+    rules.push(notify);
+    profile.set_syscalls(Some(rules));
+    Some(profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(names: &[&str], action: LinuxSeccompAction) -> LinuxSyscall {
+        let mut r = LinuxSyscall::default();
+        r.set_names(names.iter().map(|s| s.to_string()).collect())
+            .set_action(action);
+        r
+    }
+
+    fn notified(profile: &LinuxSeccomp) -> Vec<String> {
+        profile
+            .syscalls()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
+            .flat_map(|r| r.names().clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_unconfined_container_gets_a_profile_that_only_notifies_connect() {
+        let p = with_connect_notified(None).expect("a profile");
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActAllow);
+        assert_eq!(notified(&p), ["connect"]);
+        assert_eq!(p.syscalls().as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn the_runtime_default_profile_keeps_its_denials_and_notifies_connect() {
+        let p =
+            with_connect_notified(Some(super::super::spec::default_seccomp())).expect("profile");
+        assert_eq!(notified(&p), ["connect"]);
+        let denied: Vec<String> = p
+            .syscalls()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.action() == LinuxSeccompAction::ScmpActErrno)
+            .flat_map(|r| r.names().clone())
+            .collect();
+        assert!(denied.iter().any(|n| n == "kexec_load"), "{denied:?}");
+    }
+
+    #[test]
+    fn an_allow_list_that_allows_connect_has_it_moved_to_the_notify_rule() {
+        let mut p = LinuxSeccomp::default();
+        p.set_default_action(LinuxSeccompAction::ScmpActErrno)
+            .set_syscalls(Some(vec![
+                rule(
+                    &["read", "connect", "write"],
+                    LinuxSeccompAction::ScmpActAllow,
+                ),
+                rule(&["connect"], LinuxSeccompAction::ScmpActAllow),
+            ]));
+        let p = with_connect_notified(Some(p)).expect("profile");
+        let rules = p.syscalls().clone().unwrap_or_default();
+        assert_eq!(rules.len(), 2, "the connect-only rule is gone: {rules:?}");
+        assert_eq!(rules[0].names(), &["read".to_string(), "write".to_string()]);
+        assert_eq!(notified(&p), ["connect"]);
+    }
+
+    #[test]
+    fn profiles_that_decide_connect_themselves_are_left_alone() {
+        let mut denies = LinuxSeccomp::default();
+        denies
+            .set_default_action(LinuxSeccompAction::ScmpActAllow)
+            .set_syscalls(Some(vec![rule(
+                &["connect"],
+                LinuxSeccompAction::ScmpActErrno,
+            )]));
+        assert!(
+            with_connect_notified(Some(denies)).is_none(),
+            "connect denied"
+        );
+        let mut not_listed = LinuxSeccomp::default();
+        not_listed
+            .set_default_action(LinuxSeccompAction::ScmpActErrno)
+            .set_syscalls(Some(vec![rule(
+                &["read"],
+                LinuxSeccompAction::ScmpActAllow,
+            )]));
+        assert!(
+            with_connect_notified(Some(not_listed)).is_none(),
+            "connect not allowed"
+        );
+        let mut by_args = LinuxSeccomp::default();
+        let mut conditional = rule(&["connect"], LinuxSeccompAction::ScmpActAllow);
+        let arg = oci_spec::runtime::LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(3u64)
+            .op(oci_spec::runtime::LinuxSeccompOperator::ScmpCmpEq)
+            .build()
+            .expect("arg");
+        conditional.set_args(Some(vec![arg]));
+        by_args
+            .set_default_action(LinuxSeccompAction::ScmpActAllow)
+            .set_syscalls(Some(vec![conditional]));
+        assert!(
+            with_connect_notified(Some(by_args)).is_none(),
+            "filtered on arguments"
+        );
+    }
+
+    #[test]
+    fn agent_sockets_fit_a_unix_socket_path() {
+        let root = Path::new("/run/user/1000/ucri");
+        let id = "a".repeat(64);
+        let socket = agent_socket(root, &id);
+        assert_eq!(
+            socket,
+            Path::new("/run/user/1000/ucri/bypass/aaaaaaaaaaaaaaaa.sock")
+        );
+    }
+}
