@@ -61,17 +61,23 @@ EOF
   ucri ctl runp "$WORK/$1.json"
 }
 
-measure_uplink() { # KIND -> "pod->outside Gbps" "host->pod Gbps"
-  local pod up down
+measure_uplink() { # KIND -> "pod->outside" "host->pod" "outside->pod" (Gbit/s)
+  local pod up down remote
   pod=$(pod_with_port "bench-$1")
   up=$(in_pod "$pod" iperf3 -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -J | gbps)
   in_pod "$pod" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
   sleep 0.5
   down=$(iperf3 -c 127.0.0.1 -p "$HOST_PORT" -t "$SECONDS_EACH" -J | gbps)
   wait || true
+  # From another machine (the outside namespace, to the host's veth
+  # address): the forwarder connects from the client's own address.
+  in_pod "$pod" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+  sleep 0.5
+  remote=$(ip netns exec "$OUT" iperf3 -c 10.231.0.1 -p "$HOST_PORT" -t "$SECONDS_EACH" -J | gbps)
+  wait || true
   ucri ctl stopp "$pod" >/dev/null
   ucri ctl rmp "$pod" >/dev/null
-  echo "$up $down"
+  echo "$up $down $remote"
 }
 
 IMAGE=127.0.0.1:$PORT/bench/busybox:latest
@@ -97,7 +103,7 @@ EOF
   up=$(ucri ctl exec --sync "$cid" "${IPERF[@]}" -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -J | gbps)
   down=$(ucri ctl exec --sync "$cid" "${IPERF[@]}" -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -R -J | gbps)
   udp=$(ucri ctl exec --sync "$cid" "${IPERF[@]}" -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -u -b 0 -l 1400 -J | udp_gbps)
-  ucri ctl inspectp "$pod" | jq -c '.info.info | fromjson | .socketBypass' >&2
+  ucri ctl inspectp "$pod" | jq -c '.info.socketBypass' >&2
   ucri ctl stopp "$pod" >/dev/null
   ucri ctl rmp "$pod" >/dev/null
   echo "$up $down $udp"
@@ -107,14 +113,14 @@ bench_daemon
 ucri ctl pull "$IMAGE" >/dev/null
 read -r BYPASS_UP BYPASS_DOWN BYPASS_UDP < <(measure_container bench-bypass true)
 read -r NOBYPASS_UP NOBYPASS_DOWN NOBYPASS_UDP < <(measure_container bench-no-bypass false)
-read -r SLIRP_UP SLIRP_DOWN < <(measure_uplink slirp4netns)
+read -r SLIRP_UP SLIRP_DOWN SLIRP_REMOTE < <(measure_uplink slirp4netns)
 kill "$DAEMON" && wait "$DAEMON" 2>/dev/null || true
 ucri system reset --force >/dev/null
 mkdir -p "$WORK/home/.config/ucri"
 printf '[network]\nuplink = "pasta"\n' >"$WORK/home/.config/ucri/ucri.toml"
 [ "$(id -u)" -eq 0 ] && chown -R ucri-test: "$WORK/home/.config"
 bench_daemon
-read -r PASTA_UP PASTA_DOWN < <(measure_uplink pasta)
+read -r PASTA_UP PASTA_DOWN PASTA_REMOTE < <(measure_uplink pasta)
 
 DIRECT=$(iperf3 -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -J | gbps)
 DIRECT_DOWN=$(iperf3 -c "$OUT_ADDR" -p 5201 -t "$SECONDS_EACH" -R -J | gbps)
@@ -135,6 +141,8 @@ echo "| pod -> outside through slirp4netns | $SLIRP_UP |"
 echo "| pod -> outside through pasta | $PASTA_UP |"
 echo "| host -> pod through the hostPort forwarder (slirp4netns uplink) | $SLIRP_DOWN |"
 echo "| host -> pod through the hostPort forwarder (pasta uplink) | $PASTA_DOWN |"
+echo "| outside -> pod through the hostPort forwarder, from the client's own address (slirp4netns uplink) | $SLIRP_REMOTE |"
+echo "| outside -> pod through the hostPort forwarder, from the client's own address (pasta uplink) | $PASTA_REMOTE |"
 echo "| reference: host -> outside directly (veth) | $DIRECT |"
 echo "| reference: outside -> host directly (veth, -R) | $DIRECT_DOWN |"
 echo "| reference: host -> outside directly (veth), UDP | $DIRECT_UDP |"
