@@ -209,7 +209,12 @@ fn next_sync_message(
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        match pipe.read(&mut byte)? {
+        let read = match pipe.read(&mut byte) {
+            // A signal (a debugger attaching, a stop) is not conmon's answer.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        match read {
             0 if line.is_empty() => return Ok(None),
             0 => break,
             _ if byte[0] == b'\n' => break,
@@ -298,6 +303,50 @@ pub fn split_cri_log(log: &str) -> (Vec<u8>, Vec<u8>) {
     (stdout, stderr)
 }
 
+/// The longest a [`DirWatch`] waits before its caller looks again anyway.
+const DIR_WATCH_RECHECK: Duration = Duration::from_millis(250);
+
+/// An inotify watch for files written or moved into one directory.
+struct DirWatch {
+    inotify: nix::sys::inotify::Inotify,
+}
+
+impl DirWatch {
+    fn new(dir: &std::path::Path) -> Option<DirWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| tracing::debug!(%e, "inotify_init"))
+            .ok()?;
+        inotify
+            .add_watch(
+                dir,
+                AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO,
+            )
+            .map_err(|e| tracing::debug!(%e, dir = %dir.display(), "inotify_add_watch"))
+            .ok()?;
+        Some(DirWatch { inotify })
+    }
+
+    /// Returns after an event or `limit`, with the events drained.
+    fn wait(&self, limit: Duration) {
+        use std::os::fd::AsFd;
+        let millis = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            self.inotify.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if let Ok(n) = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)) {
+            if n > 0 {
+                while self
+                    .inotify
+                    .read_events()
+                    .is_ok_and(|events| !events.is_empty())
+                {}
+            }
+        }
+    }
+}
+
 /// How long a monitor whose create failed may take to exit.
 const FAILED_MONITOR_EXIT: Duration = Duration::from_secs(60);
 
@@ -366,7 +415,11 @@ fn read_sync_message(pipe: &mut std::os::unix::net::UnixStream) -> std::io::Resu
     let mut out = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        match pipe.read(&mut byte)? {
+        let read = match pipe.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        match read {
             0 => break,
             _ if byte[0] == b'\n' => break,
             _ => out.push(byte[0]),
@@ -505,17 +558,28 @@ impl OciPaths {
         Some((code, when))
     }
 
-    /// Waits up to `limit` for the exit file.
+    /// Waits up to `limit` for the exit file: woken by an inotify watch on
+    /// the exits directory as conmon writes it (a 10 ms poll if the watch
+    /// cannot be set up).
     pub fn wait_exit(&self, id: &str, limit: Duration) -> Option<(i32, SystemTime)> {
+        if let Some(exit) = self.exit_status(id) {
+            return Some(exit);
+        }
+        let watch = DirWatch::new(&self.exits);
         let deadline = std::time::Instant::now() + limit;
         loop {
+            // Checked after the watch is in place: no write is missed.
             if let Some(exit) = self.exit_status(id) {
                 return Some(exit);
             }
-            if std::time::Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            match &watch {
+                Some(watch) => watch.wait(left.min(DIR_WATCH_RECHECK)),
+                None => std::thread::sleep(left.min(Duration::from_millis(10))),
+            }
         }
     }
 

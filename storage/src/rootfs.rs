@@ -319,11 +319,25 @@ impl Rootfs {
     /// Overlay options with lower dirs relative to the store root (the
     /// command runs there), top layer first.
     fn overlay_options(&self, record: &RootfsRecord, kernel: bool) -> Result<String, RootfsError> {
+        self.overlay_options_from(record, kernel, Path::new(""))
+    }
+
+    /// Overlay options with lower dirs under `base` (the store root, or
+    /// empty for paths relative to it).
+    fn overlay_options_from(
+        &self,
+        record: &RootfsRecord,
+        kernel: bool,
+        base: &Path,
+    ) -> Result<String, RootfsError> {
         let lowers: Vec<String> = record
             .layers
             .iter()
             .rev()
-            .map(|l| self.short_link(l))
+            .map(|l| {
+                self.short_link(l)
+                    .map(|link| base.join(link).display().to_string())
+            })
             .collect::<Result<_, _>>()?;
         let dir = self.dir(&record.id);
         let mut options = format!("lowerdir={}", lowers.join(":"));
@@ -353,6 +367,33 @@ impl Rootfs {
         let kernel = program == "mount";
         let options = self.overlay_options(record, kernel)?;
         let target = self.mountpoint(&record.id);
+        if kernel {
+            // mount(2) itself, with the lower dirs spelled out from the
+            // store root, when they fit in the one page the kernel reads;
+            // else mount(8), which runs in the store root and passes them
+            // relative.
+            let absolute = self.overlay_options_from(record, kernel, &self.root)?;
+            if absolute.len() < MOUNT_DATA_MAX {
+                let flags = if record.readonly {
+                    nix::mount::MsFlags::MS_RDONLY
+                } else {
+                    nix::mount::MsFlags::empty()
+                };
+                return nix::mount::mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    flags,
+                    Some(absolute.as_str()),
+                )
+                .map_err(|e| {
+                    io_err(format!(
+                        "mounting overlay on {} ({absolute})",
+                        target.display()
+                    ))(e.into())
+                });
+            }
+        }
         let mut cmd = Command::new(program);
         if kernel {
             cmd.args(["-t", "overlay", "overlay", "-o", &options]);
@@ -488,6 +529,9 @@ impl Rootfs {
             .collect()
     }
 }
+
+/// The kernel reads at most one page of mount options; below that with room.
+const MOUNT_DATA_MAX: usize = 4000;
 
 fn run(cmd: &mut Command) -> Result<(), RootfsError> {
     let describe = format!("{cmd:?}");
