@@ -258,13 +258,7 @@ async fn open_lifecycle(
         Lifecycle::open(config, images, storage, network)
     })
     .await??;
-    let lifecycle = Arc::new(lifecycle);
-    let weak = Arc::downgrade(&lifecycle);
-    let check = crate::image::InUseCheck(Box::new(move |id: &str| {
-        weak.upgrade().is_some_and(|l| l.image_in_use(id))
-    }));
-    lifecycle_images(&lifecycle).set_in_use_check(check);
-    Ok(lifecycle)
+    Ok(Arc::new(lifecycle))
 }
 
 /// Binds the Prometheus endpoint when the configuration enables it.
@@ -306,10 +300,6 @@ pub fn network_options(config: &Config) -> ucri_net::NetworkOptions {
             host_loopback_ports: config.node.host_loopback_ports.clone(),
         },
     }
-}
-
-fn lifecycle_images(lifecycle: &Lifecycle) -> &Images {
-    lifecycle.images()
 }
 
 /// conmon monitors re-parent to the daemon (its subreaper); reap them.

@@ -342,10 +342,34 @@ fn running_containers_survive_kill_9_of_the_daemon() {
         status(&e.sb, &id).expect("status after restart").state,
         ContainerState::ContainerRunning as i32
     );
+    // The restarted daemon leases the images of the containers it found:
+    // removing the image keeps its content for this container.
+    let image_id = status(&e.sb, &id).expect("status").image_ref;
+    block_on(async {
+        let channel = connect(&e.sb.socket()).await.expect("connect");
+        ImageServiceClient::new(channel)
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: image_id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+    })
+    .expect("RemoveImage of an image a recovered container uses");
+    let config_blob =
+        e.sb.data_dir()
+            .join("storage/blobs/sha256")
+            .join(image_id.trim_start_matches("sha256:"));
+    assert!(
+        config_blob.exists(),
+        "the recovered container keeps its image's content"
+    );
     stop(&e.sb, &id, 0).expect("stoppable after restart");
     assert!(!process_alive(pid));
     assert_eq!(status(&e.sb, &id).expect("status").exit_code, 137);
     remove_pod(&e.sb, &pod);
+    assert!(!config_blob.exists(), "the content goes with the container");
 }
 
 /// Runs `script` in a fresh container of `pod` and returns its exit code

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod import;
+pub mod lease;
 mod pull;
 pub mod reference;
 pub mod registries;
@@ -110,7 +111,8 @@ pub struct Images {
     gc: tokio::sync::RwLock<()>,
     config_home: PathBuf,
     home: PathBuf,
-    in_use: std::sync::OnceLock<InUseCheck>,
+    /// The images containers are made from (see [`lease`]).
+    leases: Arc<lease::LeaseTable>,
     limits: ImageLimits,
 }
 
@@ -140,19 +142,26 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Tells whether a container uses an image (by image ID).
-pub struct InUseCheck(pub Box<dyn Fn(&str) -> bool + Send + Sync>);
-
-impl std::fmt::Debug for InUseCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InUseCheck")
-    }
-}
-
 impl Images {
-    /// Installs the check that keeps images used by containers from removal.
-    pub fn set_in_use_check(&self, check: InUseCheck) {
-        let _ = self.in_use.set(check);
+    /// Finds the image `spec` names and leases it, in one step: RemoveImage
+    /// keeps its content until the lease is dropped.
+    pub fn lease(&self, spec: &str) -> Option<(ImageRecord, lease::ImageLease)> {
+        let mut leases = self.leases.lock();
+        let (image, _) = self.lookup(spec)?;
+        let lease = leases.take(&self.leases, &image.id);
+        Some((image, lease))
+    }
+
+    /// Leases image `id` (removed images too), for the containers a
+    /// restarted daemon finds; `None` when the store has no such image.
+    pub fn lease_by_id(&self, id: &str) -> Option<lease::ImageLease> {
+        let mut leases = self.leases.lock();
+        let image = self
+            .read_index()
+            .values()
+            .find(|r| r.id.to_string() == id)
+            .map(|r| r.id.clone())?;
+        Some(leases.take(&self.leases, &image))
     }
 
     /// Opens the store under `root`, loads the records and removes content
@@ -175,7 +184,7 @@ impl Images {
             gc: tokio::sync::RwLock::new(()),
             config_home: home.join(".config"),
             home,
-            in_use: std::sync::OnceLock::new(),
+            leases: Arc::default(),
             limits,
         })
     }
@@ -303,21 +312,21 @@ impl Images {
             return Ok(());
         };
         let names = image.repo_tags.len() + image.repo_digests.len();
-        match matched {
-            Matched::Tag(tag) if names > 1 && image.repo_tags.len() > 1 => self.untag(&image, &tag),
-            _ if self.in_use(&image) => self.hide(&image),
-            _ => {
-                self.store.delete_image(&image.id)?;
-                self.write_index().remove(&image.id);
-                self.collect_garbage().await
+        if let Matched::Tag(tag) = &matched {
+            if names > 1 && image.repo_tags.len() > 1 {
+                return self.untag(&image, tag);
             }
         }
-    }
-
-    fn in_use(&self, image: &ImageRecord) -> bool {
-        self.in_use
-            .get()
-            .is_some_and(|used| (used.0)(&image.id.to_string()))
+        {
+            // Held while deciding and deleting: no lease is taken meanwhile.
+            let leases = self.leases.lock();
+            if leases.is_leased(&image.id) {
+                return self.hide(&image);
+            }
+            self.store.delete_image(&image.id)?;
+            self.write_index().remove(&image.id);
+        }
+        self.collect_garbage().await
     }
 
     /// Removes an image that containers still use: its names go and it is
@@ -336,17 +345,20 @@ impl Images {
     /// Deletes the images removed while in use that no container uses any
     /// more, with their content (after a container is removed).
     pub async fn release_unused(&self) -> Result<(), ImageError> {
-        let unused: Vec<ImageRecord> = self
-            .records()
-            .into_iter()
-            .filter(|r| r.removed && !self.in_use(r))
-            .collect();
-        if unused.is_empty() {
-            return Ok(());
-        }
-        for image in &unused {
-            self.store.delete_image(&image.id)?;
-            self.write_index().remove(&image.id);
+        {
+            let leases = self.leases.lock();
+            let unused: Vec<ImageRecord> = self
+                .records()
+                .into_iter()
+                .filter(|r| r.removed && !leases.is_leased(&r.id))
+                .collect();
+            if unused.is_empty() {
+                return Ok(());
+            }
+            for image in &unused {
+                self.store.delete_image(&image.id)?;
+                self.write_index().remove(&image.id);
+            }
         }
         self.collect_garbage().await
     }

@@ -62,12 +62,13 @@ impl Lifecycle {
             .as_ref()
             .map(|i| i.image.clone())
             .unwrap_or_default();
-        let (image, _) = self.images.lookup(&image_spec).ok_or_else(|| {
+        let (image, lease) = self.images.lease(&image_spec).ok_or_else(|| {
             LifecycleError::NotFound(format!("image {image_spec:?} not found; pull it first"))
         })?;
         let id = new_id()?;
         let state =
             self.claim_container_name(&pod, &id, &config, image.id.to_string(), image_spec)?;
+        self.hold_lease(&id, lease);
         let lock = self.locks.get(&id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.build_container(&pod, state, sandbox, &image) {
@@ -264,6 +265,7 @@ impl Lifecycle {
 
     /// Removes every trace of a half-created container.
     fn discard(&self, id: &str) {
+        self.release_leases(id);
         let removed = self.containers_mut().remove(id);
         if let Some(state) = removed {
             let _ = self.oci.runtime(
@@ -419,6 +421,7 @@ impl Lifecycle {
         self.adopt_monitor(state.conmon_pid);
         self.states.delete_container(&id)?;
         let pod_id = self.containers_mut().remove(&id).map(|c| c.pod_id);
+        self.release_leases(&id);
         tracing::info!(container = %id, "container removed");
         self.emit(
             &id,

@@ -54,12 +54,13 @@ impl Lifecycle {
                 .as_ref()
                 .map(|i| i.image.clone())
                 .unwrap_or_default();
-            let (image, _) = self.images.lookup(&spec).ok_or_else(|| {
+            let (image, lease) = self.images.lease(&spec).ok_or_else(|| {
                 LifecycleError::NotFound(format!(
                     "image volume {}: image {spec:?} not found; pull it first",
                     mount.container_path
                 ))
             })?;
+            self.hold_lease(id, lease);
             let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
             let root = self
                 .storage

@@ -117,6 +117,8 @@ pub struct Lifecycle {
     events: tokio::sync::broadcast::Sender<ucri_cri_api::v1::ContainerEventResponse>,
     /// Whether pods get the socket bypass; `Err` says why not.
     bypass: Result<(), String>,
+    /// Each container's leases on the images it is made from.
+    image_leases: Mutex<HashMap<String, Vec<crate::image::lease::ImageLease>>>,
 }
 
 impl Lifecycle {
@@ -159,6 +161,7 @@ impl Lifecycle {
             orphan_monitors: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(events::BACKLOG).0,
             bypass,
+            image_leases: Mutex::new(HashMap::new()),
         };
         lifecycle.recover()?;
         Ok(lifecycle)
@@ -215,6 +218,7 @@ impl Lifecycle {
             .extend(pods.into_iter().map(|p| (p.id.clone(), p)));
         self.containers_mut()
             .extend(containers.into_iter().map(|c| (c.id.clone(), c)));
+        self.lease_recovered_images();
         for id in self.container_ids() {
             self.refresh(&id);
         }
@@ -330,11 +334,47 @@ impl Lifecycle {
         &self.images
     }
 
-    /// True when a container uses image `image_id`.
-    pub fn image_in_use(&self, image_id: &str) -> bool {
-        self.containers_mut()
+    /// Keeps `lease` for container `id` until the container is removed.
+    fn hold_lease(&self, id: &str, lease: crate::image::lease::ImageLease) {
+        self.image_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .push(lease);
+    }
+
+    /// Ends container `id`'s image leases.
+    fn release_leases(&self, id: &str) {
+        let leases = self
+            .image_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        drop(leases);
+    }
+
+    /// Leases the images of the containers a previous daemon left.
+    fn lease_recovered_images(&self) {
+        let containers: Vec<(String, Vec<String>)> = self
+            .containers_mut()
             .values()
-            .any(|c| c.image_id == image_id || c.volume_images.iter().any(|v| v == image_id))
+            .map(|c| {
+                let mut images = vec![c.image_id.clone()];
+                images.extend(c.volume_images.iter().cloned());
+                (c.id.clone(), images)
+            })
+            .collect();
+        for (id, images) in containers {
+            for image in images {
+                match self.images.lease_by_id(&image) {
+                    Some(lease) => self.hold_lease(&id, lease),
+                    None => {
+                        tracing::warn!(container = %id, %image, "the container's image is not in the store")
+                    }
+                }
+            }
+        }
     }
 
     /// Periodic upkeep: records exits conmon reported (so a container that
