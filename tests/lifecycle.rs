@@ -477,12 +477,7 @@ fn host_network_pid_and_ipc_pods_see_the_host() {
 fn the_security_context_and_image_config_shape_the_process() {
     let e = env("secctx");
     let sb = &e.sb;
-    let mut pod_cfg = pod_config(sb, "sec");
-    // Without the socket bypass, whose filter (it only hands `connect` to
-    // the pod's agent) Unconfined containers have too.
-    pod_cfg
-        .annotations
-        .insert("ucri.io/socket-bypass".into(), "false".into());
+    let pod_cfg = pod_config(sb, "sec");
     let pod = run_pod(sb, &pod_cfg).expect("pod");
     let with = |name: &str, script: &str, f: &dyn Fn(&mut ContainerConfig)| {
         let mut c = container_config(&e.image, name, script);

@@ -135,6 +135,16 @@ fn in_uplink(sb: &Sandbox, args: &[&str]) -> String {
 
 /// A pod running busybox httpd on :8080 serving `body`; returns (pod, container).
 fn web_pod(e: &Env, config: &PodSandboxConfig, body: &str) -> (String, String) {
+    web_pod_with(e, config, body, |_| {})
+}
+
+/// [`web_pod`] with the container's config changed by `adjust`.
+fn web_pod_with(
+    e: &Env,
+    config: &PodSandboxConfig,
+    body: &str,
+    adjust: impl Fn(&mut ContainerConfig),
+) -> (String, String) {
     let pod = run_pod(&e.sb, config).expect("RunPodSandbox");
     let script =
         format!("mkdir -p /tmp/www && echo {body} > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www");
@@ -143,16 +153,33 @@ fn web_pod(e: &Env, config: &PodSandboxConfig, body: &str) -> (String, String) {
         .as_ref()
         .map(|m| m.name.clone())
         .unwrap_or_default();
-    let id = create(
-        &e.sb,
-        &pod,
-        container_config(&e.image, &name, &script),
-        config,
-    )
-    .expect("CreateContainer");
+    let mut container = container_config(&e.image, &name, &script);
+    adjust(&mut container);
+    let id = create(&e.sb, &pod, container, config).expect("CreateContainer");
     start(&e.sb, &id).expect("StartContainer");
     wait_state(&e.sb, &id, ContainerState::ContainerRunning);
     (pod, id)
+}
+
+/// The container gets the RuntimeDefault seccomp profile (what kubelet
+/// sends with `--seccomp-default` or a pod's `seccompProfile`).
+fn runtime_default_seccomp(c: &mut ContainerConfig) {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.seccomp = Some(SecurityProfile {
+        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
+}
+
+/// What `/proc/self/status` says of the seccomp mode in container `id`.
+fn seccomp_mode(sb: &Sandbox, id: &str) -> String {
+    let out = exec(sb, id, &["grep", "Seccomp:", "/proc/self/status"], 10).expect("exec");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Runs `wget -q -O - URL` in container `id` until it answers (servers take
@@ -974,15 +1001,32 @@ fn bypass_condition(sb: &Sandbox) -> RuntimeCondition {
 /// loopback and to a service address stay on the pod's path; after a
 /// daemon restart the agent still serves the running container; a pod that
 /// opts out by annotation has no agent and reaches the outside through the
-/// uplink.
+/// uplink. The bypass joins a container's seccomp profile: an Unconfined
+/// container keeps no filter at all unless its pod asks for the bypass.
 #[test]
 fn connections_to_the_outside_take_the_socket_bypass_and_pod_traffic_does_not() {
     let mut e = env("net-bypass");
     let outside = OutsideServer::start();
     let condition = bypass_condition(&e.sb);
     assert!(condition.status, "{condition:?}");
-    let (pod_a, a) = web_pod(&e, &pod_config(&e.sb, "bypass-a"), "hello-from-a");
-    let (pod_b, _) = web_pod(&e, &pod_config(&e.sb, "bypass-b"), "hello-from-b");
+    let (pod_a, a) = web_pod_with(
+        &e,
+        &pod_config(&e.sb, "bypass-a"),
+        "hello-from-a",
+        runtime_default_seccomp,
+    );
+    assert_eq!(seccomp_mode(&e.sb, &a), "2", "RuntimeDefault is a filter");
+    let (pod_b, b) = web_pod(&e, &pod_config(&e.sb, "bypass-b"), "hello-from-b");
+    assert_eq!(
+        seccomp_mode(&e.sb, &b),
+        "0",
+        "an Unconfined container has no filter"
+    );
+    assert_eq!(
+        counter(&bypass_stats(&e.sb, &pod_b), "listeners"),
+        0,
+        "nor a listener"
+    );
     let ip_b = pod_ip(&e.sb, &pod_b);
     let start = bypass_stats(&e.sb, &pod_a);
     assert!(
@@ -1052,7 +1096,7 @@ fn connections_to_the_outside_take_the_socket_bypass_and_pod_traffic_does_not() 
     opted_out
         .annotations
         .insert("ucri.io/socket-bypass".into(), "false".into());
-    let (pod_c, c) = web_pod(&e, &opted_out, "hello-from-c");
+    let (pod_c, c) = web_pod_with(&e, &opted_out, "hello-from-c", runtime_default_seccomp);
     assert!(
         bypass_stats(&e.sb, &pod_c).is_null(),
         "no agent for an opted-out pod"
@@ -1060,8 +1104,22 @@ fn connections_to_the_outside_take_the_socket_bypass_and_pod_traffic_does_not() 
     let got = fetch_from(&e.sb, &c, &outside_url);
     assert_eq!(got.trim(), "hello from outside", "through the uplink");
 
+    let mut opted_in = pod_config(&e.sb, "bypass-on");
+    opted_in
+        .annotations
+        .insert("ucri.io/socket-bypass".into(), "true".into());
+    let (pod_d, d) = web_pod(&e, &opted_in, "hello-from-d");
+    assert_eq!(seccomp_mode(&e.sb, &d), "2", "the bypass's own filter");
+    let got = fetch_from(&e.sb, &d, &outside_url);
+    assert_eq!(got.trim(), "hello from outside");
+    let stats = bypass_stats(&e.sb, &pod_d);
+    assert!(
+        counter(&stats, "bypassed") >= 1,
+        "an Unconfined container of a pod that asked: {stats}"
+    );
+
     let agents = e.sb.runtime_dir().join("bypass");
-    for pod in [pod_a, pod_b, pod_c] {
+    for pod in [pod_a, pod_b, pod_c, pod_d] {
         stop_pod(&e.sb, &pod);
         remove_pod(&e.sb, &pod);
     }

@@ -14,6 +14,16 @@ use super::{Lifecycle, LifecycleError};
 /// The pod annotation that turns the bypass off for one pod (`"false"`).
 pub const POD_ANNOTATION: &str = "ucri.io/socket-bypass";
 
+/// Where a pod's containers send their seccomp listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiver {
+    /// The agent's socket.
+    pub socket: PathBuf,
+    /// The pod asked for the bypass explicitly (annotation `"true"`), so
+    /// its Unconfined containers get it too, with a filter of their own.
+    pub unconfined_too: bool,
+}
+
 /// The system call the bypass intercepts.
 const CONNECT: &str = "connect";
 
@@ -86,23 +96,33 @@ impl Lifecycle {
 
     /// The receiver a new container of the pod sends its listener to, its
     /// agent started again first if it is gone; `None` without the bypass.
-    pub(super) fn bypass_receiver(&self, pod_id: &str) -> Result<Option<PathBuf>, LifecycleError> {
+    pub(super) fn bypass_receiver(&self, pod_id: &str) -> Result<Option<Receiver>, LifecycleError> {
         let Some(pod) = self.pods_mut().get(pod_id).cloned() else {
             return Ok(None);
         };
         if pod.bypass_pid <= 0 {
             return Ok(None);
         }
+        let unconfined_too = pod
+            .config
+            .annotations
+            .get(POD_ANNOTATION)
+            .map(String::as_str)
+            == Some("true");
+        let receiver = |socket| Receiver {
+            socket,
+            unconfined_too,
+        };
         let socket = agent_socket(&self.runtime_root, pod_id);
         if bypass::is_agent_of(&socket, pod.bypass_pid) {
-            return Ok(Some(socket));
+            return Ok(Some(receiver(socket)));
         }
         tracing::warn!(pod = %pod_id, pid = pod.bypass_pid, "the socket bypass agent is gone; starting it again");
         let mut restarted = pod.clone();
         self.start_bypass(&mut restarted)?;
         let pid = restarted.bypass_pid;
         self.update_pod(pod_id, |p| p.bypass_pid = pid)?;
-        Ok((pid > 0).then_some(socket))
+        Ok((pid > 0).then(|| receiver(socket)))
     }
 
     /// Ends the pod's agent (its containers are stopped by now).
@@ -143,10 +163,15 @@ impl Lifecycle {
 /// crun's receiver annotation and a `SCMP_ACT_NOTIFY` rule for `connect`
 /// in the container's seccomp profile. A profile that denies `connect` or
 /// filters it on its arguments is left alone: that container does without.
-pub fn apply(spec: &mut Spec, receiver: &Path) {
+/// So is an Unconfined container (no filter at all, as the CRI validation
+/// suite and Kubernetes' e2e check) unless the pod asked for the bypass.
+pub fn apply(spec: &mut Spec, receiver: &Receiver) {
     let Some(linux) = spec.linux_mut() else {
         return;
     };
+    if linux.seccomp().is_none() && !receiver.unconfined_too {
+        return;
+    }
     let Some(seccomp) = with_connect_notified(linux.seccomp().clone()) else {
         tracing::info!("the seccomp profile decides connect itself: no socket bypass");
         return;
@@ -155,7 +180,7 @@ pub fn apply(spec: &mut Spec, receiver: &Path) {
     let mut annotations = spec.annotations().clone().unwrap_or_default();
     annotations.insert(
         bypass::RECEIVER_ANNOTATION.to_owned(),
-        receiver.display().to_string(),
+        receiver.socket.display().to_string(),
     );
     spec.set_annotations(Some(annotations));
 }

@@ -54,7 +54,7 @@ pub struct PodContext {
     /// The pod's hostname file, bound at /etc/hostname.
     pub hostname_file: PathBuf,
     /// The socket bypass agent's receiver when the pod has one.
-    pub bypass_receiver: Option<PathBuf>,
+    pub bypass_receiver: Option<super::bypass::Receiver>,
 }
 
 /// Everything the spec of one container is made from.
