@@ -403,32 +403,74 @@ impl Lifecycle {
         let lock = self.locks.get(&id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.container(&id)?;
-        // A lost container's runtime state went with the runtime dir.
-        if state.lost.is_none() {
-            self.oci.runtime(
-                &state.runtime,
-                &["delete", "--force", &id],
-                "deleting the container",
-            )?;
-        }
-        self.storage
-            .rootfs()
-            .remove(&id)
-            .map_err(|e| LifecycleError::Internal(format!("removing the root filesystem: {e}")))?;
-        self.remove_image_volumes(&id, &state.config);
-        let _ = std::fs::remove_dir_all(self.bundle(&id));
-        self.oci.forget(&id);
-        self.adopt_monitor(state.conmon_pid);
+        // The record goes first: from here the container is gone for every
+        // client, and a daemon killed before the cleanup below is done
+        // finishes it at start (a bundle without a record).
         self.states.delete_container(&id)?;
-        let pod_id = self.containers_mut().remove(&id).map(|c| c.pod_id);
-        self.release_leases(&id);
+        self.containers_mut().remove(&id);
+        self.adopt_monitor(state.conmon_pid);
+        self.start_cleanup(state);
         tracing::info!(container = %id, "container removed");
-        self.emit(
-            &id,
-            &pod_id.unwrap_or_default(),
-            ContainerEventType::ContainerDeletedEvent,
-        );
         Ok(())
+    }
+
+    /// Deletes a removed container's runtime state, root filesystem, image
+    /// volumes and bundle on a thread of its own (what `crun delete` and the
+    /// unmount cost is not the client's wait), then ends its image leases
+    /// and lets go of images removed meanwhile. When the root filesystem
+    /// cannot be removed, the leases stay, so its layers do too.
+    fn start_cleanup(&self, state: ContainerState) {
+        let id = state.id.clone();
+        let pod_id = state.pod_id.clone();
+        let oci = self.oci.clone();
+        let storage = std::sync::Arc::clone(&self.storage);
+        let bundle = self.bundle(&id);
+        let leases = std::sync::Arc::clone(&self.image_leases);
+        let images = std::sync::Arc::clone(&self.images);
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let cleanup = move || {
+            let done = delete_container_files(&oci, &storage, &bundle, &state);
+            let mut held = leases.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = done {
+                tracing::warn!(container = %state.id, %e, "removing the container's files; they go at the next start");
+                return;
+            }
+            drop(held.remove(&state.id));
+            drop(held);
+            if let Some(runtime) = runtime {
+                runtime.spawn(async move {
+                    if let Err(e) = images.release_unused().await {
+                        tracing::warn!(%e, "releasing images no container uses");
+                    }
+                });
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("remove-container".into())
+            .spawn(cleanup);
+        match spawned {
+            Ok(handle) => {
+                let mut cleanups = self.cleanups.lock().unwrap_or_else(|p| p.into_inner());
+                let pending = cleanups.entry(pod_id.clone()).or_default();
+                pending.retain(|h| !h.is_finished());
+                pending.push(handle);
+            }
+            Err(e) => tracing::warn!(container = %id, %e, "cannot start the cleanup thread"),
+        }
+        self.emit(&id, &pod_id, ContainerEventType::ContainerDeletedEvent);
+    }
+
+    /// Waits for the background cleanups of pod `pod_id`'s removed containers.
+    pub(super) fn finish_cleanups(&self, pod_id: &str) {
+        let pending = self
+            .cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pod_id)
+            .unwrap_or_default();
+        for handle in pending {
+            let _ = handle.join();
+        }
     }
 
     /// Runs `cmd` in the running container and waits for it (ExecSync);
@@ -764,6 +806,37 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
             }),
         }),
     }
+}
+
+/// What removing a container leaves to delete: crun's state (unless the
+/// runtime dir it lived in was lost), the root filesystem and image
+/// volumes, the bundle, the exit file and attach socket.
+fn delete_container_files(
+    oci: &super::oci::OciPaths,
+    storage: &crate::storage::Storage,
+    bundle: &Path,
+    state: &ContainerState,
+) -> Result<(), LifecycleError> {
+    let id = &state.id;
+    if state.lost.is_none() {
+        oci.runtime(
+            &state.runtime,
+            &["delete", "--force", id],
+            "deleting the container",
+        )?;
+    }
+    storage
+        .rootfs()
+        .remove(id)
+        .map_err(|e| LifecycleError::Internal(format!("removing the root filesystem: {e}")))?;
+    for rootfs in super::image_volumes::rootfs_ids(id, &state.config) {
+        storage.rootfs().remove(&rootfs).map_err(|e| {
+            LifecycleError::Internal(format!("removing image volume {rootfs}: {e}"))
+        })?;
+    }
+    let _ = std::fs::remove_dir_all(bundle);
+    oci.forget(id);
+    Ok(())
 }
 
 /// Signals the container's init through a pidfd, without running the OCI

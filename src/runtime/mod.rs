@@ -118,7 +118,10 @@ pub struct Lifecycle {
     /// Whether pods get the socket bypass; `Err` says why not.
     bypass: Result<(), String>,
     /// Each container's leases on the images it is made from.
-    image_leases: Mutex<HashMap<String, Vec<crate::image::lease::ImageLease>>>,
+    image_leases: Arc<Mutex<HashMap<String, Vec<crate::image::lease::ImageLease>>>>,
+    /// Removed containers whose runtime state and root filesystem are being
+    /// deleted in the background, by pod: the pod's removal waits for them.
+    cleanups: Mutex<HashMap<String, Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Lifecycle {
@@ -161,7 +164,8 @@ impl Lifecycle {
             orphan_monitors: Mutex::new(Vec::new()),
             events: tokio::sync::broadcast::channel(events::BACKLOG).0,
             bypass,
-            image_leases: Mutex::new(HashMap::new()),
+            image_leases: Arc::default(),
+            cleanups: Mutex::new(HashMap::new()),
         };
         lifecycle.recover()?;
         Ok(lifecycle)

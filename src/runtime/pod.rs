@@ -156,6 +156,7 @@ impl Lifecycle {
         for container in self.containers_of(&id) {
             self.remove_container(&container)?;
         }
+        self.finish_cleanups(&id);
         self.remove_pod_cgroup(&id);
         self.detach_network(&id)?;
         let pids = self.pods_mut().get(&id).map(|p| (p.init_pid, p.bypass_pid));
