@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::{io as io_err, NetError};
@@ -303,7 +302,7 @@ fn accept_loop(listener: &TcpListener, forward: &Forward, stop: &AtomicBool) {
 /// splices both directions.
 fn forward_connection(client: TcpStream, from: SocketAddr, forward: &Forward) {
     let target = forward.target;
-    if let Err(e) = nix::sched::setns(&*forward.uplink, CloneFlags::CLONE_NEWNET) {
+    if let Err(e) = ucri_rootless::enter::join_netns(&forward.uplink) {
         tracing::warn!(%e, "joining the uplink namespace to forward a host port");
         return;
     }
@@ -453,7 +452,7 @@ fn open_flow(
 }
 
 fn connect_udp_in(uplink: &File, target: SocketAddr) -> io::Result<UdpSocket> {
-    nix::sched::setns(uplink, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    ucri_rootless::enter::join_netns(uplink)?;
     let local: SocketAddr = match target {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),

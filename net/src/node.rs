@@ -11,13 +11,11 @@
 //!   a registry) answer on the node namespace's 127.0.0.1 too, relayed by the
 //!   daemon, so a kubeconfig that says `https://127.0.0.1:6443` works inside.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
 use serde::Serialize;
 
 use crate::hostport::{HostPorts, PortMapping, Protocol};
@@ -200,13 +198,7 @@ fn relay_host_loopback(netns: &Path, port: u16) -> Result<(), NetError> {
 /// Binds in `netns` from a short-lived thread; the socket stays in that
 /// namespace, the daemon's threads stay in theirs.
 fn bind_in_netns(netns: PathBuf, address: SocketAddr) -> io::Result<TcpListener> {
-    std::thread::spawn(move || {
-        let ns = File::open(&netns)?;
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        TcpListener::bind(address)
-    })
-    .join()
-    .map_err(|_| io::Error::other("the binding thread panicked"))?
+    ucri_rootless::enter::run_in_netns_thread(&netns, || TcpListener::bind(address))?
 }
 
 fn accept_loop(listener: &TcpListener, host: SocketAddr) {

@@ -66,8 +66,17 @@ impl Namespaces {
     }
 }
 
+/// Moves the calling thread into the network namespace `ns` (an open pin).
+/// Only for a thread of its own that ends with its work (a forwarded
+/// connection's, or [`run_in_netns_thread`]'s): the daemon's other threads
+/// stay where they are.
+pub fn join_netns(ns: &File) -> std::io::Result<()> {
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
 /// Runs `work` on a fresh thread that has joined the network namespace
-/// pinned at `netns`; the caller's thread is untouched.
+/// pinned at `netns`; the caller's thread is untouched. Sockets made there
+/// stay in that namespace wherever they are used.
 pub fn run_in_netns_thread<T, F>(netns: &Path, work: F) -> std::io::Result<T>
 where
     T: Send,
@@ -77,7 +86,7 @@ where
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                join_netns(&ns)?;
                 Ok(work())
             })
             .join()

@@ -197,22 +197,12 @@ pub async fn run_in_netns<T: Send + 'static>(
     netns: Option<std::path::PathBuf>,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("ucri-netns".into())
-        .spawn(move || {
-            let result = netns
-                .map(|path| -> std::io::Result<()> {
-                    let file = std::fs::File::open(&path)?;
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)
-                })
-                .transpose()
-                .and_then(|_| work());
-            let _ = tx.send(result);
-        })?;
-    rx.await
-        .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    tokio::task::spawn_blocking(move || match netns {
+        Some(path) => ucri_rootless::enter::run_in_netns_thread(&path, work)?,
+        None => work(),
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
 }
 
 async fn serve(listener: capped::CappedListener, shared: Shared) {
