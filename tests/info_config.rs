@@ -6,7 +6,7 @@ use std::process::Command;
 
 use common::*;
 
-const EXPECTED_CHECKS: [&str; 24] = [
+const EXPECTED_CHECKS: [&str; 25] = [
     "catatonit",
     "storage_driver",
     "kernel",
@@ -31,6 +31,7 @@ const EXPECTED_CHECKS: [&str; 24] = [
     "node",
     "runtime_dir",
     "state_records",
+    "socket_bypass",
 ];
 
 fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -80,6 +81,7 @@ fn info_json_reports_every_prerequisite_of_a_prepared_host() {
         "uplink.slirp4netns",
         "cni_plugins",
         "catatonit",
+        "socket_bypass",
     ];
     for name in must_be_ok {
         assert_eq!(

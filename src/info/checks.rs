@@ -45,7 +45,27 @@ pub fn all(config: &Config) -> Vec<Check> {
     checks.push(node(config));
     checks.push(runtime_dir(config));
     checks.push(quarantine(config));
+    checks.push(socket_bypass(config));
     checks
+}
+
+/// Whether pod egress takes the socket bypass or the uplink helper's path.
+fn socket_bypass(config: &Config) -> Check {
+    match crate::runtime::bypass::support(config) {
+        Ok(()) => Check::ok(
+            "socket_bypass",
+            "pod connections to the outside get host sockets (containers with a seccomp \
+             profile, and Unconfined ones of pods annotated ucri.io/socket-bypass: \"true\"; \
+             crun only)",
+        ),
+        Err(why) => Check::bad(
+            "socket_bypass",
+            Verdict::Warning,
+            format!("pod traffic to the outside goes through the uplink helper: {why}"),
+            "set network.socket_bypass = true with an uplink, on Linux 5.9+ with seccomp user \
+             notification (docs/networking.md)",
+        ),
+    }
 }
 
 /// State records the daemon could not read and set aside.
