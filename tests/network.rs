@@ -1202,3 +1202,38 @@ fn host_ports_show_the_pod_the_clients_own_address() {
     stop_pod(sb, &pod);
     remove_pod(sb, &pod);
 }
+
+/// A daemon killed between starting a pod's socket bypass agent and
+/// recording the pod leaves an agent nobody knows: the next start ends it.
+#[test]
+fn the_bypass_agent_of_a_pod_without_a_record_ends_at_the_next_start() {
+    let mut e = env("net-bypass-orphan");
+    let pod = run_pod(&e.sb, &pod_config(&e.sb, "orphan")).expect("RunPodSandbox");
+    let agents = e.sb.runtime_dir().join("bypass");
+    let pid_file = agents.join(format!("{}.sock.pid", &pod[..16]));
+    let agent: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the agent's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(process_alive(agent));
+
+    let serving = e.sb.daemon_pid();
+    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    e._daemon.wait_exit(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(serving) {
+        assert!(Instant::now() < deadline, "the serving daemon lingers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(process_alive(agent), "the agent outlives the daemon");
+    std::fs::remove_file(e.sb.data_dir().join(format!("state/pods/{pod}.json")))
+        .expect("drop the pod's record, as a kill before it was written would");
+    e._daemon = e.sb.start_daemon();
+    assert!(!process_alive(agent), "the unknown pod's agent was ended");
+    assert_eq!(
+        dir_entries(&agents).len(),
+        0,
+        "its socket and pid file are gone"
+    );
+}

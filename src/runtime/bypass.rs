@@ -125,6 +125,22 @@ impl Lifecycle {
         Ok((pid > 0).then(|| receiver(socket)))
     }
 
+    /// Ends the agents whose pods have no record (a daemon killed while it
+    /// created or removed them).
+    pub(super) fn stop_unknown_agents(&self, pods: &std::collections::HashSet<String>) {
+        let dir = self.runtime_root.join("bypass");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(prefix) = name.strip_suffix(".sock") else {
+                continue;
+            };
+            if !pods.iter().any(|p| p.starts_with(prefix)) {
+                tracing::info!(pod = %prefix, "ending the socket bypass agent of a pod that is gone");
+                bypass::stop_agent_by_pid_file(&entry.path());
+            }
+        }
+    }
+
     /// Ends the pod's agent (its containers are stopped by now).
     pub(super) fn stop_bypass(&self, pod_id: &str, pid: i32) {
         bypass::stop_agent(&agent_socket(&self.runtime_root, pod_id), pid);

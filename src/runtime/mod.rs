@@ -218,6 +218,7 @@ impl Lifecycle {
             pods.iter().map(|p| p.id.clone()).collect();
         known_pods.extend(set_aside("pods"));
         self.remove_half_created(&known_pods, &live);
+        self.stop_unknown_agents(&known_pods);
         self.pods_mut()
             .extend(pods.into_iter().map(|p| (p.id.clone(), p)));
         self.containers_mut()

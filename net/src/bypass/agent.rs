@@ -104,6 +104,11 @@ fn listen(socket: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    // Found by a restarted daemon even if the pod's record never was.
+    ucri_rootless::rundir::write_atomic(
+        &super::pid_file(socket),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let mut out = std::io::stdout();
     out.write_all(b"ready\n")?;
     out.flush()?;

@@ -238,17 +238,35 @@ pub fn start_agent(
     Ok(pid)
 }
 
+/// Where the agent serving `socket` writes its pid.
+pub fn pid_file(socket: &Path) -> std::path::PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".pid");
+    name.into()
+}
+
 /// Ends the agent `pid` of `socket`, once `/proc` shows it still is that
-/// agent (after a restart or reboot the pid may be another process's).
+/// agent (after a restart or reboot the pid may be another process's), and
+/// removes its socket and pid file.
 pub fn stop_agent(socket: &Path, pid: i32) {
-    if pid <= 0 || !is_agent_of(socket, pid) {
-        return;
+    if pid > 0 && is_agent_of(socket, pid) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Our child unless the daemon restarted since; then init reaps it.
+        let _ = nix::sys::wait::waitpid(pid, None);
     }
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    // Our child unless the daemon restarted since; then init reaps it.
-    let _ = nix::sys::wait::waitpid(pid, None);
     let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(pid_file(socket));
+}
+
+/// Ends the agent of `socket` that its pid file names (one whose pod was
+/// never recorded, or is gone).
+pub fn stop_agent_by_pid_file(socket: &Path) {
+    let pid = std::fs::read_to_string(pid_file(socket))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    stop_agent(socket, pid);
 }
 
 /// Whether `pid` is the agent serving `socket`: its arguments name it.
