@@ -192,34 +192,3 @@ pub fn window_size(tty: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
     let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
     (rc == 0).then_some((size.ws_row, size.ws_col))
 }
-
-/// A pidfd for `pid` (`pidfd_open(2)`): it names that process even after
-/// its number is reused.
-pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: a plain system call with integer arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just made this descriptor for us; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal(2)`).
-pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call with integer arguments and no siginfo.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}

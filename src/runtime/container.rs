@@ -350,9 +350,6 @@ impl Lifecycle {
     }
 
     fn signal(&self, state: &ContainerState, signal: &str) -> Result<(), LifecycleError> {
-        if signal_directly(state, signal) {
-            return Ok(());
-        }
         let sent = self.oci.runtime(
             &state.runtime,
             &["kill", &state.id, signal],
@@ -837,47 +834,6 @@ fn delete_container_files(
     let _ = std::fs::remove_dir_all(bundle);
     oci.forget(id);
     Ok(())
-}
-
-/// Signals the container's init through a pidfd, without running the OCI
-/// runtime, once the pidfd's process is shown to be this container's: its
-/// parent is the conmon monitoring this container id. False when that
-/// cannot be shown (or the signal has no plain name): the runtime does it.
-fn signal_directly(state: &ContainerState, signal: &str) -> bool {
-    let Ok(signal) = signal
-        .parse::<nix::sys::signal::Signal>()
-        .or_else(|_| format!("SIG{signal}").parse::<nix::sys::signal::Signal>())
-    else {
-        return false;
-    };
-    if state.pid <= 0 || state.conmon_pid <= 0 {
-        return false;
-    }
-    let Ok(pidfd) = ucri_rootless::syscall::pidfd_open(state.pid) else {
-        return false;
-    };
-    if !monitored_by_its_conmon(state) {
-        return false;
-    }
-    use std::os::fd::AsFd;
-    ucri_rootless::syscall::pidfd_send_signal(pidfd.as_fd(), signal as i32).is_ok()
-}
-
-/// Whether `state.pid`'s parent is `state.conmon_pid` and that is the
-/// conmon of container `state.id` (its `-c ID` arguments).
-fn monitored_by_its_conmon(state: &ContainerState) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", state.pid)).unwrap_or_default();
-    let parent = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse::<i32>().ok());
-    if parent != Some(state.conmon_pid) {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", state.conmon_pid)).unwrap_or_default();
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    args.windows(2)
-        .any(|pair| pair[0] == b"-c" && pair[1] == state.id.as_bytes())
 }
 
 /// The stop signal the container config asks for, without its SIG prefix
