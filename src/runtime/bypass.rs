@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Spec};
-use ucri_cri_api::v1::PodSandboxConfig;
+use ucri_cri_api::v1::security_profile::ProfileType;
+use ucri_cri_api::v1::{ContainerConfig, PodSandboxConfig};
 use ucri_net::bypass::{self, Cidr, Policy};
 
 use super::sandbox::PodDir;
@@ -38,6 +39,25 @@ pub fn support(config: &crate::config::Config) -> Result<(), String> {
         return Err("there is no uplink (network.uplink = \"none\")".into());
     }
     bypass::kernel_support()
+}
+
+/// Whether the container gets a seccomp filter the bypass's rule can join
+/// (RuntimeDefault or Localhost, not privileged), as the spec builds it.
+fn has_seccomp_profile(container: &ContainerConfig) -> bool {
+    let Some(sc) = container
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    else {
+        return false;
+    };
+    !sc.privileged
+        && sc.seccomp.as_ref().is_some_and(|p| {
+            matches!(
+                ProfileType::try_from(p.profile_type),
+                Ok(ProfileType::RuntimeDefault | ProfileType::Localhost)
+            )
+        })
 }
 
 /// What the pod's [`POD_ANNOTATION`] says: absent or `"true"` allows the
@@ -77,11 +97,8 @@ impl Lifecycle {
             .is_some_and(|n| n.to_string_lossy().contains("crun")))
     }
 
-    /// Starts the pod's agent when the pod gets the bypass; records its pid.
-    pub(super) fn start_bypass(&self, pod: &mut PodState) -> Result<(), LifecycleError> {
-        if !self.wants_bypass(pod)? {
-            return Ok(());
-        }
+    /// Starts the pod's agent; records its pid in `pod`.
+    fn start_bypass(&self, pod: &mut PodState) -> Result<(), LifecycleError> {
         let socket = agent_socket(&self.runtime_root, &pod.id);
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).map_err(super::io("creating the bypass dir"))?;
@@ -94,13 +111,20 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// The receiver a new container of the pod sends its listener to, its
-    /// agent started again first if it is gone; `None` without the bypass.
-    pub(super) fn bypass_receiver(&self, pod_id: &str) -> Result<Option<Receiver>, LifecycleError> {
+    /// The receiver a new container of the pod sends its listener to, or
+    /// `None` when the container does without the bypass. The pod's agent
+    /// starts with its first container that has a seccomp filter to join
+    /// (pods of Unconfined containers never pay for one), and again if it
+    /// is gone.
+    pub(super) fn bypass_receiver(
+        &self,
+        pod_id: &str,
+        container: &ContainerConfig,
+    ) -> Result<Option<Receiver>, LifecycleError> {
         let Some(pod) = self.pods_mut().get(pod_id).cloned() else {
             return Ok(None);
         };
-        if pod.bypass_pid <= 0 {
+        if !self.wants_bypass(&pod)? {
             return Ok(None);
         }
         let unconfined_too = pod
@@ -109,20 +133,34 @@ impl Lifecycle {
             .get(POD_ANNOTATION)
             .map(String::as_str)
             == Some("true");
-        let receiver = |socket| Receiver {
-            socket,
+        if !unconfined_too && !has_seccomp_profile(container) {
+            return Ok(None);
+        }
+        let receiver = Receiver {
+            socket: agent_socket(&self.runtime_root, pod_id),
             unconfined_too,
         };
-        let socket = agent_socket(&self.runtime_root, pod_id);
-        if bypass::is_agent_of(&socket, pod.bypass_pid) {
-            return Ok(Some(receiver(socket)));
+        // One start per pod, however many containers are created at once.
+        let _starting = self.bypass_starts.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = self
+            .pods_mut()
+            .get(pod_id)
+            .map(|p| p.bypass_pid)
+            .unwrap_or(0);
+        if pid > 0 && bypass::is_agent_of(&receiver.socket, pid) {
+            return Ok(Some(receiver));
         }
-        tracing::warn!(pod = %pod_id, pid = pod.bypass_pid, "the socket bypass agent is gone; starting it again");
-        let mut restarted = pod.clone();
-        self.start_bypass(&mut restarted)?;
-        let pid = restarted.bypass_pid;
-        self.update_pod(pod_id, |p| p.bypass_pid = pid)?;
-        Ok((pid > 0).then(|| receiver(socket)))
+        if pid > 0 {
+            tracing::warn!(pod = %pod_id, pid, "the socket bypass agent is gone; starting it again");
+        }
+        let mut started = pod;
+        self.start_bypass(&mut started)?;
+        let pid = started.bypass_pid;
+        if let Err(e) = self.update_pod(pod_id, |p| p.bypass_pid = pid) {
+            self.stop_bypass(pod_id, pid);
+            return Err(e);
+        }
+        Ok(Some(receiver))
     }
 
     /// Ends the agents whose pods have no record (a daemon killed while it

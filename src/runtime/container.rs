@@ -223,7 +223,7 @@ impl Lifecycle {
             resolv_conf: dir.resolv_conf(),
             hosts: dir.hosts(),
             hostname_file: dir.hostname_file(),
-            bypass_receiver: self.bypass_receiver(&pod.id)?,
+            bypass_receiver: self.bypass_receiver(&pod.id, config)?,
         };
         let container_id = bundle
             .file_name()

@@ -122,6 +122,8 @@ pub struct Lifecycle {
     /// Removed containers whose runtime state and root filesystem are being
     /// deleted in the background, by pod: the pod's removal waits for them.
     cleanups: Mutex<HashMap<String, Vec<std::thread::JoinHandle<()>>>>,
+    /// Held while a pod's socket bypass agent is started.
+    bypass_starts: Mutex<()>,
 }
 
 impl Lifecycle {
@@ -166,6 +168,7 @@ impl Lifecycle {
             bypass,
             image_leases: Arc::default(),
             cleanups: Mutex::new(HashMap::new()),
+            bypass_starts: Mutex::new(()),
         };
         lifecycle.recover()?;
         Ok(lifecycle)

@@ -65,7 +65,6 @@ impl Lifecycle {
         )
         .and_then(|()| self.start_init(&dir, &mut state))
         .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
-        .and_then(|()| self.start_bypass(&mut state))
         .and_then(|()| self.states.save_pod(&state));
         if let Err(e) = created {
             if state.network.is_some() {
