@@ -235,18 +235,8 @@ fn errors_have_the_right_codes_and_leave_nothing() {
     assert_eq!(dirs.len(), 1, "failed creates left nothing: {dirs:?}");
     remove_container(sb, "nonexistent");
     let image_id = status(sb, &id).expect("status").image_ref;
-    let in_use = block_on(async {
-        let channel = connect(&sb.socket()).await.expect("connect");
-        ImageServiceClient::new(channel)
-            .remove_image(RemoveImageRequest {
-                image: Some(ImageSpec {
-                    image: image_id.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await
-    });
-    in_use.expect("an image in use can be removed (its content stays for the container)");
+    remove_image(sb, &image_id)
+        .expect("an image in use can be removed (its content stays for the container)");
     let gone = block_on(async {
         let channel = connect(&sb.socket()).await.expect("connect");
         ImageServiceClient::new(channel)
@@ -281,6 +271,22 @@ fn errors_have_the_right_codes_and_leave_nothing() {
         !config_blob.exists(),
         "the content goes with the last container"
     );
+}
+
+/// RemoveImage of `image`.
+fn remove_image(sb: &Sandbox, image: &str) -> Result<(), tonic::Status> {
+    block_on(async {
+        let channel = connect(&sb.socket()).await.expect("connect");
+        ImageServiceClient::new(channel)
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: image.to_owned(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(drop)
+    })
 }
 
 #[test]
@@ -345,18 +351,7 @@ fn running_containers_survive_kill_9_of_the_daemon() {
     // The restarted daemon leases the images of the containers it found:
     // removing the image keeps its content for this container.
     let image_id = status(&e.sb, &id).expect("status").image_ref;
-    block_on(async {
-        let channel = connect(&e.sb.socket()).await.expect("connect");
-        ImageServiceClient::new(channel)
-            .remove_image(RemoveImageRequest {
-                image: Some(ImageSpec {
-                    image: image_id.clone(),
-                    ..Default::default()
-                }),
-            })
-            .await
-    })
-    .expect("RemoveImage of an image a recovered container uses");
+    remove_image(&e.sb, &image_id).expect("RemoveImage of an image a recovered container uses");
     let config_blob =
         e.sb.data_dir()
             .join("storage/blobs/sha256")

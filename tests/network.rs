@@ -528,6 +528,29 @@ fn helper_pid(sb: &Sandbox) -> i32 {
     record["pid"].as_i64().expect("pid") as i32
 }
 
+/// SIGKILLs the daemon and waits until its serving child is gone too (it
+/// outlives its killed parent for a moment; a daemon started meanwhile
+/// would find the lock taken while the old one still answers `Version`).
+fn kill_9_daemon(e: &mut Env) {
+    let serving = e.sb.daemon_pid();
+    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    e._daemon.wait_exit(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(serving) {
+        assert!(
+            Instant::now() < deadline,
+            "the serving daemon {serving} outlived its killed parent by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`kill_9_daemon`], then a new daemon.
+fn restart_after_kill_9(e: &mut Env) {
+    kill_9_daemon(e);
+    e._daemon = e.sb.start_daemon();
+}
+
 #[test]
 fn cni_del_after_a_daemon_restart_releases_the_address() {
     survives_a_daemon_restart(env("net-restart"));
@@ -545,21 +568,7 @@ fn survives_a_daemon_restart(mut e: Env) {
     let ip = pod_ip(&e.sb, &pod);
     let helper = helper_pid(&e.sb);
 
-    let serving = e.sb.daemon_pid();
-    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
-    e._daemon.wait_exit(Duration::from_secs(10));
-    // The serving child outlives its killed parent for a moment; a daemon
-    // started meanwhile finds the lock taken, while the old one still
-    // answers `Version`.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(serving) {
-        assert!(
-            Instant::now() < deadline,
-            "the serving daemon {serving} outlived its killed parent by 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    e._daemon = e.sb.start_daemon();
+    restart_after_kill_9(&mut e);
     assert_eq!(
         helper_pid(&e.sb),
         helper,
@@ -1074,15 +1083,7 @@ fn connections_to_the_outside_take_the_socket_bypass_and_pod_traffic_does_not() 
         "the three connections were seen and kept: {after_outside} -> {after_pods}"
     );
 
-    let serving = e.sb.daemon_pid();
-    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
-    e._daemon.wait_exit(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(serving) {
-        assert!(Instant::now() < deadline, "the serving daemon lingers");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    e._daemon = e.sb.start_daemon();
+    restart_after_kill_9(&mut e);
     let got = fetch_from(&e.sb, &a, &outside_url);
     assert_eq!(got.trim(), "hello from outside", "after a daemon restart");
     let restarted = bypass_stats(&e.sb, &pod_a);
@@ -1222,14 +1223,7 @@ fn the_bypass_agent_of_a_pod_without_a_record_ends_at_the_next_start() {
         .expect("a pid");
     assert!(process_alive(agent));
 
-    let serving = e.sb.daemon_pid();
-    e._daemon.signal(nix::sys::signal::Signal::SIGKILL);
-    e._daemon.wait_exit(Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(serving) {
-        assert!(Instant::now() < deadline, "the serving daemon lingers");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_9_daemon(&mut e);
     assert!(process_alive(agent), "the agent outlives the daemon");
     std::fs::remove_file(e.sb.data_dir().join(format!("state/pods/{pod}.json")))
         .expect("drop the pod's record, as a kill before it was written would");
