@@ -34,6 +34,8 @@ mkdir -p "$OUT"
 
 # shellcheck source=conformance/lib.sh
 . packaging/conformance/lib.sh
+# shellcheck source=conformance/containerd.sh
+. packaging/conformance/containerd.sh
 
 # critest as the daemon's user, in the node namespace.
 critest() {
@@ -78,6 +80,40 @@ benchmark() {
   fi
   cp -r "$WORK/bench/." "$OUT/benchmark/" 2>/dev/null || { mkdir -p "$OUT/benchmark"; cp -r "$WORK/bench/." "$OUT/benchmark/"; }
   python3 packaging/conformance/bench-summary.py "$OUT/benchmark" | tee "$OUT/benchmark.md"
+  benchmark_containerd
+}
+
+# The same benchmark against rootless containerd in the same run (the
+# comparison of issue 19), when containerd and rootlesskit are installed;
+# CRITEST_BENCH_CONTAINERD=0 skips it.
+benchmark_containerd() {
+  [ "${CRITEST_BENCH_CONTAINERD:-1}" != 0 ] || return 0
+  local missing
+  if missing=$(containerd_missing); then
+    log "critest -benchmark against rootless containerd: skipped, $missing is not installed (packaging/setup-host.sh --test installs it)"
+    return 0
+  fi
+  log "critest -benchmark against rootless containerd (the same parameters)"
+  containerd_start
+  mkdir -p "$WORK/bench-containerd"
+  [ "$(id -u)" -ne 0 ] || chown "$RUN_USER:" "$WORK/bench-containerd"
+  if ! "${CTD_AS[@]}" "$WORK/critest" --runtime-endpoint "unix://$CTD_SOCK" --image-endpoint "unix://$CTD_SOCK" \
+    -benchmark -ginkgo.no-color -ginkgo.seed="${CRITEST_BENCH_SEED:-1}" \
+    -benchmarking-output-dir "$WORK/bench-containerd" \
+    -benchmarking-params-file "$WORK/bench-params.yaml" >"$OUT/benchmark-containerd.log" 2>&1; then
+    tail -n 40 "$OUT/benchmark-containerd.log" >&2
+    containerd_stop
+    die "critest -benchmark against rootless containerd failed; see $OUT/benchmark-containerd.log"
+  fi
+  containerd_stop
+  rm -rf "$OUT/benchmark-containerd"
+  cp -r "$WORK/bench-containerd" "$OUT/benchmark-containerd"
+  python3 packaging/conformance/bench-compare.py "$OUT/benchmark" "$OUT/benchmark-containerd" |
+    tee "$OUT/benchmark-compare.md"
+}
+
+stage_cleanup() {
+  containerd_stop
 }
 
 CRITEST=$(tool_binary critest)

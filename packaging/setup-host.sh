@@ -15,8 +15,9 @@
 #   packaging/setup-host.sh --test          also test/build packages and the test users
 #                                           ucri-test (with ranges), ucri-nosubid (without),
 #                                           ucri-cgroup and ucri-critest (with ranges and
-#                                           delegated cgroups), and grpcio in the
-#                                           virtualenv /opt/ucri-test-venv
+#                                           delegated cgroups), grpcio in the
+#                                           virtualenv /opt/ucri-test-venv, and containerd
+#                                           + rootlesskit for the benchmark beside containerd
 set -euo pipefail
 
 SUDO=""
@@ -47,6 +48,21 @@ install_packages() {
   log "installing: ${missing[*]}"
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Debian's containerd and rootlesskit: the conformance stage runs critest's
+# benchmark against rootless containerd beside ucri. Installing containerd
+# on a systemd host starts a root containerd service; when this script
+# installed it, the service is stopped and disabled again (the benchmark
+# runs its own rootless one).
+install_benchmark_peer() {
+  local had=0
+  dpkg-query -W -f='${Status}' containerd 2>/dev/null | grep -q "install ok installed" && had=1
+  install_packages containerd rootlesskit
+  if [ "$had" -eq 0 ] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now containerd.service >/dev/null 2>&1 || true
+    log "containerd: the root service the package started is stopped and disabled"
+  fi
 }
 
 open_devices() {
@@ -177,6 +193,7 @@ main() {
   if [ "$test" -eq 1 ] && ! command -v kubectl >/dev/null; then
     install_packages kubernetes-client
   fi
+  [ "$test" -eq 1 ] && install_benchmark_peer
   [ "$test" -eq 1 ] && install_test_venv
   open_devices
   local invoking="${SUDO_USER:-$(id -un)}"

@@ -1110,6 +1110,43 @@ fn a_restart_removes_what_a_crash_left_half_created() {
     remove_pod(&e.sb, &kept);
 }
 
+/// A daemon killed during StartContainer, after `crun create` and before
+/// it saved the pids, leaves an OCI container its record does not know.
+/// The next daemon deletes it, so that the container starts normally.
+/// (Here `crun create` is run by hand, as the daemon would have.)
+#[test]
+fn a_start_cut_short_by_a_crash_is_created_again_at_the_next_start() {
+    let mut e = env("halfstarted");
+    let pod_cfg = pod_config(&e.sb, "half");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("RunPodSandbox");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "c", "echo started; sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    let run = e.sb.runtime_dir();
+    let created = format!(
+        "crun --root={oci} create --bundle {bundle} {id} </dev/null >/dev/null 2>&1",
+        oci = run.join("oci").display(),
+        bundle = run.join("containers").join(&id).display(),
+    );
+    let out = e.sb.run_ucri(&["nsenter", "--", "sh", "-c", &created]);
+    assert!(
+        out.status.success(),
+        "crun create by hand: {}",
+        describe(&out)
+    );
+    assert!(run.join("oci").join(&id).exists(), "crun has the container");
+    e.sb.kill_serving_daemon();
+    e._daemon = e.sb.start_daemon();
+    start(&e.sb, &id).expect("the container starts after the restart");
+    wait_log(&status(&e.sb, &id).expect("status").log_path, "started");
+    stop_pod(&e.sb, &pod);
+    remove_pod(&e.sb, &pod);
+}
+
 /// The init of a pod's shared PID namespace is signalled only while its
 /// pid is still that init: after a restart (or a reboot) the remembered pid
 /// may be another process's, and StopPodSandbox leaves that one alone.
@@ -1766,8 +1803,23 @@ fn zombies_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Processes whose command line names `id` (conmon and crun take the
+/// container id as an argument; the container's own process does not).
+fn processes_naming(id: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(id))
+        .collect()
+}
+
+/// A start that the OCI runtime refuses (its program does not exist) fails
+/// StartContainer, leaves the container exited with containerd's code 128
+/// and reason `StartError`, and no conmon zombie behind.
 #[test]
-fn a_failed_create_leaves_no_conmon_zombie() {
+fn a_failed_start_leaves_no_conmon_zombie_and_reads_as_a_start_error() {
     let e = env("lc-zombie");
     let sb = &e.sb;
     let pod_cfg = pod_config(sb, "zombie");
@@ -1777,8 +1829,19 @@ fn a_failed_create_leaves_no_conmon_zombie() {
         let mut config = container_config(&e.image, &format!("bad{n}"), "true");
         config.command = vec!["/no/such/program".into()];
         config.args = Vec::new();
-        let err = create(sb, &pod, config, &pod_cfg).expect_err("no such program");
+        let id = create(sb, &pod, config, &pod_cfg).expect("CreateContainer");
+        let err = start(sb, &id).expect_err("no such program");
         assert!(err.message().contains("/no/such/program"), "{err:?}");
+        let failed = status(sb, &id).expect("status");
+        assert_eq!(failed.state, ContainerState::ContainerExited as i32);
+        assert_eq!(
+            (failed.exit_code, failed.reason.as_str()),
+            (128, "StartError")
+        );
+        assert!(failed.message.contains("/no/such/program"), "{failed:?}");
+        let again = start(sb, &id).expect_err("a failed container does not start again");
+        assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+        remove_container(sb, &id);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1788,11 +1851,79 @@ fn a_failed_create_leaves_no_conmon_zombie() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the daemon keeps zombie children after failed creates: {zombies:?}"
+            "the daemon keeps zombie children after failed starts: {zombies:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}
+
+/// CreateContainer only prepares (root filesystem, bundle): no conmon and
+/// no OCI container exist until StartContainer, as in containerd. Stopping
+/// a container that never started leaves it created, removing it works,
+/// and starting one after its pod stopped is refused.
+#[test]
+fn create_spawns_nothing_and_start_creates_and_runs_the_container() {
+    let e = env("lc-deferred");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "deferred");
+    let pod = run_pod(sb, &pod_cfg).expect("RunPodSandbox");
+    let id = create(
+        sb,
+        &pod,
+        container_config(&e.image, "c", "echo started; sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    let created = status(sb, &id).expect("status");
+    assert_eq!(created.state, ContainerState::ContainerCreated as i32);
+    assert!(created.created_at > 0, "{created:?}");
+    assert_eq!(
+        processes_naming(&id),
+        Vec::<String>::new(),
+        "nothing runs before the start"
+    );
+
+    start(sb, &id).expect("start");
+    wait_log(&status(sb, &id).expect("status").log_path, "started");
+    let monitors = processes_naming(&id);
+    assert!(
+        monitors.iter().any(|p| p.contains("conmon")),
+        "conmon watches it: {monitors:?}"
+    );
+    assert_eq!(
+        wait_state(sb, &id, ContainerState::ContainerRunning).exit_code,
+        0
+    );
+
+    let never = create(
+        sb,
+        &pod,
+        container_config(&e.image, "never", "true"),
+        &pod_cfg,
+    )
+    .expect("create a second");
+    stop(sb, &never, 0).expect("stopping a container that never started");
+    assert_eq!(
+        status(sb, &never).expect("status").state,
+        ContainerState::ContainerCreated as i32,
+        "nothing ran, so it stays created"
+    );
+    let late = create(
+        sb,
+        &pod,
+        container_config(&e.image, "late", "true"),
+        &pod_cfg,
+    )
+    .expect("create a third");
+    stop_pod(sb, &pod);
+    let refused = start(sb, &late).expect_err("its pod is stopped");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    for c in [&never, &late, &id] {
+        remove_container(sb, c);
+        assert!(status(sb, c).is_err(), "{c} is gone");
+    }
     remove_pod(sb, &pod);
 }
 

@@ -127,6 +127,8 @@ fn delegated_cgroups_enforce_limits_report_oom_and_update_live() {
         &config,
     )
     .expect("create");
+    start(sb, &hog).expect("start");
+    // The cgroup outlives the exit until the container is removed.
     assert_eq!(
         read_number(&cgroup_file(
             &user,
@@ -138,7 +140,6 @@ fn delegated_cgroups_enforce_limits_report_oom_and_update_live() {
         32 << 20,
         "the limit is in the container's memory cgroup"
     );
-    start(sb, &hog).expect("start");
     let exited = wait_state(sb, &hog, ContainerState::ContainerExited);
     assert_eq!(exited.reason, "OOMKilled", "{exited:?}");
     assert_eq!(exited.exit_code, 137);
@@ -202,6 +203,29 @@ fn delegated_cgroups_enforce_limits_report_oom_and_update_live() {
         )),
         96 << 20,
         "UpdateContainerResources changed the live limit"
+    );
+
+    // An update before the start (the OCI runtime creates the container at
+    // StartContainer) is what the container starts with.
+    let early = create(
+        sb,
+        &pod,
+        limited(&e.image, "early", "exec sleep 600", 128 << 20),
+        &config,
+    )
+    .expect("create");
+    update_memory(sb, &early, 80 << 20);
+    start(sb, &early).expect("start");
+    assert_eq!(
+        read_number(&cgroup_file(
+            &user,
+            &pod,
+            &early,
+            "memory",
+            "memory.limit_in_bytes"
+        )),
+        80 << 20,
+        "the update made before the start applies"
     );
 
     stop_pod(sb, &pod);

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use ucri_rootless::rundir::{remove_if_exists, write_atomic};
+use ucri_rootless::rundir::{remove_if_exists, write_atomic, write_atomic_volatile};
 
 use crate::{io, NetError};
 
@@ -395,7 +395,8 @@ impl Cni {
             fs::create_dir_all(dir).map_err(io("creating the CNI cache dir"))?;
         }
         let bytes = serde_json::to_vec(entry).map_err(|e| io("encoding")(e.into()))?;
-        write_atomic(&path, &bytes).map_err(io("writing the CNI cache"))
+        // The cache lives in the runtime dir, which a reboot empties.
+        write_atomic_volatile(&path, &bytes).map_err(io("writing the CNI cache"))
     }
 
     fn load_cache(&self, path: &Path) -> Result<Option<CacheEntry>, NetError> {

@@ -94,6 +94,74 @@ where
     })
 }
 
+/// Namespaces to create and pin for a pod (see [`pin_new_namespaces`]).
+#[derive(Debug, Default)]
+pub struct NewNamespaces<'a> {
+    /// Pin file of a new network namespace, where loopback is set up.
+    pub net: Option<&'a Path>,
+    /// Pin file of a new IPC namespace.
+    pub ipc: Option<&'a Path>,
+    /// Pin file of a new UTS namespace and the hostname it gets.
+    pub uts: Option<(&'a Path, &'a str)>,
+}
+
+/// Creates the namespaces `wanted` asks for on a thread of its own and
+/// bind-mounts each onto its pin file (an existing regular file), with
+/// loopback up in the network namespace and the hostname set in the UTS
+/// one: what `unshare --net=PIN … -- sh -c 'hostname H; ip link set lo up'`
+/// does, without a process. The caller's threads stay where they are, and
+/// the namespaces live on in their pins after the thread ends.
+pub fn pin_new_namespaces(wanted: &NewNamespaces<'_>) -> std::io::Result<()> {
+    let mut flags = CloneFlags::empty();
+    let mut pins = Vec::new();
+    for (flag, kind, pin) in [
+        (CloneFlags::CLONE_NEWNET, "net", wanted.net),
+        (CloneFlags::CLONE_NEWIPC, "ipc", wanted.ipc),
+        (CloneFlags::CLONE_NEWUTS, "uts", wanted.uts.map(|(p, _)| p)),
+    ] {
+        if let Some(pin) = pin {
+            flags |= flag;
+            pins.push((kind, pin));
+        }
+    }
+    if flags.is_empty() {
+        return Ok(());
+    }
+    let context = |what: String| move |e: nix::Error| std::io::Error::other(format!("{what}: {e}"));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> std::io::Result<()> {
+                nix::sched::unshare(flags).map_err(context("unshare".into()))?;
+                if let Some((_, hostname)) = wanted.uts {
+                    nix::unistd::sethostname(hostname)
+                        .map_err(context(format!("setting the hostname {hostname:?}")))?;
+                }
+                if wanted.net.is_some() {
+                    syscall::set_link_up("lo").map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("setting loopback up: {e}"))
+                    })?;
+                }
+                for (kind, pin) in &pins {
+                    let source = format!("/proc/thread-self/ns/{kind}");
+                    nix::mount::mount(
+                        Some(source.as_str()),
+                        *pin,
+                        None::<&str>,
+                        nix::mount::MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .map_err(context(format!(
+                        "pinning the {kind} namespace at {}",
+                        pin.display()
+                    )))?;
+                }
+                Ok(())
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    })
+}
+
 /// A command that will run inside the network namespace pinned at `netns`.
 /// Keep the returned guard alive until the command is spawned.
 pub fn command_in_netns(cmd: &mut Command, netns: &Path) -> std::io::Result<Namespaces> {

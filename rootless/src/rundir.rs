@@ -53,8 +53,20 @@ impl RuntimeDir {
 }
 
 /// Writes `data` to `path` atomically: a temp file in the same directory,
-/// fsync, rename.
+/// fsync, rename. For state that must survive a power loss.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, data, true)
+}
+
+/// Writes `data` to `path` atomically against a killed writer (a temp file,
+/// then rename), without fsync: for files under the runtime dir, which a
+/// reboot empties anyway (and ucri's epoch then reads as lost), so that
+/// what a power loss would drop is dropped with it.
+pub fn write_atomic_volatile(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, data, false)
+}
+
+fn write_via_temp(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -67,9 +79,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(data)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -22,6 +22,9 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 const LOG_REOPEN_GRACE: Duration = Duration::from_secs(5);
 /// How long a failed signal waits for conmon to record an exit that raced it.
 const EXIT_RECORD_GRACE: Duration = Duration::from_secs(2);
+/// The exit code of a container the OCI runtime could not create at
+/// StartContainer (containerd's `errorStartExitCode`).
+const START_ERROR_EXIT_CODE: i32 = 128;
 
 impl Lifecycle {
     /// Creates a container in pod `pod_id`; nothing remains on failure.
@@ -126,6 +129,8 @@ impl Lifecycle {
             user: None,
             volume_images: Vec::new(),
             lost: None,
+            deferred: false,
+            start_error: None,
         };
         containers.insert(id.to_owned(), state.clone());
         Ok(state)
@@ -135,7 +140,10 @@ impl Lifecycle {
         self.runtime_root.join("containers").join(id)
     }
 
-    /// Root filesystem, spec, log file, then conmon.
+    /// Root filesystem, image volumes and the bundle's spec. The OCI
+    /// runtime creates the container at StartContainer
+    /// ([`Self::create_in_runtime`]), as in containerd: CreateContainer
+    /// spawns no process.
     fn build_container(
         &self,
         pod: &PodState,
@@ -177,21 +185,50 @@ impl Lifecycle {
         state.user =
             Some(self.write_spec(pod, &spec_config, sandbox, &image_config, &rootfs, &bundle)?);
         let log_path = log_path(sandbox, &state.config, &bundle)?;
+        state.log_path = log_path.display().to_string();
+        state.deferred = true;
+        state.created_at = now_nanos();
+        Ok(state)
+    }
+
+    /// Has conmon create a deferred container in the OCI runtime (its
+    /// process waits to be started) and records the pids. On failure the
+    /// container stays deferred and nothing of the attempt remains.
+    fn create_in_runtime(&self, state: &ContainerState) -> Result<(), LifecycleError> {
+        let bundle = self.bundle(&state.id);
         let created = self.oci.create(&CreateArgs {
             id: &state.id,
             runtime: &state.runtime,
             bundle: &bundle,
-            log_path: &log_path,
+            log_path: Path::new(&state.log_path),
             tty: state.config.tty,
             stdin: state.config.stdin,
             stdin_once: state.config.stdin_once,
             name: &state.id,
         })?;
-        state.pid = created.pid;
-        state.conmon_pid = created.conmon_pid;
-        state.log_path = log_path.display().to_string();
-        state.created_at = now_nanos();
-        Ok(state)
+        // Saved before `crun start`: a daemon killed in between finds a
+        // container crun created, as one created by an older ucri.
+        self.update(&state.id, |c| {
+            c.pid = created.pid;
+            c.conmon_pid = created.conmon_pid;
+            c.deferred = false;
+        })
+    }
+
+    /// Records that a deferred container could not be created at start: it
+    /// reads as exited (code 128, `StartError`, the runtime's message).
+    fn record_start_error(&self, id: &str, error: &LifecycleError) {
+        let message = error.to_string();
+        let recorded = self.update(id, |c| {
+            c.phase = ContainerPhase::Exited;
+            c.exit_code = START_ERROR_EXIT_CODE;
+            c.finished_at = now_nanos().max(c.started_at);
+            c.start_error = Some(message);
+        });
+        if let Err(e) = recorded {
+            tracing::warn!(container = %id, %e, "recording the failed start");
+        }
+        self.emit_container(id, ContainerEventType::ContainerStoppedEvent);
     }
 
     fn write_spec(
@@ -254,7 +291,7 @@ impl Lifecycle {
         ));
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LifecycleError::Internal(e.to_string()))?;
-        ucri_rootless::rundir::write_atomic(&bundle.join("config.json"), &json).map_err(
+        ucri_rootless::rundir::write_atomic_volatile(&bundle.join("config.json"), &json).map_err(
             |source| LifecycleError::Io {
                 context: "writing config.json".into(),
                 source,
@@ -263,16 +300,12 @@ impl Lifecycle {
         Ok(process_user(&spec))
     }
 
-    /// Removes every trace of a half-created container.
+    /// Removes every trace of a half-created container (the OCI runtime
+    /// never had it: that happens at start).
     fn discard(&self, id: &str) {
         self.release_leases(id);
         let removed = self.containers_mut().remove(id);
         if let Some(state) = removed {
-            let _ = self.oci.runtime(
-                &state.runtime,
-                &["delete", "--force", id],
-                "deleting the container",
-            );
             self.remove_image_volumes(id, &state.config);
         }
         let _ = self.storage.rootfs().remove(id);
@@ -293,6 +326,13 @@ impl Lifecycle {
                 state.id, state.phase
             )));
         }
+        if state.deferred {
+            self.require_ready_pod(&state)?;
+            if let Err(e) = self.create_in_runtime(&state) {
+                self.record_start_error(&state.id, &e);
+                return Err(e);
+            }
+        }
         // Taken before the start: a container may exit before crun returns.
         let started_at = now_nanos();
         self.oci.runtime(
@@ -306,6 +346,19 @@ impl Lifecycle {
         })?;
         self.emit_container(&state.id, ContainerEventType::ContainerStartedEvent);
         self.refresh(&state.id);
+        Ok(())
+    }
+
+    /// A deferred container is created in its pod's namespaces: the pod
+    /// must still have them (not stopped since CreateContainer).
+    fn require_ready_pod(&self, state: &ContainerState) -> Result<(), LifecycleError> {
+        let pod = self.pod(&state.pod_id)?;
+        if pod.phase != PodPhase::Ready {
+            return Err(LifecycleError::FailedPrecondition(format!(
+                "pod sandbox {} of container {} is not ready",
+                pod.id, state.id
+            )));
+        }
         Ok(())
     }
 
@@ -323,7 +376,9 @@ impl Lifecycle {
         let Some(state) = self.refresh(&state.id) else {
             return Ok(());
         };
-        if state.phase == ContainerPhase::Exited {
+        // Nothing runs before StartContainer created it in the OCI
+        // runtime: it stays created, as in containerd.
+        if state.phase == ContainerPhase::Exited || state.deferred {
             return Ok(());
         }
         let signal = self.stop_signal(&state);
@@ -771,6 +826,7 @@ fn container_summary(c: &ContainerState) -> Container {
 /// The CRI view of a container.
 pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
     let reason = match (c.phase, c.exit_code) {
+        (ContainerPhase::Exited, _) if c.start_error.is_some() => "StartError",
         (ContainerPhase::Exited, _) if c.oom_killed => "OOMKilled",
         (ContainerPhase::Exited, 0) => "Completed",
         (ContainerPhase::Exited, _) => "Error",
@@ -787,7 +843,11 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
         image: Some(image_spec(c)),
         image_ref: c.image_id.clone(),
         reason: reason.to_owned(),
-        message: c.lost.clone().unwrap_or_default(),
+        message: c
+            .start_error
+            .clone()
+            .or_else(|| c.lost.clone())
+            .unwrap_or_default(),
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
@@ -815,7 +875,7 @@ fn delete_container_files(
     state: &ContainerState,
 ) -> Result<(), LifecycleError> {
     let id = &state.id;
-    if state.lost.is_none() {
+    if state.lost.is_none() && !state.deferred {
         oci.runtime(
             &state.runtime,
             &["delete", "--force", id],

@@ -221,6 +221,7 @@ impl Lifecycle {
             pods.iter().map(|p| p.id.clone()).collect();
         known_pods.extend(set_aside("pods"));
         self.remove_half_created(&known_pods, &live);
+        self.remove_half_started(&containers);
         self.stop_unknown_agents(&known_pods);
         self.pods_mut()
             .extend(pods.into_iter().map(|p| (p.id.clone(), p)));
@@ -307,6 +308,29 @@ impl Lifecycle {
                     self.oci.forget(&name);
                 }
             }
+        }
+    }
+
+    /// A deferred container whose StartContainer the previous daemon did
+    /// not finish may have an OCI container (and conmon) its record does not
+    /// know: delete it, so that the container is created again at start.
+    fn remove_half_started(&self, containers: &[ContainerState]) {
+        let deferred = containers.iter().filter(|c| c.deferred && c.lost.is_none());
+        for c in deferred {
+            if !self.oci.runtime_root.join(&c.id).exists() {
+                continue;
+            }
+            tracing::info!(container = %c.id, "deleting the OCI container of a start that was never finished");
+            if let Err(e) = self.oci.runtime(
+                &c.runtime,
+                &["delete", "--force", &c.id],
+                "deleting a half-started container",
+            ) {
+                tracing::warn!(container = %c.id, %e, "cannot delete a half-started container");
+            }
+            let bundle = self.runtime_root.join("containers").join(&c.id);
+            oci::wait_monitor_gone(&bundle.join("conmon.pid"), LEFT_MONITOR_EXIT);
+            self.oci.forget(&c.id);
         }
     }
 

@@ -97,6 +97,10 @@ impl Lifecycle {
             self.config.runtime.pids_limit,
             self.cgroups.controllers(),
         );
+        if state.deferred {
+            self.rewrite_spec_resources(&state.id, json)?;
+            return self.remember_resources(&state.id, resources);
+        }
         let file = self
             .runtime_root
             .join("containers")
@@ -114,6 +118,35 @@ impl Lifecycle {
         )?;
         let _ = std::fs::remove_file(&file);
         self.remember_resources(&state.id, resources)
+    }
+
+    /// New limits for a container the OCI runtime has not created yet: its
+    /// bundle's spec gets them, and StartContainer creates it with them.
+    fn rewrite_spec_resources(
+        &self,
+        id: &str,
+        resources: serde_json::Value,
+    ) -> Result<(), LifecycleError> {
+        let path = self.bundle(id).join("config.json");
+        let io = |context: &str| {
+            let context = context.to_owned();
+            move |source| LifecycleError::Io { context, source }
+        };
+        let bytes = std::fs::read(&path).map_err(io("reading config.json"))?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| LifecycleError::Internal(format!("container {id}: config.json: {e}")))?;
+        let linux = spec
+            .as_object_mut()
+            .map(|o| o.entry("linux").or_insert_with(|| serde_json::json!({})))
+            .and_then(serde_json::Value::as_object_mut)
+            .ok_or_else(|| {
+                LifecycleError::Internal(format!("container {id}: config.json is not an object"))
+            })?;
+        linux.insert("resources".into(), resources);
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        ucri_rootless::rundir::write_atomic_volatile(&path, &json)
+            .map_err(io("writing config.json"))
     }
 
     /// UpdatePodSandboxResources: the pod's cgroup gets the sum of its

@@ -1,7 +1,8 @@
 //! Pod sandboxes without a pause image: the pod's network, IPC and UTS
-//! namespaces are created by util-linux `unshare` and pinned as bind-mounted
-//! nsfs files (what CRI-O's pinns does), with the hostname set and loopback
-//! up inside; a tmpfs serves as the pod's `/dev/shm`.
+//! namespaces are created on a thread of the daemon and pinned as
+//! bind-mounted nsfs files (what CRI-O's pinns does), with the hostname set
+//! and loopback up inside; a tmpfs serves as the pod's `/dev/shm`. A shared
+//! PID namespace has its init under util-linux `unshare --fork`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -149,24 +150,26 @@ pub fn resolv_conf(dns: Option<&DnsConfig>, host: &str, nameserver: Option<&str>
 }
 
 /// New UTS (always, unless host network) + network + IPC namespaces,
-/// pinned to files, with the hostname set and loopback up.
+/// pinned to files, with the hostname set and loopback up; made on a thread
+/// of the daemon, no process spawned.
 fn pin_namespaces(dir: &PodDir, ns: &PodNamespaces, hostname: &str) -> Result<(), LifecycleError> {
-    let mut cmd = Command::new("unshare");
-    let mut script = String::new();
-    for (kind, wanted) in [("net", ns.network), ("ipc", ns.ipc), ("uts", ns.network)] {
-        if wanted {
-            let pin = dir.ns(kind);
-            fs::write(&pin, b"").map_err(io("creating a namespace pin"))?;
-            cmd.arg(format!("--{kind}={}", pin.display()));
+    let pin = |kind: &str, wanted: bool| -> Result<Option<PathBuf>, LifecycleError> {
+        if !wanted {
+            return Ok(None);
         }
-    }
-    if ns.network {
-        script.push_str("hostname \"$1\" && ip link set lo up");
-    } else {
-        script.push_str("true");
-    }
-    cmd.args(["--", "sh", "-c", &script, "sh", hostname]);
-    run_checked(&mut cmd, "creating the pod's namespaces")
+        let pin = dir.ns(kind);
+        fs::write(&pin, b"").map_err(io("creating a namespace pin"))?;
+        Ok(Some(pin))
+    };
+    let net = pin("net", ns.network)?;
+    let ipc = pin("ipc", ns.ipc)?;
+    let uts = pin("uts", ns.network)?;
+    ucri_rootless::enter::pin_new_namespaces(&ucri_rootless::enter::NewNamespaces {
+        net: net.as_deref(),
+        ipc: ipc.as_deref(),
+        uts: uts.as_deref().map(|p| (p, hostname)),
+    })
+    .map_err(io("creating the pod's namespaces"))
 }
 
 fn mount_shm(target: &Path) -> Result<(), LifecycleError> {

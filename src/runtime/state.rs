@@ -3,7 +3,11 @@
 //!
 //! Each record carries a schema version ([`SCHEMA`]). A record from before
 //! versions (no `schema`) is version 0 and reads as version 1, which only
-//! added the field. A record that cannot be read (truncated, corrupt, or
+//! added the field. Version 2 added the containers' `deferred` and
+//! `start_error`, false and none in older records: their containers were
+//! created in the OCI runtime by CreateContainer. An older ucri sets a
+//! version 2 record aside instead of starting a deferred container as if
+//! crun had it. A record that cannot be read (truncated, corrupt, or
 //! written by a newer ucri) is moved to `state/quarantine/` and reported,
 //! never taken as "this pod or container does not exist": recovery then
 //! leaves its processes, bundle and writable layer alone.
@@ -125,6 +129,16 @@ pub struct ContainerState {
     /// it reads as exited, and removal asks the OCI runtime nothing.
     #[serde(default)]
     pub lost: Option<String>,
+    /// The OCI runtime has not created it: CreateContainer wrote its root
+    /// filesystem and bundle, StartContainer has conmon create and start it
+    /// (containerd's split). Nothing runs, and removal asks the OCI runtime
+    /// nothing.
+    #[serde(default)]
+    pub deferred: bool,
+    /// Why StartContainer could not create it in the OCI runtime: it reads
+    /// as exited with code 128 and reason `StartError`, as in containerd.
+    #[serde(default)]
+    pub start_error: Option<String>,
 }
 
 /// The uid, gid and supplementary groups a container's process runs as.
@@ -140,7 +154,7 @@ pub struct ProcessUser {
 
 /// The schema version of the records this ucri writes; it reads this one
 /// and every older one.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// A record as stored: the schema version next to the record's fields.
 #[derive(Serialize, Deserialize)]
@@ -334,7 +348,8 @@ fn parse_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
             versioned.schema
         ));
     }
-    // Schema 0 (before versions) and 1 have the same fields.
+    // Schemas 0 (before versions), 1 and 2 differ only in fields that
+    // default to what older records meant.
     serde_json::from_value(versioned.record).map_err(|e| format!("not a readable record: {e}"))
 }
 
@@ -353,8 +368,10 @@ mod tests {
         assert_eq!(current.id, "a");
         let legacy: Sample = parse_record(br#"{"id":"b"}"#).expect("before versions");
         assert_eq!(legacy.id, "b");
-        let newer = parse_record::<Sample>(br#"{"schema":2,"id":"c"}"#).expect_err("newer");
-        assert!(newer.contains("newer ucri (schema 2"), "{newer}");
+        let previous: Sample = parse_record(br#"{"schema":2,"id":"d"}"#).expect("schema 2");
+        assert_eq!(previous.id, "d");
+        let newer = parse_record::<Sample>(br#"{"schema":3,"id":"c"}"#).expect_err("newer");
+        assert!(newer.contains("newer ucri (schema 3"), "{newer}");
         let truncated = parse_record::<Sample>(br#"{"schema":1,"id":"#).expect_err("cut");
         assert!(truncated.contains("not a readable record"), "{truncated}");
     }
