@@ -43,6 +43,9 @@ state = "$run/containerd"
   disable_cgroup = true
   disable_apparmor = true
   restrict_oom_score_adj = true
+  # Not /run/netns: rootlesskit's copy-up of /run keeps the host's
+  # root-owned one (present once anything ran `ip netns`) read-only.
+  netns_mounts_under_state_dir = true
   sandbox_image = "registry.k8s.io/pause:3.9"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"

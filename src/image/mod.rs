@@ -114,6 +114,8 @@ pub struct Images {
     /// The images containers are made from (see [`lease`]).
     leases: Arc<lease::LeaseTable>,
     limits: ImageLimits,
+    /// registries.conf, read again only when one of its files changed.
+    registries: registries::RegistriesCache,
 }
 
 /// Ends a pull whose caller went away (the client cancelled, or its
@@ -186,6 +188,7 @@ impl Images {
             home,
             leases: Arc::default(),
             limits,
+            registries: registries::RegistriesCache::default(),
         })
     }
 
@@ -205,8 +208,8 @@ impl Images {
         Ok(())
     }
 
-    fn registries(&self) -> Result<RegistriesConf, ImageError> {
-        Ok(RegistriesConf::load(&self.config_home)?)
+    fn registries(&self) -> Result<Arc<RegistriesConf>, ImageError> {
+        Ok(self.registries.load(&self.config_home)?)
     }
 
     fn auth_files(&self) -> AuthFiles {
@@ -239,21 +242,17 @@ impl Images {
     /// Finds a local image by id, id prefix, `repo:tag` or `repo@digest`
     /// (short names resolve as for pulls, plus Docker Hub).
     pub fn lookup(&self, spec: &str) -> Option<(ImageRecord, Matched)> {
-        let index: BTreeMap<Digest, ImageRecord> = self
-            .read_index()
-            .iter()
-            .filter(|(_, r)| !r.removed)
-            .map(|(d, r)| (d.clone(), r.clone()))
-            .collect();
         let registries = self.registries().unwrap_or_default();
+        let index = self.read_index();
+        let live = || index.values().filter(|r| !r.removed);
         for name in registries.local_candidates(spec) {
             if let Some(digest) = &name.digest {
                 let wanted = name.with_digest(digest);
-                if let Some(r) = index.values().find(|r| r.repo_digests.contains(&wanted)) {
+                if let Some(r) = live().find(|r| r.repo_digests.contains(&wanted)) {
                     return Some((r.clone(), Matched::Digest(wanted)));
                 }
             } else if let Some(tagged) = name.tagged() {
-                if let Some(r) = index.values().find(|r| r.repo_tags.contains(&tagged)) {
+                if let Some(r) = live().find(|r| r.repo_tags.contains(&tagged)) {
                     return Some((r.clone(), Matched::Tag(tagged)));
                 }
             }
@@ -425,7 +424,9 @@ fn lookup_by_id<'a>(
     if hex.len() < 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let mut matches = index.values().filter(|r| r.id.hex().starts_with(hex));
+    let mut matches = index
+        .values()
+        .filter(|r| !r.removed && r.id.hex().starts_with(hex));
     let first = matches.next()?;
     matches.next().is_none().then_some(first)
 }

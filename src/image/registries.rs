@@ -113,18 +113,8 @@ impl RegistriesConf {
     /// Loads the configuration for a user whose config home is `config_home`
     /// (`~/.config`).
     pub fn load(config_home: &Path) -> Result<RegistriesConf, RegistriesError> {
-        let user = config_home.join("containers/registries.conf");
-        let system = PathBuf::from("/etc/containers/registries.conf");
-        let main = if user.exists() { user } else { system };
-        let mut files: Vec<PathBuf> = main.exists().then_some(main).into_iter().collect();
-        for dir in [
-            PathBuf::from("/etc/containers/registries.conf.d"),
-            config_home.join("containers/registries.conf.d"),
-        ] {
-            files.extend(dropins(&dir));
-        }
         let mut merged = RegistriesConf::default();
-        for file in files {
+        for file in sources(config_home) {
             merged.merge(RegistriesConf::read(&file)?);
         }
         Ok(merged)
@@ -286,6 +276,87 @@ fn suffix(tag: &Option<String>, digest: &Option<ucri_storage::digest::Digest>) -
     s
 }
 
+/// The files [`RegistriesConf::load`] reads, in order: the user's main file
+/// (else the system's), then the drop-ins of both places.
+fn sources(config_home: &Path) -> Vec<PathBuf> {
+    let user = config_home.join("containers/registries.conf");
+    let system = PathBuf::from("/etc/containers/registries.conf");
+    let main = if user.exists() { user } else { system };
+    let mut files: Vec<PathBuf> = main.exists().then_some(main).into_iter().collect();
+    for dir in dropin_dirs(config_home) {
+        files.extend(dropins(&dir));
+    }
+    files
+}
+
+fn dropin_dirs(config_home: &Path) -> [PathBuf; 2] {
+    [
+        PathBuf::from("/etc/containers/registries.conf.d"),
+        config_home.join("containers/registries.conf.d"),
+    ]
+}
+
+/// What a path looked like: its inode, size and change time, or nothing.
+type Stamp = Option<(u64, u64, i64, i64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.size(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Stamps of everything that decides the configuration: both main files,
+/// both drop-in directories (a file added or removed changes them) and
+/// each drop-in.
+fn stamps(config_home: &Path) -> Vec<(PathBuf, Stamp)> {
+    let mut paths = vec![
+        config_home.join("containers/registries.conf"),
+        PathBuf::from("/etc/containers/registries.conf"),
+    ];
+    for dir in dropin_dirs(config_home) {
+        paths.extend(dropins(&dir));
+        paths.push(dir);
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let s = stamp(&p);
+            (p, s)
+        })
+        .collect()
+}
+
+/// The last configuration read, kept while none of its files changed: an
+/// ImageStatus or CreateContainer then reads metadata, not TOML (podman
+/// reads the files at every command; a daemon answers many calls).
+#[derive(Debug, Default)]
+pub struct RegistriesCache {
+    last: std::sync::Mutex<Option<Cached>>,
+}
+
+/// The stamps a configuration was read under, and what was read.
+type Cached = (Vec<(PathBuf, Stamp)>, std::sync::Arc<RegistriesConf>);
+
+impl RegistriesCache {
+    /// The configuration for `config_home`, read again when a file changed.
+    pub fn load(
+        &self,
+        config_home: &Path,
+    ) -> Result<std::sync::Arc<RegistriesConf>, RegistriesError> {
+        let now = stamps(config_home);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, conf)) = last.as_ref() {
+            if *seen == now {
+                return Ok(conf.clone());
+            }
+        }
+        let conf = std::sync::Arc::new(RegistriesConf::load(config_home)?);
+        *last = Some((now, conf.clone()));
+        Ok(conf)
+    }
+}
+
 fn dropins(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -303,6 +374,42 @@ fn dropins(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_rereads_only_when_a_file_changes() {
+        let home = tempfile::tempdir().expect("tmp");
+        let dir = home.path().join("containers");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let main = dir.join("registries.conf");
+        std::fs::write(&main, "unqualified-search-registries = [\"a.example\"]\n").expect("write");
+        let cache = RegistriesCache::default();
+        let first = cache.load(home.path()).expect("load");
+        let again = cache.load(home.path()).expect("load");
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "unchanged: the same parse"
+        );
+        assert_eq!(first.unqualified_search_registries, ["a.example"]);
+        // Another size: a same-size edit within one tick of the coarse
+        // clock would keep the stamp (editors take longer than a tick).
+        std::fs::write(&main, "unqualified-search-registries = [\"bb.example\"]\n").expect("edit");
+        let edited = cache.load(home.path()).expect("load");
+        assert_eq!(edited.unqualified_search_registries, ["bb.example"]);
+        let dropins = dir.join("registries.conf.d");
+        std::fs::create_dir_all(&dropins).expect("mkdir");
+        std::fs::write(
+            dropins.join("10-c.conf"),
+            "unqualified-search-registries = [\"c.example\"]\n",
+        )
+        .expect("drop-in");
+        let with_dropin = cache.load(home.path()).expect("load");
+        assert_eq!(with_dropin.unqualified_search_registries, ["c.example"]);
+        std::fs::write(&main, "not toml [").expect("break");
+        assert!(
+            cache.load(home.path()).is_err(),
+            "a broken file is an error, not the old parse"
+        );
+    }
 
     const CONF: &str = r#"
 unqualified-search-registries = ["127.0.0.1:5000", "docker.io"]
