@@ -314,10 +314,14 @@ fn running_containers_survive_kill_9_of_the_daemon() {
             .into_inner()
             .info
     });
-    let pid = serde_json::from_str::<serde_json::Value>(&info["info"]).expect("info")["pid"]
-        .as_u64()
-        .expect("pid") as u32;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).expect("info is JSON");
+    let pid = info["pid"].as_u64().expect("pid") as u32;
     assert!(process_alive(pid));
+    assert_eq!(info["sandboxID"], serde_json::json!(pod), "{info}");
+    assert!(
+        info["runtimeSpec"]["process"]["args"].is_array(),
+        "the OCI spec is in the info: {info}"
+    );
     e._daemon.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(
         e._daemon.wait_exit(Duration::from_secs(15)).success(),

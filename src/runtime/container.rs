@@ -289,8 +289,8 @@ impl Lifecycle {
                 .build()
                 .map_err(|e| LifecycleError::Internal(e.to_string()))?,
         ));
-        let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        let json =
+            serde_json::to_vec(&spec).map_err(|e| LifecycleError::Internal(e.to_string()))?;
         ucri_rootless::rundir::write_atomic_volatile(&bundle.join("config.json"), &json).map_err(
             |source| LifecycleError::Io {
                 context: "writing config.json".into(),
@@ -633,14 +633,20 @@ impl Lifecycle {
         Ok((cri_container_status(&state), info))
     }
 
+    /// Verbose ContainerStatus info: the pid, the pod and the OCI spec. The
+    /// spec is the bundle's config.json as written (ucri wrote it, as JSON),
+    /// embedded without parsing it again; `null` when it cannot be read.
     fn container_info(&self, state: &ContainerState) -> HashMap<String, String> {
-        let spec: serde_json::Value = std::fs::read(self.bundle(&state.id).join("config.json"))
+        let spec = std::fs::read_to_string(self.bundle(&state.id).join("config.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let info =
-            serde_json::json!({"pid": state.pid, "sandboxID": state.pod_id, "runtimeSpec": spec});
-        HashMap::from([("info".to_owned(), info.to_string())])
+            .filter(|text| !text.trim().is_empty())
+            .unwrap_or_else(|| "null".into());
+        let sandbox = serde_json::Value::String(state.pod_id.clone());
+        let info = format!(
+            r#"{{"pid":{},"sandboxID":{sandbox},"runtimeSpec":{spec}}}"#,
+            state.pid
+        );
+        HashMap::from([("info".to_owned(), info)])
     }
 
     /// Containers matching `filter`.

@@ -143,8 +143,8 @@ impl Lifecycle {
                 LifecycleError::Internal(format!("container {id}: config.json is not an object"))
             })?;
         linux.insert("resources".into(), resources);
-        let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        let json =
+            serde_json::to_vec(&spec).map_err(|e| LifecycleError::Internal(e.to_string()))?;
         ucri_rootless::rundir::write_atomic_volatile(&path, &json)
             .map_err(io("writing config.json"))
     }
