@@ -69,7 +69,12 @@ pub fn write_atomic_volatile(path: &Path, data: &[u8]) -> std::io::Result<()> {
 fn write_via_temp(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // The pid names the writer for `remove_stale_temps`; the sequence number
+    // keeps two threads writing one file (an RPC and the exit reaper saving
+    // one container) off each other's temp file.
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| {
         // Private: state can hold a container's environment (secrets).
         let mut file = std::fs::OpenOptions::new()
@@ -126,6 +131,32 @@ pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_writing_one_file_at_once_each_replace_it_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("record.json");
+        let writes: Vec<Vec<u8>> = (0..8u8).map(|t| vec![b'a' + t; 64 * 1024]).collect();
+        std::thread::scope(|scope| {
+            for data in &writes {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic_volatile(path, data).expect("every write succeeds");
+                    }
+                });
+            }
+        });
+        let last = std::fs::read(&path).expect("read");
+        assert!(writes.contains(&last), "one writer's bytes, whole");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != "record.json")
+            .collect();
+        assert!(left.is_empty(), "no temp file left: {left:?}");
+    }
 
     #[test]
     fn stale_temps_of_killed_writers_are_removed() {
