@@ -8,7 +8,7 @@ milliseconds and how many times faster ucri is (containerd / ucri), then the
 sum of the eight pod and container lifecycle steps. Exits 0: the figures are
 a benchmark, read by people, not a pass/fail gate.
 """
-import json
+import importlib.util
 import os
 import sys
 
@@ -16,25 +16,22 @@ LIFECYCLE = ["CreatePod", "StatusPod", "StopPod", "RemovePod",
              "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer"]
 
 
-def p50(values):
-    ordered = sorted(values)
-    return ordered[round(0.5 * (len(ordered) - 1))] if ordered else None
+def load_summary():
+    """bench-summary.py, which reads critest's JSON (its name has a dash)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-summary.py")
+    spec = importlib.util.spec_from_file_location("bench_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SUMMARY = load_summary()
 
 
 def medians(directory):
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        if not name.endswith(".json"):
-            continue
-        with open(os.path.join(directory, name), encoding="utf-8") as f:
-            results = json.load(f)
-        points = results.get("datapoints") or []
-        for i, operation in enumerate(results.get("operationsNames") or []):
-            samples = [p["operationsDurationsNs"][i] / 1e6 for p in points
-                       if len(p.get("operationsDurationsNs") or []) > i]
-            if samples:
-                out[operation] = (p50(samples), len(samples))
-    return out
+    """operation -> (p50 ms, samples)."""
+    return {operation: (SUMMARY.percentile(samples, 0.5), len(samples))
+            for _, operation, samples in SUMMARY.operations(directory)}
 
 
 def cell(value):

@@ -20,25 +20,29 @@ def percentile(values, q):
     return ordered[index]
 
 
-def main():
-    directory = sys.argv[1]
-    print("| benchmark | operation | samples | p50 ms | p99 ms | mean ms |")
-    print("|---|---|---|---|---|---|")
+def operations(directory):
+    """(benchmark, operation, samples in ms) for each operation critest timed."""
     for name in sorted(os.listdir(directory)):
         if not name.endswith(".json"):
             continue
         with open(os.path.join(directory, name), encoding="utf-8") as f:
             results = json.load(f)
-        operations = results.get("operationsNames") or []
         points = results.get("datapoints") or []
-        for i, operation in enumerate(operations):
+        for i, operation in enumerate(results.get("operationsNames") or []):
             samples = [p["operationsDurationsNs"][i] / 1e6 for p in points
                        if len(p.get("operationsDurationsNs") or []) > i]
-            if not samples:
-                continue
-            mean = sum(samples) / len(samples)
-            print(f"| {name[:-5]} | {operation} | {len(samples)} | "
-                  f"{percentile(samples, 0.5):.2f} | {percentile(samples, 0.99):.2f} | {mean:.2f} |")
+            if samples:
+                yield name[:-5], operation, samples
+
+
+def main():
+    directory = sys.argv[1]
+    print("| benchmark | operation | samples | p50 ms | p99 ms | mean ms |")
+    print("|---|---|---|---|---|---|")
+    for benchmark, operation, samples in operations(directory):
+        mean = sum(samples) / len(samples)
+        print(f"| {benchmark} | {operation} | {len(samples)} | "
+              f"{percentile(samples, 0.5):.2f} | {percentile(samples, 0.99):.2f} | {mean:.2f} |")
 
 
 if __name__ == "__main__":
