@@ -453,9 +453,14 @@ fn a_host_network_pod_serves_on_the_hosts_loopback() {
     remove_pod(sb, &pod);
 }
 
-/// host-local's lease files (one per address in use).
+/// host-local's lease files of the default network (one per address in use).
 fn lease_files(sb: &Sandbox) -> Vec<String> {
-    let dir = sb.runtime_dir().join("cni/networks/ucri");
+    lease_files_of(sb, "ucri")
+}
+
+/// host-local's lease files of the network named `network`.
+fn lease_files_of(sb: &Sandbox, network: &str) -> Vec<String> {
+    let dir = sb.runtime_dir().join("cni/networks").join(network);
     std::fs::read_dir(&dir)
         .map(|entries| {
             entries
@@ -471,6 +476,20 @@ fn veths(sb: &Sandbox) -> usize {
     in_uplink(sb, &["ip", "-o", "link", "show", "type", "veth"])
         .lines()
         .count()
+}
+
+/// The veths once the kernel has settled: a stopped pod's namespace is
+/// unpinned before CNI DEL, and the kernel deletes its veth with it, after
+/// the RPC returned. Waits up to 10 s for `expected`, then returns what is.
+fn veths_settled(sb: &Sandbox, expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = veths(sb);
+        if now == expected || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Per-pod iptables rules carry the pod's ID in a comment.
@@ -509,7 +528,7 @@ fn twenty_pods_leave_no_veth_lease_rule_or_netns_behind() {
         stop_pod(sb, pod);
         remove_pod(sb, pod);
     }
-    assert_eq!(veths(sb), 0, "no veth left");
+    assert_eq!(veths_settled(sb, 0), 0, "no veth left");
     assert_eq!(lease_files(sb), Vec::<String>::new(), "no lease left");
     assert_eq!(pod_rules(sb), Vec::<String>::new(), "no per-pod rule left");
     assert!(
@@ -590,7 +609,7 @@ fn survives_a_daemon_restart(mut e: Env) {
         Vec::<String>::new(),
         "DEL released {ip}"
     );
-    assert_eq!(veths(&e.sb), 0);
+    assert_eq!(veths_settled(&e.sb, 0), 0);
     remove_pod(&e.sb, &pod);
 }
 
@@ -692,6 +711,35 @@ fn a_plugin_error_is_reported_with_its_message_and_undone() {
     assert_eq!(pods, 1, "and no pod dir or namespace");
     stop_pod(sb, &first);
     remove_pod(sb, &first);
+}
+
+#[test]
+fn a_masquerading_bridge_gets_del_with_the_namespace_and_leaves_no_rule() {
+    let e = env("net-masq");
+    let sb = &e.sb;
+    let dir = sb.config_dir().join("cni/net.d");
+    // bridge finds its per-pod masquerade rules through the pod's veth, so
+    // this chain's DEL must run before the namespace is unpinned.
+    let masq = r#"{"cniVersion": "1.0.0", "name": "masq", "plugins": [{"type": "bridge",
+        "bridge": "cni2", "isGateway": true, "ipMasq": true, "ipam": {"type": "host-local",
+        "ranges": [[{"subnet": "10.98.0.0/24", "gateway": "10.98.0.1"}]]}}]}"#;
+    sb.write_user_file(&dir.join("05-masq.conflist"), masq);
+    let pod = run_pod(sb, &pod_config(sb, "masq")).expect("RunPodSandbox");
+    assert_eq!(pod_ip(sb, &pod), "10.98.0.2");
+    assert!(
+        pod_rules(sb).iter().any(|r| r.contains(&pod)),
+        "bridge made the pod's masquerade rules: {:?}",
+        pod_rules(sb)
+    );
+    stop_pod(sb, &pod);
+    assert_eq!(pod_rules(sb), Vec::<String>::new(), "no per-pod rule left");
+    assert_eq!(
+        lease_files_of(sb, "masq"),
+        Vec::<String>::new(),
+        "no lease left"
+    );
+    assert_eq!(veths_settled(sb, 0), 0, "no veth left");
+    remove_pod(sb, &pod);
 }
 
 fn update_pod_cidr(sb: &Sandbox, cidr: &str) -> Result<(), tonic::Status> {

@@ -95,6 +95,29 @@ impl NetworkList {
         types
     }
 
+    /// Whether DEL run without the pod's namespace still releases all the
+    /// chain holds: each plugin keeps its state outside the namespace
+    /// (leases, iptables rules, ifb devices) or only inside it, where it
+    /// dies with the namespace. True for the plugins of
+    /// containernetworking/plugins listed here (bridge only without
+    /// `ipMasq`: its masquerade rules are found through the veth); false
+    /// for anything else, which then gets DEL with the namespace alive.
+    pub fn releases_without_netns(&self) -> bool {
+        self.plugins.iter().all(|plugin| {
+            let ipam_local = plugin
+                .pointer("/ipam/type")
+                .and_then(Value::as_str)
+                .is_none_or(|t| matches!(t, "host-local" | "static"));
+            let masquerades = plugin.get("ipMasq").and_then(Value::as_bool) == Some(true);
+            ipam_local
+                && match plugin_type(plugin) {
+                    "bridge" => !masquerades,
+                    "portmap" | "bandwidth" | "loopback" => true,
+                    _ => false,
+                }
+        })
+    }
+
     fn to_value(&self) -> Value {
         json!({"cniVersion": self.cni_version, "name": self.name, "plugins": self.plugins})
     }
@@ -323,9 +346,9 @@ impl Cni {
         let list = NetworkList::from_value(&entry.config)
             .map_err(|e| NetError::NotReady(format!("cached CNI config of {container_id}: {e}")))?;
         let mut attachment = entry.attachment.clone();
-        if !attachment.netns.exists() {
-            // The namespace is gone (e.g. after a reboot): plugins still
-            // release what they hold outside it.
+        if !is_pinned_netns(&attachment.netns) {
+            // The namespace is gone (unpinned first, or after a reboot):
+            // plugins still release what they hold outside it.
             attachment.netns = PathBuf::new();
         }
         self.del_chain(&list, &attachment, &entry.result)?;
@@ -346,6 +369,16 @@ impl Cni {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether the pod's cached chain releases everything without its
+    /// namespace ([`NetworkList::releases_without_netns`]); false when the
+    /// pod is not attached or its cache cannot be read.
+    pub fn releases_without_netns(&self, container_id: &str) -> bool {
+        let Ok(Some(entry)) = self.load_cache(&self.cache_path(container_id)) else {
+            return false;
+        };
+        NetworkList::from_value(&entry.config).is_ok_and(|list| list.releases_without_netns())
     }
 
     /// CHECK against the cached result (CNI 0.4.0 and later).
@@ -508,6 +541,7 @@ impl Cni {
             ),
             None => None,
         };
+        let started = std::time::Instant::now();
         let mut child = cmd
             .spawn()
             .map_err(io(format!("running CNI plugin {}", binary.display())))?;
@@ -519,6 +553,8 @@ impl Cni {
         let out = wait_with_timeout(child, PLUGIN_TIMEOUT)
             .map_err(io(format!("waiting for CNI plugin {plugin}")))?
             .ok_or_else(|| failed(format!("did not finish within {PLUGIN_TIMEOUT:?}; killed")))?;
+        tracing::debug!(pod = %attachment.container_id, plugin, command,
+            elapsed_us = started.elapsed().as_micros() as u64, "CNI plugin finished");
         let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
         if !out.status.success() {
             return Err(failed(plugin_error_message(parsed.as_ref(), &out)));
@@ -556,6 +592,13 @@ fn wait_with_timeout(
             Ok(None)
         }
     }
+}
+
+/// Whether `path` is a bind-mounted network namespace (its pin), not the
+/// empty file left when the pin was unmounted or a path that is gone.
+fn is_pinned_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 fn plugin_type(plugin: &Value) -> &str {
@@ -671,6 +714,35 @@ mod tests {
         assert!(NetworkList::parse(Path::new("d"), b"{")
             .expect_err("an error")
             .contains("JSON"));
+    }
+
+    fn chain(plugins: Value) -> NetworkList {
+        let conf = json!({"cniVersion": "1.0.0", "name": "n", "plugins": plugins});
+        NetworkList::parse(Path::new("n.conflist"), conf.to_string().as_bytes()).expect("parse")
+    }
+
+    #[test]
+    fn only_chains_that_keep_nothing_behind_the_veth_may_lose_the_namespace_first() {
+        let default = NetworkList::from_value(&default_config(1500)).expect("parse");
+        assert!(default.releases_without_netns());
+        let shaped = json!([{"type": "bridge", "ipam": {"type": "static"}}, {"type": "bandwidth"}]);
+        assert!(chain(shaped).releases_without_netns());
+        let masq = json!([{"type": "bridge", "ipMasq": true, "ipam": {"type": "host-local"}}]);
+        assert!(
+            !chain(masq).releases_without_netns(),
+            "masquerade rules are found through the veth"
+        );
+        let dhcp = json!([{"type": "bridge", "ipam": {"type": "dhcp"}}]);
+        assert!(
+            !chain(dhcp).releases_without_netns(),
+            "dhcp releases from inside"
+        );
+        let foreign =
+            json!([{"type": "bridge", "ipam": {"type": "host-local"}}, {"type": "cilium-cni"}]);
+        assert!(
+            !chain(foreign).releases_without_netns(),
+            "an unknown plugin keeps its DEL as is"
+        );
     }
 
     #[test]

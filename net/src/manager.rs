@@ -454,6 +454,12 @@ impl Network {
         self.cni.del(pod_id)
     }
 
+    /// Whether the pod's CNI chain releases everything when DEL runs after
+    /// its namespace is gone (see [`NetworkList::releases_without_netns`]).
+    pub fn releases_without_netns(&self, pod_id: &str) -> bool {
+        self.cni.releases_without_netns(pod_id)
+    }
+
     /// Re-opens the host ports of a pod a previous daemon attached.
     pub fn restore(&self, pod_id: &str, attachment: &PodAttachment) {
         let Some(ip) = attachment.forward_target() else {

@@ -129,19 +129,37 @@ impl Lifecycle {
         for container in self.containers_of(&id) {
             self.stop_container(&container, 0)?;
         }
-        self.detach_network(&id)?;
-        let pids = self.pods_mut().get(&id).map(|p| (p.init_pid, p.bypass_pid));
-        if let Some((init_pid, bypass_pid)) = pids {
-            self.stop_bypass(&id, bypass_pid);
-            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), init_pid);
-        }
-        sandbox::release_namespaces(&PodDir::new(&self.runtime_root, &id))?;
+        self.release_pod(&id)?;
         self.update_pod(&id, |p| {
             p.phase = PodPhase::NotReady;
             p.init_pid = 0;
             p.bypass_pid = 0;
         })?;
         self.emit_pod(&id, ContainerEventType::ContainerStoppedEvent);
+        Ok(())
+    }
+
+    /// Undoes the pod's network, ends its init and bypass agent and unpins
+    /// its namespaces; its containers are stopped already. When the CNI
+    /// chain releases all it holds without the namespace (the default
+    /// network does), the pins go first: the kernel then deletes the pod's
+    /// veth with its namespace, after the RPC returns, instead of bridge DEL
+    /// waiting 15–30 ms for the deletion. Idempotent.
+    fn release_pod(&self, id: &str) -> Result<(), LifecycleError> {
+        let dir = PodDir::new(&self.runtime_root, id);
+        let unpin_first = self.network.releases_without_netns(id);
+        if !unpin_first {
+            self.detach_network(id)?;
+        }
+        let pids = self.pods_mut().get(id).map(|p| (p.init_pid, p.bypass_pid));
+        if let Some((init_pid, bypass_pid)) = pids {
+            self.stop_bypass(id, bypass_pid);
+            sandbox::stop_pid_init(&dir, init_pid);
+        }
+        sandbox::release_namespaces(&dir)?;
+        if unpin_first {
+            self.detach_network(id)?;
+        }
         Ok(())
     }
 
@@ -157,12 +175,7 @@ impl Lifecycle {
         }
         self.finish_cleanups(&id);
         self.remove_pod_cgroup(&id);
-        self.detach_network(&id)?;
-        let pids = self.pods_mut().get(&id).map(|p| (p.init_pid, p.bypass_pid));
-        if let Some((init_pid, bypass_pid)) = pids {
-            self.stop_bypass(&id, bypass_pid);
-            sandbox::stop_pid_init(&PodDir::new(&self.runtime_root, &id), init_pid);
-        }
+        self.release_pod(&id)?;
         sandbox::teardown(&PodDir::new(&self.runtime_root, &id))?;
         self.states.delete_pod(&id)?;
         self.pods_mut().remove(&id);
