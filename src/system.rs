@@ -73,9 +73,13 @@ fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
             Some(h) => h,
             None => ensure_holder(dir, &map_plan_for_current_user()?)?,
         };
-        unmount_inside(&holder, &[data, dir.path()])?;
-        remove_inside(&holder, data)?;
-        holder.stop(dir)?;
+        // The holder stops even when the removal fails: a reset that
+        // leaves it running keeps the namespaces (and slirp4netns) alive.
+        let removed =
+            unmount_inside(&holder, &[data, dir.path()]).and_then(|()| remove_inside(&holder, data));
+        let stopped = holder.stop(dir);
+        removed?;
+        stopped?;
     } else if let Some(holder) = live {
         holder.stop(dir)?;
     }

@@ -103,13 +103,27 @@ daemon() {
   die "the daemon did not start"
 }
 
+# Processes still running the stage's binaries after the reset (a holder,
+# a bypass agent): named on stderr, then killed, so no stage outlives its
+# work dir.
+kill_leftovers() {
+  local pids
+  pids=$(pgrep -f "^$WORK/" || true)
+  [ -n "$pids" ] || return 0
+  echo "$STAGE: processes left after the reset, killed:" >&2
+  ps -o pid=,args= -p "$(echo "$pids" | paste -sd,)" >&2 || true
+  echo "$pids" | xargs kill -KILL 2>/dev/null || true
+}
+
 cleanup() {
   local status=$?
   stage_cleanup 2>/dev/null || true
   if [ -n "${DAEMON:-}" ]; then
     kill -TERM "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true
-    "${AS[@]}" "$WORK/ucri" system reset --force >/dev/null 2>&1 || true
+    "${AS[@]}" "$WORK/ucri" system reset --force >"$OUT/reset.log" 2>&1 ||
+      echo "$STAGE: ucri system reset failed (target/$STAGE/reset.log):" "$(tail -n 3 "$OUT/reset.log")" >&2
   fi
+  kill_leftovers
   [ -z "${REGISTRY_PID:-}" ] || kill "$REGISTRY_PID" 2>/dev/null || true
   rm -rf "$WORK"
   exit "$status"
