@@ -235,7 +235,9 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            global().rpc(&method, start.elapsed(), code);
+            let elapsed = start.elapsed();
+            tracing::debug!(%method, code, elapsed_us = elapsed.as_micros() as u64, "RPC answered");
+            global().rpc(&method, elapsed, code);
             Ok(response)
         })
     }

@@ -75,8 +75,8 @@ fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
         };
         // The holder stops even when the removal fails: a reset that
         // leaves it running keeps the namespaces (and slirp4netns) alive.
-        let removed =
-            unmount_inside(&holder, &[data, dir.path()]).and_then(|()| remove_inside(&holder, data));
+        let removed = unmount_inside(&holder, &[data, dir.path()])
+            .and_then(|()| remove_inside(&holder, data));
         let stopped = holder.stop(dir);
         removed?;
         stopped?;

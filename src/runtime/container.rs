@@ -328,18 +328,24 @@ impl Lifecycle {
         }
         if state.deferred {
             self.require_ready_pod(&state)?;
+            let creating = std::time::Instant::now();
             if let Err(e) = self.create_in_runtime(&state) {
                 self.record_start_error(&state.id, &e);
                 return Err(e);
             }
+            tracing::debug!(container = %state.id,
+                elapsed_us = creating.elapsed().as_micros() as u64, "created in the OCI runtime");
         }
         // Taken before the start: a container may exit before crun returns.
         let started_at = now_nanos();
+        let starting = std::time::Instant::now();
         self.oci.runtime(
             &state.runtime,
             &["start", &state.id],
             "starting the container",
         )?;
+        tracing::debug!(container = %state.id,
+            elapsed_us = starting.elapsed().as_micros() as u64, "started by the OCI runtime");
         self.update(&state.id, |c| {
             c.phase = ContainerPhase::Running;
             c.started_at = started_at;
