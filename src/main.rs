@@ -3,6 +3,7 @@
 mod admin;
 mod cgroups;
 mod cli;
+mod clock;
 mod config;
 mod cri;
 mod ctl;
@@ -12,6 +13,7 @@ mod descriptors;
 mod error;
 mod image;
 mod info;
+mod keyed_locks;
 mod logging;
 mod metrics;
 mod nsenter;

@@ -45,10 +45,7 @@ fn filesystem_usage(
     mountpoint: &std::path::Path,
     usage: ucri_storage::store::Usage,
 ) -> FilesystemUsage {
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let timestamp = crate::clock::now_nanos();
     FilesystemUsage {
         timestamp,
         fs_id: Some(FilesystemIdentifier {

@@ -177,10 +177,7 @@ fn short(id: &str) -> &str {
 }
 
 fn age(created_ns: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let now = crate::clock::now_nanos();
     let secs = (now - created_ns).max(0) / 1_000_000_000;
     match secs {
         s if s < 60 => format!("{s} seconds ago"),

@@ -8,9 +8,9 @@ mod pull;
 pub mod reference;
 pub mod registries;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use tracing::Instrument;
 use ucri_storage::digest::Digest;
@@ -85,21 +85,7 @@ pub enum Matched {
 }
 
 /// Async locks by key, so one blob or layer is fetched/unpacked once.
-#[derive(Debug, Default)]
-struct KeyedLocks {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, l| Arc::strong_count(l) > 1);
-            map.entry(key.to_owned()).or_default().clone()
-        };
-        lock.lock_owned().await
-    }
-}
+type KeyedLocks = crate::keyed_locks::KeyedLocks<tokio::sync::Mutex<()>>;
 
 /// The image store with its index and pull machinery.
 #[derive(Debug)]
@@ -431,13 +417,7 @@ fn lookup_by_id<'a>(
     matches.next().is_none().then_some(first)
 }
 
-/// Now, in Unix nanoseconds.
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_nanos;
 
 /// Store failures: content mismatches are corruption, crafted layers are
 /// invalid images, the rest internal.

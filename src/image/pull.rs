@@ -186,11 +186,19 @@ impl Images {
     /// skipped, a blob already stored is unpacked from disk, anything else is
     /// streamed from the registry into the store and unpacked in one pass.
     async fn ensure_layer(&self, session: &Session, layer: &ImageLayer) -> Result<(), ImageError> {
-        let _layer_lock = self.locks.lock(&format!("layer:{}", layer.chain_id)).await;
+        let _layer_lock = self
+            .locks
+            .get(&format!("layer:{}", layer.chain_id))
+            .lock_owned()
+            .await;
         if self.store.has_layer(&layer.chain_id) {
             return Ok(());
         }
-        let _blob_lock = self.locks.lock(&format!("blob:{}", layer.blob)).await;
+        let _blob_lock = self
+            .locks
+            .get(&format!("blob:{}", layer.blob))
+            .lock_owned()
+            .await;
         let store = self.store.clone();
         let spec = layer.clone();
         if self.store.has_blob(&layer.blob) {

@@ -81,18 +81,7 @@ pub enum LifecycleError {
 }
 
 /// Serializes operations on the same pod or container.
-#[derive(Debug, Default)]
-struct IdLocks {
-    map: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-impl IdLocks {
-    fn get(&self, id: &str) -> Arc<Mutex<()>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, l| Arc::strong_count(l) > 1);
-        map.entry(id.to_owned()).or_default().clone()
-    }
-}
+type IdLocks = crate::keyed_locks::KeyedLocks<Mutex<()>>;
 
 /// The lifecycle service. Its methods block (processes, mounts, files):
 /// call them from `spawn_blocking`.
@@ -500,15 +489,7 @@ const LEFT_MONITOR_EXIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// dir (as containerd reports a lost task: 255).
 const LOST_EXIT_CODE: i32 = 255;
 
-fn now_nanos() -> i64 {
-    nanos(std::time::SystemTime::now())
-}
-
-fn nanos(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+use crate::clock::{now_nanos, unix_nanos as nanos};
 
 /// The longest name, namespace or uid a pod or container may have (what
 /// Kubernetes allows a DNS subdomain name: longer ones never come from kubelet).
