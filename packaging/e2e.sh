@@ -102,16 +102,8 @@ start_kubelet() {
   echo "$KUBELET" >"$WORK/kubelet.pid"
 }
 
-# stop_process PID SECONDS: TERM, then KILL after SECONDS; returns once gone.
-# (The checks run in subshells: PID need not be this shell's child.)
-stop_process() {
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq $(($2 * 10))); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-}
-
+# kubelet is stopped with lib.sh's stop_process: the checks run in
+# subshells, so it need not be this shell's child.
 stop_kubelet() {
   KUBELET=$(cat "$WORK/kubelet.pid" 2>/dev/null || true)
   stop_process "$KUBELET" 10

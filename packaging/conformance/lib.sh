@@ -103,6 +103,22 @@ daemon() {
   die "the daemon did not start"
 }
 
+# Whether PID runs (a zombie, exited and not yet reaped, does not).
+process_running() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [ "${state#Z}" = "$state" ]
+}
+
+# stop_process PID SECONDS: TERM, up to SECONDS for it to end, then KILL.
+stop_process() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq $(($2 * 10))); do process_running "$1" || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  for _ in $(seq 50); do process_running "$1" || return 0; sleep 0.1; done
+}
+
 # Processes still running the stage's binaries after the reset (a holder,
 # a bypass agent): named on stderr, then killed, so no stage outlives its
 # work dir.
@@ -119,7 +135,10 @@ cleanup() {
   local status=$?
   stage_cleanup 2>/dev/null || true
   if [ -n "${DAEMON:-}" ]; then
-    kill -TERM "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true
+    # Not `wait`: after a restart in a check's subshell, the daemon is not
+    # this shell's child, and `wait` returns at once.
+    stop_process "$DAEMON" 30
+    wait "$DAEMON" 2>/dev/null || true
     "${AS[@]}" "$WORK/ucri" system reset --force >"$OUT/reset.log" 2>&1 ||
       echo "$STAGE: ucri system reset failed (target/$STAGE/reset.log):" "$(tail -n 3 "$OUT/reset.log")" >&2
   fi

@@ -228,10 +228,16 @@ impl Images {
     /// Finds a local image by id, id prefix, `repo:tag` or `repo@digest`
     /// (short names resolve as for pulls, plus Docker Hub).
     pub fn lookup(&self, spec: &str) -> Option<(ImageRecord, Matched)> {
-        let registries = self.registries().unwrap_or_default();
+        // A name with its registry is its own one candidate: registries.conf
+        // (a directory read and a stat per file to see that it is unchanged)
+        // is only for short names.
+        let candidates = match reference::parse(spec) {
+            Ok(reference::Parsed::Qualified(name)) => vec![name],
+            _ => self.registries().unwrap_or_default().local_candidates(spec),
+        };
         let index = self.read_index();
         let live = || index.values().filter(|r| !r.removed);
-        for name in registries.local_candidates(spec) {
+        for name in candidates {
             if let Some(digest) = &name.digest {
                 let wanted = name.with_digest(digest);
                 if let Some(r) = live().find(|r| r.repo_digests.contains(&wanted)) {
