@@ -121,6 +121,44 @@ fn kill_namespace_processes(holder: &HolderRecord) {
 /// Lazily unmounts, inside the namespace, every mount under `roots`
 /// (container root filesystems, pod pins and /dev/shm), deepest first.
 fn unmount_inside(holder: &HolderRecord, roots: &[&Path]) -> anyhow::Result<()> {
+    // A lazy unmount uncovers what was mounted below (kubelet bind-mounts
+    // its root dir onto itself and mounts again under it): look again,
+    // a bounded number of rounds.
+    for _ in 0..UNMOUNT_ROUNDS {
+        let targets = mounts_under(holder, roots)?;
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let namespaces = Namespaces::of_holder(holder)?;
+        let mut cmd = Command::new("umount");
+        cmd.arg("-l").arg("--").args(&targets);
+        namespaces.apply_to(&mut cmd);
+        let out = cmd
+            .output()
+            .context("running umount inside the user namespace")?;
+        if !out.status.success() {
+            bail!(
+                "unmounting ucri's mounts failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let left = mounts_under(holder, roots)?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "still mounted after {UNMOUNT_ROUNDS} rounds of unmounting: {}",
+        left.join(", ")
+    )
+}
+
+/// How many times [`unmount_inside`] reads the mount table again.
+const UNMOUNT_ROUNDS: usize = 8;
+
+/// The holder's mountpoints under `roots`, deepest first.
+fn mounts_under(holder: &HolderRecord, roots: &[&Path]) -> anyhow::Result<Vec<String>> {
     let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", holder.pid))
         .context("reading the holder's mount table")?;
     let mut targets: Vec<String> = mountinfo
@@ -133,25 +171,8 @@ fn unmount_inside(holder: &HolderRecord, roots: &[&Path]) -> anyhow::Result<()> 
         })
         .filter(|m| roots.iter().any(|r| Path::new(m).starts_with(r)))
         .collect();
-    if targets.is_empty() {
-        return Ok(());
-    }
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    let namespaces = Namespaces::of_holder(holder)?;
-    let mut cmd = Command::new("umount");
-    cmd.arg("-l").arg("--").args(&targets);
-    namespaces.apply_to(&mut cmd);
-    let out = cmd
-        .output()
-        .context("running umount inside the user namespace")?;
-    if !out.status.success() {
-        bail!(
-            "unmounting ucri's mounts failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    Ok(targets)
 }
 
 fn remove_inside(holder: &HolderRecord, data: &Path) -> anyhow::Result<()> {

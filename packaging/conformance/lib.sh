@@ -119,12 +119,12 @@ stop_process() {
   for _ in $(seq 50); do process_running "$1" || return 0; sleep 0.1; done
 }
 
-# Processes still running the stage's binaries after the reset (a holder,
-# a bypass agent): named on stderr, then killed, so no stage outlives its
-# work dir.
+# Processes that still name the stage's work dir after the reset (a holder
+# running its binary, the slirp4netns serving its uplink): named on
+# stderr, then killed, so no stage outlives its work dir.
 kill_leftovers() {
   local pids
-  pids=$(pgrep -f "^$WORK/" || true)
+  pids=$(pgrep -f "$WORK/" || true)
   [ -n "$pids" ] || return 0
   echo "$STAGE: processes left after the reset, killed:" >&2
   ps -o pid=,args= -p "$(echo "$pids" | paste -sd,)" >&2 || true
@@ -142,8 +142,10 @@ cleanup() {
     "${AS[@]}" "$WORK/ucri" system reset --force >"$OUT/reset.log" 2>&1 ||
       echo "$STAGE: ucri system reset failed (target/$STAGE/reset.log):" "$(tail -n 3 "$OUT/reset.log")" >&2
   fi
+  if [ -n "${REGISTRY_PID:-}" ]; then
+    kill "$REGISTRY_PID" 2>/dev/null && wait "$REGISTRY_PID" 2>/dev/null || true
+  fi
   kill_leftovers
-  [ -z "${REGISTRY_PID:-}" ] || kill "$REGISTRY_PID" 2>/dev/null || true
   rm -rf "$WORK"
   exit "$status"
 }
