@@ -298,6 +298,28 @@ impl Sandbox {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.wait_lock_released(deadline);
+    }
+
+    /// Waits until no process holds the daemon lock: the host-side parent
+    /// outlives the serving child by its clean-up (pid file, socket), and a
+    /// daemon started before it is done finds the lock taken.
+    fn wait_lock_released(&self, deadline: Instant) {
+        let path = self.runtime_dir().join("ucri.lock");
+        loop {
+            let Ok(file) = std::fs::File::open(&path) else {
+                return; // removed by the parent's release: free
+            };
+            if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok() {
+                return; // dropping the Flock unlocks it again
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon lock {} was still held 10 s after SIGKILL of the serving daemon",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The holder record (`holder.json`).
