@@ -155,37 +155,69 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Scrapes served at once: a scraper needs one, and any local user can
+/// reach the port, so more wait in the listener's backlog instead of
+/// spending the daemon's descriptors.
+pub const METRICS_CONNECTIONS_MAX: usize = 8;
+
+/// How long a client may take to send its request before it is dropped
+/// (and its slot freed).
+pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, at most
+/// [`METRICS_CONNECTIONS_MAX`] connections at once; a failed accept (out of
+/// descriptors) backs off instead of spinning.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gauges: Arc<dyn Fn() -> Vec<Gauge> + Send + Sync>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS_MAX));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // never closed
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(%e, "accepting a metrics connection failed; retrying");
+                tokio::time::sleep(crate::descriptors::ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let gauges = gauges.clone();
         tokio::spawn(async move {
-            let mut request = vec![0u8; 4096];
-            let n = stream.read(&mut request).await.unwrap_or(0);
-            let line = String::from_utf8_lossy(&request[..n]);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if path == "/metrics" {
-                let values = tokio::task::spawn_blocking(move || gauges())
-                    .await
-                    .unwrap_or_default();
-                ("200 OK", global().render(&values))
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_owned())
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
+            let _slot = slot;
+            answer(stream, gauges).await;
         });
     }
+}
+
+/// Reads one request from `stream` and answers it.
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    gauges: Arc<dyn Fn() -> Vec<Gauge> + Send + Sync>,
+) {
+    let mut request = vec![0u8; 4096];
+    let read = tokio::time::timeout(METRICS_REQUEST_TIMEOUT, stream.read(&mut request)).await;
+    let Ok(Ok(n)) = read else {
+        return; // timed out or failed: nothing to answer
+    };
+    let line = String::from_utf8_lossy(&request[..n]);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if path == "/metrics" {
+        let values = tokio::task::spawn_blocking(move || gauges())
+            .await
+            .unwrap_or_default();
+        ("200 OK", global().render(&values))
+    } else {
+        ("404 Not Found", "not found: try /metrics\n".to_owned())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
 }
 
 /// A tower layer that times every RPC and reads its gRPC status.

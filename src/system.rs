@@ -6,7 +6,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use ucri_rootless::enter::Namespaces;
-use ucri_rootless::holder::{ensure_holder, HolderRecord};
+use ucri_rootless::holder::{
+    end_namespace_members, end_orphaned_holder, ensure_holder, orphaned_holders, HolderRecord,
+};
 use ucri_rootless::launch::{map_plan_for_current_user, DaemonLock, LaunchError};
 use ucri_rootless::rundir::RuntimeDir;
 
@@ -65,8 +67,11 @@ fn confirm(dir: &RuntimeDir, data: &Path) -> anyhow::Result<bool> {
 /// from outside), then stops the holder.
 fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
     let live = HolderRecord::load_live(dir)?;
+    for orphan in orphaned_holders(dir, live.as_ref()) {
+        end_orphaned_holder(orphan);
+    }
     if let Some(holder) = &live {
-        kill_namespace_processes(holder);
+        end_namespace_members(holder.userns, holder.pid);
     }
     if data.exists() {
         let holder = match live {
@@ -84,38 +89,6 @@ fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
         holder.stop(dir)?;
     }
     Ok(())
-}
-
-/// SIGKILLs every process whose user namespace is the holder's, except the
-/// holder itself, and waits (up to 5 s) for them to be gone.
-fn kill_namespace_processes(holder: &HolderRecord) {
-    let members = || -> Vec<i32> {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| *pid != holder.pid && *pid != std::process::id())
-            .filter(|pid| {
-                ucri_rootless::nsid::NsId::of_process(*pid, "user").ok() == Some(holder.userns)
-            })
-            .map(|pid| pid as i32)
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let pids = members();
-        if pids.is_empty() || std::time::Instant::now() > deadline {
-            return;
-        }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 /// Lazily unmounts, inside the namespace, every mount under `roots`

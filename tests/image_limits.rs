@@ -294,3 +294,63 @@ fn a_cancelled_pull_stops_downloading() {
     );
     assert_store_empty(&sb);
 }
+
+/// A whiteout of no file (`.wh.`, `.wh..`, `.wh...`, at the layer's root or
+/// in a directory) names the directory itself or its parent: the pull is
+/// an invalid argument, and nothing is removed, neither of the layer being
+/// unpacked nor of the images already stored. (These used to remove the
+/// directory they named and fail with INTERNAL and store paths.)
+#[test]
+fn whiteouts_of_no_file_are_invalid_and_remove_nothing() {
+    let (sb, _daemon) = daemon("odd-whiteouts");
+    let registry = HostileRegistry::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let stored = CraftedImage::from_dirs(&[&layer_dir(tmp.path(), "stored", 3)]);
+    registry.serve_image("stored", "latest", &stored, &[]);
+    pull(&sb, &registry.image("stored", "latest")).expect("a well-formed image pulls");
+    let store = sb.data_dir().join("storage");
+    let listing = |dir: &str| -> Vec<std::ffi::OsString> {
+        let mut names: Vec<_> = std::fs::read_dir(store.join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let layers = listing("layers");
+    let images = listing("images");
+    assert_eq!(layers.len(), 1, "one layer stored");
+
+    for (i, whiteout) in [".wh.", ".wh..", ".wh...", "sub/.wh..", "sub/.wh..."]
+        .iter()
+        .enumerate()
+    {
+        let dir = layer_dir(tmp.path(), &format!("odd{i}"), 2);
+        std::fs::create_dir_all(dir.join("sub")).expect("sub");
+        std::fs::write(dir.join("sub/kept"), "x").expect("kept");
+        std::fs::write(dir.join(whiteout), "").expect("the whiteout file");
+        let image = CraftedImage::from_dirs(&[&dir]);
+        let name = format!("odd{i}");
+        registry.serve_image(&name, "latest", &image, &[]);
+        assert_refused(
+            pull(&sb, &registry.image(&name, "latest")),
+            Code::InvalidArgument,
+            "is a whiteout of no file",
+        );
+        assert_eq!(
+            listing("layers"),
+            layers,
+            "{whiteout}: the stored layer stays"
+        );
+        assert_eq!(
+            listing("images"),
+            images,
+            "{whiteout}: the stored image stays"
+        );
+        assert!(listing("tmp").is_empty(), "{whiteout}: nothing left in tmp");
+    }
+    let layer = store.join("layers").join(&layers[0]);
+    let files = std::fs::read_dir(layer.join("diff"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(files, 3, "the stored layer's files are all there");
+}

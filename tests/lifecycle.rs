@@ -1446,6 +1446,89 @@ fn system_reset_ends_every_container_and_pod_init() {
     assert!(!process_alive(holder));
 }
 
+/// The process name of `pid` (empty once it is gone).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Kills the daemon and empties the runtime dir under its running
+/// namespaces (a tmpfs cleaned under a live node, not a reboot): returns
+/// the holder and the other processes of its user namespace, which lost
+/// their records with it.
+fn empty_the_runtime_dir_under_live_namespaces(e: &mut Env) -> (u32, Vec<u32>) {
+    let holder = e.sb.holder_pid();
+    e.sb.kill_serving_daemon();
+    e._daemon.wait_exit(Duration::from_secs(10));
+    let members: Vec<u32> = namespace_members(ns_inode(holder, "user"))
+        .into_iter()
+        .filter(|pid| *pid != holder)
+        .collect();
+    assert!(
+        members.iter().any(|pid| comm(*pid) == "slirp4netns"),
+        "the uplink's slirp4netns runs in the namespace: {:?}",
+        members.iter().map(|p| comm(*p)).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(e.sb.runtime_dir()).expect("empty the runtime dir");
+    (holder, members)
+}
+
+/// Waits (10 s at most) until none of `pids` runs.
+fn assert_all_end(pids: &[u32], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<(u32, String)> = pids
+            .iter()
+            .filter(|p| process_alive(**p))
+            .map(|p| (*p, comm(*p)))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still running {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A runtime dir emptied while the daemon's namespaces live takes the
+/// holder's record with it. The next daemon start finds the old holder by
+/// the runtime dir it serves and ends it with everything of its namespace
+/// (container, pod init, the uplink's slirp4netns) before it makes a new
+/// one; so does `system reset`. (Both used to make a new holder and leave
+/// the old one, with slirp4netns, running for good.)
+#[test]
+fn an_emptied_runtime_dir_leaves_no_orphaned_holder_or_slirp4netns() {
+    let mut e = env("emptied");
+    let pod_cfg = pod_config(&e.sb, "left");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "runner", "sleep 600"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &id).expect("start");
+
+    let (holder, members) = empty_the_runtime_dir_under_live_namespaces(&mut e);
+    e._daemon = e.sb.start_daemon();
+    assert_all_end(&members, "after a daemon start");
+    assert_all_end(&[holder], "the old holder after a daemon start");
+    assert_ne!(e.sb.holder_pid(), holder, "a new holder serves");
+    let after = status(&e.sb, &id).expect("ContainerStatus");
+    assert_eq!(after.state, ContainerState::ContainerExited as i32);
+    stop_pod(&e.sb, &pod);
+    remove_container(&e.sb, &id);
+    remove_pod(&e.sb, &pod);
+
+    let (holder, members) = empty_the_runtime_dir_under_live_namespaces(&mut e);
+    let out = e.sb.run_ucri(&["system", "reset", "--force"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_all_end(&members, "after system reset");
+    assert_all_end(&[holder], "the old holder after system reset");
+}
+
 fn image_mount(image: &str, path: &str, sub_path: &str) -> Mount {
     Mount {
         container_path: path.into(),

@@ -946,15 +946,6 @@ fn the_node_namespace_has_the_node_address_and_its_ports_linked_to_the_host() {
     );
 }
 
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 overall; those after ")" start at field 3.
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
 /// 400 idle connections to the CRI socket of a daemon held to 256
 /// descriptors get its 64 connection slots (a quarter of the limit) and
 /// the socket's backlog, not the descriptors that pods, monitors and the

@@ -339,6 +339,88 @@ fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
     samples
 }
 
+/// A free port on 127.0.0.1 for the metrics endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `GET /metrics` on `port`: the HTTP reply.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    reply
+}
+
+/// Any local user can connect to the metrics port: 40 idle connections take
+/// at most 8 of the daemon's descriptors (the rest wait in the backlog), do
+/// not make it spin, and are dropped 3 s after they sent nothing; a scrape
+/// after them is answered. (The accept loop used to take every connection
+/// and spin on a failed accept.)
+#[test]
+fn idle_metrics_connections_are_capped_and_dropped() {
+    use std::io::Read;
+    let port = free_port();
+    let e = env_with_config(
+        "metrics-idle",
+        &format!("[metrics]\nenabled = true\naddress = \"127.0.0.1:{port}\"\n"),
+    );
+    assert!(scrape(port).starts_with("HTTP/1.1 200"), "metrics answer");
+    let serving = e.sb.daemon_pid();
+    let before = open_descriptors(serving);
+    let mut idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_descriptors(serving);
+    assert!(
+        during <= before + 8 + 4,
+        "40 idle connections took {} descriptors",
+        during.saturating_sub(before)
+    );
+    let ticks = cpu_ticks(serving);
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(serving) - ticks;
+    assert!(
+        spent < 20,
+        "the daemon spent {spent} ticks in a second of idle clients"
+    );
+    let first = &mut idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        first
+            .read(&mut byte)
+            .expect("the daemon closes, not the timeout"),
+        0,
+        "closed without a reply"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "dropped after the 3 s request timeout, not {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+    assert!(
+        scrape(port).starts_with("HTTP/1.1 200"),
+        "metrics answer after the flood"
+    );
+}
+
 #[test]
 fn metrics_are_served_as_valid_prometheus_text_and_over_cri() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -25,6 +25,11 @@ use crate::syscall::{self, Forked};
 pub const HOLDER_ARG: &str = "__holder";
 /// Environment variable carrying the holder's handshake descriptor.
 const HOLDER_FD_ENV: &str = "_UCRI_HOLDER_FD";
+/// Environment variable naming the runtime dir a holder serves: a holder
+/// whose record went with an emptied runtime dir is found by it.
+const HOLDER_DIR_ENV: &str = "_UCRI_HOLDER_DIR";
+/// How long the processes of an ended namespace get to disappear.
+const END_WAIT: Duration = Duration::from_secs(5);
 
 /// Errors starting, finding or stopping the holder.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +134,94 @@ impl HolderRecord {
     }
 }
 
+/// Holders serving `dir` that no record names (their record went with an
+/// emptied runtime dir while they ran), other than `live`'s: the user's
+/// processes running this binary as [`HOLDER_ARG`] with `dir` in their
+/// environment.
+pub fn orphaned_holders(dir: &RuntimeDir, live: Option<&HolderRecord>) -> Vec<u32> {
+    let uid = nix::unistd::getuid().as_raw();
+    let marker = format!("{HOLDER_DIR_ENV}={}", dir.path().display());
+    proc_pids()
+        .filter(|pid| Some(*pid) != live.map(|h| h.pid))
+        .filter(|pid| owned_by(*pid, uid))
+        .filter(|pid| nul_fields(*pid, "cmdline").get(1).map(String::as_str) == Some(HOLDER_ARG))
+        .filter(|pid| nul_fields(*pid, "environ").contains(&marker))
+        .collect()
+}
+
+/// Ends an orphaned holder and what it kept: every process of its user
+/// namespace (containers, monitors, pod inits, the uplink's slirp4netns),
+/// then the holder itself.
+pub fn end_orphaned_holder(pid: u32) {
+    let Ok(userns) = NsId::of_process(pid, "user") else {
+        return; // already gone
+    };
+    tracing::warn!(
+        pid,
+        "ending a namespace holder whose record is gone (the runtime dir was emptied while it ran) and every process of its user namespace"
+    );
+    end_namespace_members(userns, pid);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let deadline = Instant::now() + END_WAIT;
+    while NsId::of_process(pid, "user").ok() == Some(userns) && Instant::now() < deadline {
+        let _ = waitpid(
+            Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILLs every process whose user namespace is `userns`, except `keep`
+/// (its holder) and the caller, until none is left or 5 s have passed.
+pub fn end_namespace_members(userns: NsId, keep: u32) {
+    let members = || -> Vec<u32> {
+        proc_pids()
+            .filter(|pid| *pid != keep && *pid != std::process::id())
+            .filter(|pid| NsId::of_process(*pid, "user").ok() == Some(userns))
+            .collect()
+    };
+    let deadline = Instant::now() + END_WAIT;
+    loop {
+        let pids = members();
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every pid in /proc.
+fn proc_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// True when process `pid` belongs to `uid`.
+fn owned_by(pid: u32, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == uid)
+}
+
+/// The NUL-separated fields of `/proc/PID/FILE` (empty if unreadable).
+fn nul_fields(pid: u32, file: &str) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/{file}"))
+        .map(|bytes| {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|f| !f.is_empty())
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn wait_gone(record: &HolderRecord, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -156,19 +249,25 @@ pub fn ensure_holder(dir: &RuntimeDir, plan: &MapPlan) -> Result<HolderRecord, H
     spawn_holder(dir, plan)
 }
 
-/// Starts a new holder in fresh user and mount namespaces.
+/// Starts a new holder in fresh user and mount namespaces, after ending
+/// the holders of `dir` whose record is gone (so that their namespaces,
+/// containers and slirp4netns do not run on, unreachable).
 fn spawn_holder(dir: &RuntimeDir, plan: &MapPlan) -> Result<HolderRecord, HolderError> {
+    for orphan in orphaned_holders(dir, None) {
+        end_orphaned_holder(orphan);
+    }
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.holder_log())?;
     let (mut from_holder, to_parent) = handshake::pipe()?;
     let (from_parent, mut to_holder) = handshake::pipe()?;
+    let served = dir.path().display().to_string();
     let pid = match syscall::fork()? {
         Forked::Child => {
             drop(from_holder);
             drop(to_holder);
-            holder_child(to_parent, from_parent, log.as_raw_fd())
+            holder_child(&served, to_parent, from_parent, log.as_raw_fd())
         }
         Forked::Parent(pid) => pid,
     };
@@ -243,8 +342,8 @@ fn finish_holder(dir: &RuntimeDir, pid: Pid) -> Result<HolderRecord, HolderError
 
 /// Runs in the forked child: new session, new namespaces, wait for the maps,
 /// then exec the holder role so it starts as mapped root with capabilities.
-fn holder_child(mut to_parent: Channel, mut from_parent: Channel, log_fd: i32) -> ! {
-    let result = prepare_holder_child(&mut to_parent, &mut from_parent, log_fd);
+fn holder_child(served: &str, mut to_parent: Channel, mut from_parent: Channel, log_fd: i32) -> ! {
+    let result = prepare_holder_child(served, &mut to_parent, &mut from_parent, log_fd);
     let error = match result {
         Ok(never) => match never {},
         Err(e) => e,
@@ -254,6 +353,7 @@ fn holder_child(mut to_parent: Channel, mut from_parent: Channel, log_fd: i32) -
 }
 
 fn prepare_holder_child(
+    served: &str,
     to_parent: &mut Channel,
     from_parent: &mut Channel,
     log_fd: i32,
@@ -273,7 +373,10 @@ fn prepare_holder_child(
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     let fd = to_parent.as_raw_fd();
     syscall::keep_across_exec(fd).map_err(|e| e.to_string())?;
-    exec_self(&[HOLDER_ARG], &[(HOLDER_FD_ENV, &fd.to_string())])
+    exec_self(
+        &[HOLDER_ARG],
+        &[(HOLDER_FD_ENV, &fd.to_string()), (HOLDER_DIR_ENV, served)],
+    )
 }
 
 fn redirect_stdio(log_fd: i32) -> Result<(), String> {

@@ -430,7 +430,7 @@ pub(crate) use crate::clock::now_nanos;
 pub(crate) fn store_error(e: StoreError) -> ImageError {
     match e {
         StoreError::Mismatch { .. } => ImageError::Corrupt(e.to_string()),
-        StoreError::Unpack(u @ UnpackError::Escape { .. }) => {
+        StoreError::Unpack(u @ (UnpackError::Escape { .. } | UnpackError::Malformed { .. })) => {
             ImageError::InvalidArgument(u.to_string())
         }
         StoreError::Unpack(u @ UnpackError::TooLarge { what, .. }) => {

@@ -82,6 +82,14 @@ pub enum UnpackError {
         /// Why it is unsafe.
         reason: &'static str,
     },
+    /// An entry no layer may have (a whiteout of no file).
+    #[error("layer rejected: entry {entry:?} {reason}")]
+    Malformed {
+        /// The tar entry name.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The layer is bigger than a limit allows.
     #[error("layer rejected: more than {limit} {what}")]
     TooLarge {
@@ -276,10 +284,29 @@ impl<'a> Unpacker<'a> {
             return mark_opaque(&self.root.join(parent));
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            return make_whiteout(&self.root.join(parent).join(hidden));
+            return self.whiteout(parent, hidden, &raw);
         }
         let target = self.root.join(&rel);
         self.create(&mut entry, &target, &raw)
+    }
+
+    /// A whiteout entry `.wh.NAME` in `parent`: hides NAME of the layers
+    /// below. `.wh..wh.*` names other than the opaque marker are aufs
+    /// metadata (its hard-link directory), skipped as containerd skips them;
+    /// a whiteout of no file (`.wh.`, `.wh..`, `.wh...`) would name the
+    /// directory itself or its parent, and is refused.
+    fn whiteout(&self, parent: &Path, hidden: &str, raw: &str) -> Result<(), UnpackError> {
+        if hidden.starts_with(WHITEOUT_PREFIX) {
+            tracing::debug!(entry = raw, "skipping aufs whiteout metadata");
+            return Ok(());
+        }
+        if matches!(hidden, "" | "." | "..") {
+            return Err(UnpackError::Malformed {
+                entry: raw.into(),
+                reason: "is a whiteout of no file",
+            });
+        }
+        make_whiteout(&self.root.join(parent).join(hidden))
     }
 
     /// Creates every missing parent as a directory; refuses to go through
@@ -710,6 +737,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn whiteouts_of_no_file_are_refused_and_remove_nothing() {
+        for name in [".wh.", ".wh..", ".wh...", "dir/.wh.", "dir/.wh.."] {
+            let root = tempfile::tempdir().expect("tmp");
+            let dest = root.path().join("layer");
+            fs::create_dir(&dest).expect("dest");
+            fs::write(root.path().join("neighbour"), b"x").expect("neighbour");
+            let data = tar_with(|b| {
+                file(b, "dir/kept", b"x");
+                file(b, name, b"");
+            });
+            let err = unpack_layer(
+                &data[..],
+                Compression::None,
+                &dest,
+                &UnpackLimits::default(),
+            )
+            .expect_err(name);
+            assert!(
+                matches!(err, UnpackError::Malformed { .. }),
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains("whiteout of no file"), "{err}");
+            assert!(
+                root.path().join("neighbour").exists(),
+                "{name} removed a neighbour"
+            );
+            assert!(
+                dest.join("dir/kept").exists(),
+                "{name} removed its own directory"
+            );
+        }
+    }
+
+    #[test]
+    fn aufs_whiteout_metadata_is_skipped() {
+        let data = tar_with(|b| {
+            file(b, ".wh..wh.plnk", b"");
+            file(b, "dir/.wh..wh.aufs", b"");
+            file(b, "dir/a", b"x");
+        });
+        let dest = tempfile::tempdir().expect("tmp");
+        unpack_layer(
+            &data[..],
+            Compression::None,
+            dest.path(),
+            &UnpackLimits::default(),
+        )
+        .expect("aufs metadata is no error");
+        assert!(dest.path().join("dir/a").exists());
+        assert!(!dest.path().join("dir/.wh..wh.aufs").exists());
+        for left in [".wh..wh.plnk", "plnk", "dir/aufs", ".wh.plnk"] {
+            assert!(!dest.path().join(left).exists(), "{left}");
+        }
+    }
+
     mod properties {
         //! Fuzzing by properties: layers of hostile entries (`..`, absolute
         //! names, symlinks and hard links pointing anywhere, whiteouts,
@@ -729,6 +812,9 @@ mod tests {
                 1 => Just("".to_owned()),
                 1 => Just(".wh.a".to_owned()),
                 1 => Just(".wh..wh..opq".to_owned()),
+                1 => Just(".wh.".to_owned()),
+                1 => Just(".wh..".to_owned()),
+                1 => Just(".wh...".to_owned()),
                 1 => "[a-z]{1,3}",
             ];
             (
@@ -837,13 +923,19 @@ mod tests {
                 fs::create_dir(&dest).expect("dest");
                 let outside = root.path().join("outside");
                 fs::create_dir(&outside).expect("outside");
+                fs::write(outside.join("kept"), b"x").expect("a file outside");
                 let data = raw_tar(&entries, &outside);
                 let _ = unpack_layer(&data[..], Compression::None, &dest, &UnpackLimits::default());
                 let escaped: Vec<PathBuf> = tree(root.path())
                     .into_iter()
-                    .filter(|p| !p.starts_with("layer") && p != Path::new("outside"))
+                    .filter(|p| {
+                        !p.starts_with("layer")
+                            && p != Path::new("outside")
+                            && p != Path::new("outside/kept")
+                    })
                     .collect();
                 prop_assert!(escaped.is_empty(), "written outside: {:?}", escaped);
+                prop_assert!(outside.join("kept").exists(), "removed outside the destination");
             }
 
             #[test]
