@@ -92,7 +92,7 @@ configure() {
 }
 
 daemon() {
-  "${AS[@]}" "$WORK/ucri" --log-level info daemon >"$OUT/daemon.log" 2>&1 &
+  "${AS[@]}" "$WORK/ucri" --log-level "${UCRI_STAGE_LOG_LEVEL:-info}" daemon >"$OUT/daemon.log" 2>&1 &
   DAEMON=$!
   for _ in $(seq 200); do
     "${AS[@]}" "$WORK/ucri" ctl version >/dev/null 2>&1 && return 0

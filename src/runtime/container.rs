@@ -639,6 +639,14 @@ impl Lifecycle {
         Ok((cri_container_status(&state), info))
     }
 
+    /// True when the container's exit is on disk (conmon wrote it) but not
+    /// yet in its record: a status call records it, a state write.
+    pub fn exit_unrecorded(&self, id: &str) -> bool {
+        self.container(id).is_ok_and(|c| {
+            c.phase != ContainerPhase::Exited && self.oci.exit_status(&c.id).is_some()
+        })
+    }
+
     /// Verbose ContainerStatus info: the pid, the pod and the OCI spec. The
     /// spec is the bundle's config.json as written (ucri wrote it, as JSON),
     /// embedded without parsing it again; `null` when it cannot be read.
