@@ -354,3 +354,30 @@ fn whiteouts_of_no_file_are_invalid_and_remove_nothing() {
         .unwrap_or(0);
     assert_eq!(files, 3, "the stored layer's files are all there");
 }
+
+/// A layer's device nodes cannot be made without root: the pull succeeds
+/// without them, and the daemon log says which entries were left out (they
+/// used to be dropped without a word).
+#[test]
+fn device_nodes_are_left_out_and_the_log_names_them() {
+    let (sb, daemon) = daemon("device-nodes");
+    let registry = HostileRegistry::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = layer_dir(tmp.path(), "devices", 2);
+    nix::sys::stat::mknod(
+        &dir.join("null-device"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .expect("mknod (the tests run as root)");
+    let image = CraftedImage::from_dirs(&[&dir]);
+    registry.serve_image("devices", "latest", &image, &[]);
+    pull(&sb, &registry.image("devices", "latest")).expect("the image pulls without its device");
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("were left out"))
+        .unwrap_or_else(|| panic!("no line names the left-out entries:\n{log}"));
+    assert!(line.contains("null-device"), "{line}");
+}

@@ -252,3 +252,21 @@ fn config_prints_every_default_then_files_dropins_and_env_override() {
         "{stderr}"
     );
 }
+
+/// `cgroup_driver = "systemd"` cannot be honoured (containers go in a
+/// delegated subtree with cgroupfs paths): the daemon refuses to start and
+/// says why, instead of only reporting systemd to kubelet.
+#[test]
+fn the_daemon_refuses_the_systemd_cgroup_driver() {
+    let sb = Sandbox::new("systemd-driver");
+    sb.write_user_file(
+        &sb.config_dir().join("ucri.toml"),
+        "[runtime]\ncgroup_driver = \"systemd\"\n",
+    );
+    let mut daemon = sb.spawn_daemon(&[]);
+    let status = daemon.wait_exit(std::time::Duration::from_secs(20));
+    assert!(!status.success(), "the daemon must not start");
+    let log = daemon.log_text();
+    assert!(log.contains("cgroup_driver"), "{log}");
+    assert!(!sb.socket().exists(), "no socket is served");
+}

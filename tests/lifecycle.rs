@@ -154,6 +154,158 @@ fn containers_that_exit_by_themselves_report_code_and_reason() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The pods the daemon lists.
+fn listed_pods(sb: &Sandbox) -> Vec<String> {
+    block_on(async {
+        let channel = connect(&sb.socket()).await.expect("connect");
+        ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(channel)
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|p| p.id)
+            .collect()
+    })
+}
+
+/// The entries of `dir` (none when it does not exist).
+fn entries_of(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// A named (Localhost) AppArmor profile.
+fn named_apparmor() -> SecurityProfile {
+    SecurityProfile {
+        profile_type: security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "my-profile".into(),
+    }
+}
+
+/// What ucri cannot honour or must not accept is refused with
+/// INVALID_ARGUMENT, and the refused call leaves no pod, container, root
+/// filesystem or file behind: a hostname the kernel takes no more of, a
+/// named AppArmor profile for the pod or a container (there is no AppArmor
+/// for a rootless runtime to apply; these used to be accepted and
+/// ignored), and a container log path that leaves the pod's log directory
+/// (an absolute one used to be written where it pointed).
+#[test]
+fn what_cannot_be_honoured_is_refused_and_creates_nothing() {
+    let e = env("refusals");
+    let sb = &e.sb;
+    let mut long_host = pod_config(sb, "longhost");
+    long_host.hostname = "h".repeat(65);
+    let err = run_pod(sb, &long_host).expect_err("a 65-character hostname");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("hostname"), "{}", err.message());
+    let mut slash_host = pod_config(sb, "slashhost");
+    slash_host.hostname = "a/b".into();
+    assert_eq!(
+        run_pod(sb, &slash_host)
+            .expect_err("a hostname with /")
+            .code(),
+        Code::InvalidArgument
+    );
+    let mut confined = pod_config(sb, "confined");
+    confined.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            apparmor: Some(named_apparmor()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = run_pod(sb, &confined).expect_err("a pod-level AppArmor profile");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("AppArmor"), "{}", err.message());
+    assert!(listed_pods(sb).is_empty(), "no refused pod is listed");
+    assert!(
+        entries_of(&sb.data_dir().join("state/pods")).is_empty(),
+        "no refused pod has a record"
+    );
+
+    let pod_cfg = pod_config(sb, "ok");
+    let pod = run_pod(sb, &pod_cfg).expect("a well-formed pod");
+    let mut named = container_config(&e.image, "named", "true");
+    named.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            apparmor: Some(named_apparmor()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = create(sb, &pod, named, &pod_cfg).expect_err("a container AppArmor profile");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("AppArmor"), "{}", err.message());
+    let outside = sb.root.join("outside.log");
+    let mut absolute = container_config(&e.image, "abs", "echo escaped");
+    absolute.log_path = outside.display().to_string();
+    let err = create(sb, &pod, absolute, &pod_cfg).expect_err("an absolute log path");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut climbing = container_config(&e.image, "up", "echo escaped");
+    climbing.log_path = "../../outside.log".into();
+    let err = create(sb, &pod, climbing, &pod_cfg).expect_err("a log path with ..");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        !outside.exists(),
+        "nothing was written outside the log directory"
+    );
+    assert!(
+        list_containers(sb, None).is_empty(),
+        "no refused container is listed"
+    );
+    assert!(
+        entries_of(&sb.data_dir().join("storage/containers")).is_empty(),
+        "no refused container has a root filesystem"
+    );
+    remove_pod(sb, &pod);
+}
+
+/// An image whose config is gone from the store (a damaged store) cannot
+/// make containers: without it, the image's USER, Env and Entrypoint would
+/// silently become root and nothing. CreateContainer fails, naming the
+/// config, and leaves no root filesystem; the pod stays usable.
+#[test]
+fn an_image_without_its_config_makes_no_container() {
+    let e = env("no-config");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "p");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let probe = create(
+        sb,
+        &pod,
+        container_config(&e.image, "probe", "true"),
+        &pod_cfg,
+    )
+    .expect("create with the whole image");
+    let image_id = status(sb, &probe).expect("status").image_ref;
+    remove_container(sb, &probe);
+    let config_blob = sb
+        .data_dir()
+        .join("storage/blobs/sha256")
+        .join(image_id.trim_start_matches("sha256:"));
+    std::fs::remove_file(&config_blob).expect("remove the image's config blob");
+    let err = create(sb, &pod, container_config(&e.image, "c", "true"), &pod_cfg)
+        .expect_err("no config, no container");
+    assert!(
+        err.message().contains("config"),
+        "the error names the config: {err:?}"
+    );
+    assert_ne!(err.code(), Code::Ok);
+    assert!(list_containers(sb, None).is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !entries_of(&sb.data_dir().join("storage/containers")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed create left a root filesystem"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove_pod(sb, &pod);
+}
+
 #[test]
 fn errors_have_the_right_codes_and_leave_nothing() {
     let e = env("errors");
@@ -270,6 +422,11 @@ fn errors_have_the_right_codes_and_leave_nothing() {
     assert!(
         !config_blob.exists(),
         "the content goes with the last container"
+    );
+    let links = entries_of(&sb.data_dir().join("storage/l"));
+    assert!(
+        links.is_empty(),
+        "the layers' short links go with the layers (they used to dangle): {links:?}"
     );
 }
 

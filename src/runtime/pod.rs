@@ -33,6 +33,7 @@ impl Lifecycle {
         let port_mappings = super::network::port_mappings(&config)?;
         ucri_net::hostport::validate(&port_mappings)?;
         let hostname = pod_hostname(&config)?;
+        refuse_named_pod_apparmor(&config)?;
         super::bypass::annotation_allows(&config)?;
         let available =
             super::userns::available_ids("uid").min(super::userns::available_ids("gid"));
@@ -369,6 +370,23 @@ pub(super) fn cri_pod_status(pod: &PodState) -> PodSandboxStatus {
         annotations: pod.config.annotations.clone(),
         runtime_handler: pod.runtime_handler.clone(),
     }
+}
+
+/// A pod-level `Localhost` AppArmor profile cannot be honoured, as a
+/// container's cannot: refused, not dropped.
+fn refuse_named_pod_apparmor(config: &PodSandboxConfig) -> Result<(), LifecycleError> {
+    let profile = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|sc| sc.apparmor.as_ref());
+    if super::spec::is_named_apparmor(profile) {
+        return Err(LifecycleError::InvalidArgument(format!(
+            "the pod's {}",
+            super::spec::NAMED_APPARMOR_REFUSED
+        )));
+    }
+    Ok(())
 }
 
 /// The hostname a pod gets: the one its config names, else the node's (as

@@ -316,19 +316,22 @@ fn refuse_named_apparmor(sc: Option<&cri::LinuxContainerSecurityContext>) -> Res
     let Some(sc) = sc else {
         return Ok(());
     };
-    let named = sc
-        .apparmor
-        .as_ref()
-        .is_some_and(|p| p.profile_type == ProfileType::Localhost as i32)
-        || sc.apparmor_profile.starts_with("localhost/");
+    let named =
+        is_named_apparmor(sc.apparmor.as_ref()) || sc.apparmor_profile.starts_with("localhost/");
     if named {
-        return Err(invalid(
-            "AppArmor profiles cannot be applied by ucri (rootless, no AppArmor); \
-             use RuntimeDefault or Unconfined"
-                .to_owned(),
-        ));
+        return Err(invalid(NAMED_APPARMOR_REFUSED.to_owned()));
     }
     Ok(())
+}
+
+/// Why a named AppArmor profile is refused.
+pub(super) const NAMED_APPARMOR_REFUSED: &str =
+    "AppArmor profiles cannot be applied by ucri (rootless, no AppArmor); \
+     use RuntimeDefault or Unconfined";
+
+/// True for a `Localhost` (named) AppArmor profile.
+pub(super) fn is_named_apparmor(profile: Option<&cri::SecurityProfile>) -> bool {
+    profile.is_some_and(|p| p.profile_type == ProfileType::Localhost as i32)
 }
 
 /// The requested oom_score_adj, unless it is below the daemon's own: an
