@@ -2197,6 +2197,53 @@ fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
     config.metadata.as_mut().expect("metadata").name = "c\0d".into();
     let err = create(sb, &pod, config, &pod_cfg).expect_err("a NUL in the container name");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A NUL anywhere else reaches a path, an argument or the environment.
+    type Spoil = fn(&mut ContainerConfig);
+    let spoiled: [(&str, Spoil); 6] = [
+        ("log path", |c| c.log_path = "c\0.log".into()),
+        ("argument", |c| c.args = vec!["a\0b".into()]),
+        ("environment", |c| {
+            c.envs = vec![KeyValue {
+                key: "K".into(),
+                value: b"v\0w".to_vec(),
+            }]
+        }),
+        ("mount", |c| {
+            c.mounts = vec![Mount {
+                container_path: "/m".into(),
+                host_path: "/tmp\0x".into(),
+                ..Default::default()
+            }]
+        }),
+        ("working dir", |c| c.working_dir = "/w\0".into()),
+        ("annotation", |c| {
+            c.annotations = HashMap::from([("a".to_owned(), "b\0c".to_owned())])
+        }),
+    ];
+    for (what, spoil) in spoiled {
+        let mut config = container_config(&e.image, "spoiled", "true");
+        spoil(&mut config);
+        let err = create(sb, &pod, config, &pod_cfg).expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains("NUL"), "{what}: {}", err.message());
+    }
+    assert!(
+        list_containers(sb, None).is_empty(),
+        "no refused container is listed"
+    );
+    let mut bad_logs = pod_config(sb, "badlogs");
+    bad_logs.log_directory = format!("{}\0x", bad_logs.log_directory);
+    let err = run_pod(sb, &bad_logs).expect_err("a NUL in the log directory");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut bad_annotation = pod_config(sb, "badannotation");
+    bad_annotation.annotations = HashMap::from([("a\0".to_owned(), "b".to_owned())]);
+    let err = run_pod(sb, &bad_annotation).expect_err("a NUL in an annotation");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     stop_pod(sb, &pod);
     remove_pod(sb, &pod);
+    assert!(
+        std::fs::read_dir(&pods_before).map_or(true, |d| d.count() == 0),
+        "refused pods left nothing"
+    );
 }

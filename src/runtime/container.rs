@@ -54,6 +54,7 @@ impl Lifecycle {
             ));
         }
         super::check_metadata_field("the container name", &name)?;
+        super::check_container_strings(&config)?;
         if ucri_cri_api::v1::Signal::try_from(config.stop_signal).is_err() {
             return Err(LifecycleError::InvalidArgument(format!(
                 "unknown stop signal {}",

@@ -514,6 +514,91 @@ fn check_metadata_field(what: &str, value: &str) -> Result<(), LifecycleError> {
     Ok(())
 }
 
+/// Refuses a NUL byte in `value` (`what` names the field): every string a
+/// request carries ends up in a path, a process argument, the environment
+/// or a file, where the kernel cuts at the NUL or refuses it.
+fn check_no_nul(what: &str, value: &str) -> Result<(), LifecycleError> {
+    if !value.contains('\0') {
+        return Ok(());
+    }
+    let shown: String = value.chars().take(64).collect();
+    Err(LifecycleError::InvalidArgument(format!(
+        "{what} contains a NUL byte: {shown:?}{}",
+        if shown.len() < value.len() { "…" } else { "" }
+    )))
+}
+
+/// [`check_no_nul`] for each of `values`.
+fn check_all_no_nul<'a>(
+    what: &str,
+    values: impl IntoIterator<Item = &'a String>,
+) -> Result<(), LifecycleError> {
+    values.into_iter().try_for_each(|v| check_no_nul(what, v))
+}
+
+/// No string of a container's config holds a NUL byte.
+fn check_container_strings(
+    config: &ucri_cri_api::v1::ContainerConfig,
+) -> Result<(), LifecycleError> {
+    check_no_nul("the image", config.image.as_ref().map_or("", |i| &i.image))?;
+    check_all_no_nul("the command", &config.command)?;
+    check_all_no_nul("an argument", &config.args)?;
+    check_no_nul("the working directory", &config.working_dir)?;
+    check_no_nul("the log path", &config.log_path)?;
+    for env in &config.envs {
+        check_no_nul("an environment variable's name", &env.key)?;
+        if env.value.contains(&0) {
+            return Err(LifecycleError::InvalidArgument(format!(
+                "the value of environment variable {:?} contains a NUL byte",
+                env.key
+            )));
+        }
+    }
+    for mount in &config.mounts {
+        check_no_nul("a mount's container path", &mount.container_path)?;
+        check_no_nul("a mount's host path", &mount.host_path)?;
+        check_no_nul("a mount's image sub-path", &mount.image_sub_path)?;
+    }
+    for device in &config.devices {
+        check_no_nul("a device's container path", &device.container_path)?;
+        check_no_nul("a device's host path", &device.host_path)?;
+    }
+    check_map_no_nul("a label", &config.labels)?;
+    check_map_no_nul("an annotation", &config.annotations)
+}
+
+/// No string of a pod's config holds a NUL byte (the metadata and the
+/// hostname have their own checks).
+fn check_pod_strings(config: &ucri_cri_api::v1::PodSandboxConfig) -> Result<(), LifecycleError> {
+    check_no_nul("the log directory", &config.log_directory)?;
+    if let Some(dns) = &config.dns_config {
+        check_all_no_nul("a DNS server", &dns.servers)?;
+        check_all_no_nul("a DNS search domain", &dns.searches)?;
+        check_all_no_nul("a DNS option", &dns.options)?;
+    }
+    for port in &config.port_mappings {
+        check_no_nul("a port mapping's host IP", &port.host_ip)?;
+    }
+    if let Some(linux) = &config.linux {
+        check_no_nul("the cgroup parent", &linux.cgroup_parent)?;
+        check_map_no_nul("a sysctl", &linux.sysctls)?;
+    }
+    check_map_no_nul("a label", &config.labels)?;
+    check_map_no_nul("an annotation", &config.annotations)
+}
+
+/// [`check_no_nul`] for the keys and values of `map`.
+fn check_map_no_nul(
+    what: &str,
+    map: &std::collections::HashMap<String, String>,
+) -> Result<(), LifecycleError> {
+    for (key, value) in map {
+        check_no_nul(&format!("{what}'s name"), key)?;
+        check_no_nul(&format!("{what} ({key:?})"), value)?;
+    }
+    Ok(())
+}
+
 /// A new random 64-hex-digit ID; an error, never a predictable id, when the
 /// kernel's generator cannot be read.
 fn new_id() -> Result<String, LifecycleError> {

@@ -28,6 +28,7 @@ impl Lifecycle {
         super::check_metadata_field("the pod name", &metadata.name)?;
         super::check_metadata_field("the pod namespace", &metadata.namespace)?;
         super::check_metadata_field("the pod uid", &metadata.uid)?;
+        super::check_pod_strings(&config)?;
         self.runtime_for(handler)?;
         let namespaces = sandbox::own_namespaces(&config);
         let port_mappings = super::network::port_mappings(&config)?;
