@@ -90,6 +90,10 @@ pub async fn serve(lifecycle: Arc<Lifecycle>, stream: StreamRequest, request: Re
 }
 
 /// `port=80&port=8080` (kubelet also accepts `ports=80,8080`).
+/// The most ports one WebSocket port-forward may name: each takes two
+/// channels (data and error), and a channel is one byte.
+const MAX_FORWARDED_PORTS: usize = 128;
+
 fn query_ports(query: &str) -> Result<Vec<u16>, String> {
     let ports: Result<Vec<u16>, String> = query
         .split('&')
@@ -106,6 +110,12 @@ fn query_ports(query: &str) -> Result<Vec<u16>, String> {
     let ports = ports?;
     if ports.is_empty() {
         return Err("query parameter \"port\" is required\n".into());
+    }
+    if ports.len() > MAX_FORWARDED_PORTS {
+        return Err(format!(
+            "{} ports asked for; one connection forwards at most {MAX_FORWARDED_PORTS}\n",
+            ports.len()
+        ));
     }
     Ok(ports)
 }
@@ -346,6 +356,14 @@ mod tests {
         assert!(query_ports("port=0").is_err());
         assert!(query_ports("port=x").is_err());
         assert!(query_ports("").is_err());
+        let most: Vec<String> = (1..=128).map(|p| p.to_string()).collect();
+        assert_eq!(
+            query_ports(&format!("ports={}", most.join(","))).map(|p| p.len()),
+            Ok(128)
+        );
+        let over: Vec<String> = (1..=129).map(|p| p.to_string()).collect();
+        let err = query_ports(&format!("ports={}", over.join(","))).expect_err("129 ports");
+        assert!(err.contains("at most 128"), "{err}");
     }
 
     mod properties {

@@ -473,3 +473,53 @@ fn handles_are_send_and_sync() {
     send_sync::<ucri_stream::spdy::StreamWriter>();
     send_sync::<SpdyError>();
 }
+
+/// A peer may hold at most MAX_OPEN_STREAMS streams open at once: the next
+/// SYN_STREAM is refused, and once one of the open ones ends, a new one is
+/// accepted again. (Each stream holds a buffer, and a port-forward stream a
+/// connection in the pod: there used to be no bound.)
+#[tokio::test]
+async fn streams_beyond_the_open_limit_are_refused_until_one_ends() {
+    use ucri_stream::spdy::{MAX_OPEN_STREAMS, RST_REFUSED_STREAM};
+    let (mut raw, _server, mut incoming) = Raw::new(Role::Server);
+    // Holds every accepted stream (none is dropped) and returns their ids.
+    let keeper = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Some(s) = incoming.recv().await {
+            open.push(s);
+            if open.len() == MAX_OPEN_STREAMS + 1 {
+                break;
+            }
+        }
+        open.iter().map(Stream::id).collect::<Vec<u32>>()
+    });
+    let ids: Vec<u32> = (0..MAX_OPEN_STREAMS as u32).map(|n| 2 * n + 1).collect();
+    for id in &ids {
+        raw.send(syn(*id, 0, Headers::new())).await;
+    }
+    let over = 2 * MAX_OPEN_STREAMS as u32 + 1;
+    raw.send(syn(over, 0, Headers::new())).await;
+    assert_eq!(
+        raw.recv().await,
+        Frame::RstStream {
+            stream_id: over,
+            status: RST_REFUSED_STREAM
+        },
+        "one stream over the limit is refused"
+    );
+    raw.send(Frame::RstStream {
+        stream_id: ids[0],
+        status: 5,
+    })
+    .await;
+    let again = over + 2;
+    raw.send(syn(again, 0, Headers::new())).await;
+    let accepted = within(keeper).await.expect("keeper");
+    assert_eq!(accepted.len(), MAX_OPEN_STREAMS + 1);
+    assert_eq!(
+        accepted.last(),
+        Some(&again),
+        "accepted again once one ended"
+    );
+    assert!(!accepted.contains(&over));
+}

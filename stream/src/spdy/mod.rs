@@ -9,7 +9,7 @@ mod session;
 
 pub use client::connect;
 pub use dictionary::DICTIONARY;
-pub use session::{Session, Stream, StreamReader, StreamWriter};
+pub use session::{Session, Stream, StreamReader, StreamWriter, MAX_OPEN_STREAMS};
 
 /// The Upgrade token.
 pub const UPGRADE: &str = "SPDY/3.1";

@@ -31,6 +31,11 @@ const STREAM_BUFFER_CHUNKS: usize = 64;
 const SEND_BUDGET: usize = 1 << 20;
 /// Peer-opened streams buffered before the session reader waits.
 const INCOMING_QUEUE: usize = 32;
+/// Streams open at once in one session: a peer's further SYN_STREAMs are
+/// refused (RST_STREAM REFUSED_STREAM) until some end. Each stream holds a
+/// buffer, and a port-forward stream a connection in the pod; one exec
+/// needs at most five, a forwarded connection two.
+pub const MAX_OPEN_STREAMS: usize = 256;
 const IO_BUFFER: usize = 64 * 1024;
 
 /// A session over any byte stream; spawns tokio tasks (one reader, one writer).
@@ -484,6 +489,9 @@ impl Dispatcher {
             if !self.inner.is_peer_id(id) || id <= st.last_peer_stream {
                 Some(RST_PROTOCOL_ERROR)
             } else if st.going_away {
+                Some(RST_REFUSED_STREAM)
+            } else if st.streams.len() >= MAX_OPEN_STREAMS {
+                st.last_peer_stream = id;
                 Some(RST_REFUSED_STREAM)
             } else {
                 st.last_peer_stream = id;
