@@ -797,3 +797,60 @@ fn a_flood_of_streaming_connections_spends_no_descriptors_the_node_needs() {
     assert_eq!(ran.stdout, "after\n");
     remove_pod(&e.sb, &pod);
 }
+
+/// Runs `ARGS…` in the daemon's namespaces (`ucri nsenter`), checked.
+fn in_daemon_namespaces(sb: &Sandbox, args: &[&str]) {
+    let mut full = vec!["nsenter", "--"];
+    full.extend_from_slice(args);
+    let out = sb.run_ucri(&full);
+    assert!(out.status.success(), "{args:?}: {}", describe(&out));
+}
+
+/// Without the kernel's random numbers (here /dev/null bind-mounted over
+/// /dev/urandom in the daemon's mount namespace) nothing gets an id or a
+/// streaming token: RunPodSandbox, CreateContainer and Exec fail naming
+/// /dev/urandom and make nothing (a failed read used to leave ids and
+/// tokens all zeros); with /dev/urandom back, all three work.
+#[test]
+fn ids_and_streaming_tokens_fail_closed_without_dev_urandom() {
+    let e = env("no-urandom");
+    let (pod, id) = running(
+        &e,
+        "rnd",
+        container_config(&e.image, "rnd", "exec sleep 3600"),
+    );
+    in_daemon_namespaces(&e.sb, &["mount", "--bind", "/dev/null", "/dev/urandom"]);
+    let names_urandom = |what: &str, err: tonic::Status| {
+        assert!(
+            err.message().contains("/dev/urandom"),
+            "{what}: the error names /dev/urandom: {err:?}"
+        );
+    };
+    let err = run_pod(&e.sb, &pod_config(&e.sb, "second")).expect_err("a pod without an id");
+    names_urandom("RunPodSandbox", err);
+    let pod_cfg = pod_config(&e.sb, "rnd");
+    let err = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "other", "true"),
+        &pod_cfg,
+    )
+    .expect_err("a container without an id");
+    names_urandom("CreateContainer", err);
+    let err = exec_url(&e.sb, exec_request(&id, &["true"], false, false))
+        .expect_err("an exec URL without a token");
+    names_urandom("Exec", err);
+    assert_eq!(
+        list_containers(&e.sb, None).len(),
+        1,
+        "no container was made"
+    );
+
+    in_daemon_namespaces(&e.sb, &["umount", "/dev/urandom"]);
+    let second = run_pod(&e.sb, &pod_config(&e.sb, "second")).expect("a pod with /dev/urandom");
+    let url = exec_url(&e.sb, exec_request(&id, &["echo", "back"], false, false)).expect("Exec");
+    let ran = stream(&url, BOTH[0], options(false, false), None, None);
+    assert_eq!(ran.stdout, "back\n");
+    remove_pod(&e.sb, &second);
+    remove_pod(&e.sb, &pod);
+}
