@@ -252,6 +252,29 @@ fn what_cannot_be_honoured_is_refused_and_creates_nothing() {
         !outside.exists(),
         "nothing was written outside the log directory"
     );
+    // An error that quotes a huge input is cut for the client (gRPC-Go
+    // refuses header blocks past 16 KiB; a 1000-layer image once made a
+    // 48 KB message), and says where the whole message is.
+    let mut huge = container_config(&e.image, "huge", "true");
+    huge.mounts = vec![Mount {
+        container_path: format!("relative/{}", "x".repeat(100_000)),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let err = create(sb, &pod, huge, &pod_cfg).expect_err("a huge relative mount path");
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "{}",
+        &err.message()[..200]
+    );
+    assert!(err.message().len() <= 4096, "{} bytes", err.message().len());
+    assert!(
+        err.message()
+            .contains("the daemon's log has the whole message"),
+        "{}",
+        &err.message()[err.message().len().saturating_sub(200)..]
+    );
     assert!(
         list_containers(sb, None).is_empty(),
         "no refused container is listed"
