@@ -173,6 +173,11 @@ async fn serve_async(
     make_node_dirs_writable(&config)?;
     let (images, storage) = open_storage(&config).await?;
     let lifecycle = open_lifecycle(&config, &images, &storage).await?;
+    let exits = lifecycle
+        .monitor_exits()
+        .context("the monitor exits were taken already")?;
+    let recorder = tokio::spawn(record_monitor_exits(lifecycle.clone(), exits));
+    lifecycle.watch_monitors();
     let reaper = tokio::spawn(reap_monitors(lifecycle.clone()));
     let (streaming, streaming_tasks) =
         crate::streaming::start(&config.streaming, lifecycle.clone()).await?;
@@ -211,6 +216,7 @@ async fn serve_async(
     server.await.context("CRI server")?;
     admin_task.abort();
     reaper.abort();
+    recorder.abort();
     for task in streaming_tasks {
         task.abort();
     }
@@ -299,6 +305,17 @@ pub fn network_options(config: &Config) -> ucri_net::NetworkOptions {
             published_ports: config.node.ports.clone(),
             host_loopback_ports: config.node.host_loopback_ports.clone(),
         },
+    }
+}
+
+/// Reaps each watched conmon as it exits and records its container's exit.
+async fn record_monitor_exits(
+    lifecycle: Arc<Lifecycle>,
+    mut exits: tokio::sync::mpsc::UnboundedReceiver<crate::runtime::MonitorExit>,
+) {
+    while let Some(exit) = exits.recv().await {
+        let l = lifecycle.clone();
+        let _ = tokio::task::spawn_blocking(move || l.monitor_exited(&exit)).await;
     }
 }
 

@@ -595,3 +595,67 @@ fn streaming_lists_match_the_unary_lists() {
         remove_pod(sb, pod);
     }
 }
+
+/// Containers that end by themselves, nobody asking: when each one's
+/// ContainerStoppedEvent arrives, its conmon has been reaped (no zombie is
+/// left behind the report). Prints how long after conmon's exit file each
+/// event came (conmon is watched through a pidfd; the once-a-second sweep
+/// is the fallback).
+#[test]
+fn a_monitor_is_reaped_by_the_time_its_containers_exit_is_announced() {
+    let e = env("reaped");
+    let sb = &e.sb;
+    let seen = subscribe(sb);
+    let config = pod_config(sb, "brief");
+    let pod = run_pod(sb, &config).expect("RunPodSandbox");
+    let mut latencies = Vec::new();
+    for round in 0..5 {
+        let id = create(
+            sb,
+            &pod,
+            container_config(&e.image, &format!("brief{round}"), "sleep 0.2"),
+            &config,
+        )
+        .expect("create");
+        start(sb, &id).expect("start");
+        let record = sb.data_dir().join(format!("state/containers/{id}.json"));
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("JSON");
+        let conmon = state["conmon_pid"].as_u64().expect("conmon_pid") as u32;
+        assert!(conmon > 0, "a conmon runs");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let stopped = loop {
+            let event = seen
+                .lock()
+                .expect("events lock")
+                .iter()
+                .find(|ev| {
+                    ev.container_id == id
+                        && ev.container_event_type
+                            == ContainerEventType::ContainerStoppedEvent as i32
+                })
+                .cloned();
+            if let Some(event) = event {
+                break event;
+            }
+            assert!(Instant::now() < deadline, "no stop event for {id}");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert!(
+            !process_alive(conmon) && !std::path::Path::new(&format!("/proc/{conmon}")).exists(),
+            "conmon {conmon} is reaped when the exit is announced"
+        );
+        let exit_file = sb.runtime_dir().join("exits").join(&id);
+        let exited = std::fs::metadata(&exit_file)
+            .and_then(|m| m.modified())
+            .expect("conmon's exit file");
+        let exited_ns = exited
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_nanos() as i64;
+        latencies.push((stopped.created_at - exited_ns) / 1_000_000);
+        remove_container(sb, &id);
+    }
+    eprintln!("exit file to stop event, ms: {latencies:?}");
+    remove_pod(sb, &pod);
+}

@@ -40,6 +40,19 @@ where
     }
 }
 
+/// A pidfd for `pid` (`pidfd_open(2)`, Linux 5.3), close-on-exec: readable
+/// once the process has exited, and never another process's, even if the
+/// pid is reused.
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a plain system call with integer arguments.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just made this descriptor for us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// The two sides of [`fork`].
 pub enum Forked {
     /// In the parent: the child's pid.

@@ -213,7 +213,9 @@ impl Lifecycle {
             c.pid = created.pid;
             c.conmon_pid = created.conmon_pid;
             c.deferred = false;
-        })
+        })?;
+        self.monitors.watch(&state.id, created.conmon_pid);
+        Ok(())
     }
 
     /// Records that a deferred container could not be created at start: it

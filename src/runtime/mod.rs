@@ -7,6 +7,7 @@ mod container;
 pub mod epoch;
 mod events;
 mod image_volumes;
+mod monitors;
 mod network;
 mod oci;
 mod pod;
@@ -18,6 +19,8 @@ pub mod state;
 mod stats;
 pub mod streams;
 pub mod userns;
+
+pub use monitors::MonitorExit;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -113,6 +116,8 @@ pub struct Lifecycle {
     cleanups: Mutex<HashMap<String, Vec<std::thread::JoinHandle<()>>>>,
     /// Held while a pod's socket bypass agent is started.
     bypass_starts: Mutex<()>,
+    /// The pidfd watches of the containers' conmon processes.
+    monitors: monitors::MonitorWatch,
 }
 
 impl Lifecycle {
@@ -158,6 +163,7 @@ impl Lifecycle {
             image_leases: Arc::default(),
             cleanups: Mutex::new(HashMap::new()),
             bypass_starts: Mutex::new(()),
+            monitors: monitors::MonitorWatch::new(),
         };
         lifecycle.recover()?;
         Ok(lifecycle)

@@ -164,13 +164,7 @@ pub fn install_fd(
     check(rc.into()).map(drop)
 }
 
-/// A pidfd for `pid` (`pidfd_open(2)`).
-pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: a plain system call with integer arguments.
-    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: the kernel just made this descriptor for us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
+pub use ucri_rootless::syscall::pidfd_open;
 
 /// A duplicate of descriptor `target` of the process behind `pidfd`
 /// (`pidfd_getfd(2)`), close-on-exec.
