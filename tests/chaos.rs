@@ -2,7 +2,8 @@
 //! the daemon is SIGKILLed at pseudo-random points and restarted, again and
 //! again. Afterwards every pod is either fully there or fully gone, all of
 //! them can be removed, and nothing leaks: no mount, process, network
-//! namespace, IP lease, state or runtime file, or descriptor.
+//! namespace, veth, IP lease, state or runtime file, quarantined record,
+//! dangling layer link, or descriptor.
 //!
 //! `UCRI_CHAOS_ROUNDS` (default 8) and `UCRI_CHAOS_SEED` (default: the
 //! time) bound and replay a run; the seed is printed.
@@ -246,6 +247,17 @@ fn kill_9_at_random_points_leaks_nothing_and_leaves_pods_whole() {
         let left = entries(&sb.runtime_dir().join(dir));
         assert!(left.is_empty(), "runtime {dir} keeps {left:?}");
     }
+    let quarantined = entries(&sb.data_dir().join("state/quarantine"));
+    assert!(
+        quarantined.is_empty(),
+        "a kill left an unreadable record: {quarantined:?}"
+    );
+    let dangling: Vec<String> = entries(&sb.data_dir().join("storage/l"))
+        .into_iter()
+        .filter(|l| std::fs::metadata(sb.data_dir().join("storage/l").join(l)).is_err())
+        .collect();
+    assert!(dangling.is_empty(), "layer links to nothing: {dangling:?}");
+    assert_eq!(veths_settled(sb, 0), 0, "no pod's veth is left");
     let leases: Vec<String> = entries(&sb.runtime_dir().join("cni/networks"))
         .into_iter()
         .flat_map(|net| entries(&sb.runtime_dir().join("cni/networks").join(net)))
@@ -258,7 +270,7 @@ fn kill_9_at_random_points_leaks_nothing_and_leaves_pods_whole() {
         "the mounts are those of a fresh daemon"
     );
     let commands = namespace_commands(sb);
-    for gone in ["conmon", "sleep", "catatonit", "crun"] {
+    for gone in ["conmon", "sleep", "catatonit", "crun", "unshare"] {
         assert!(
             !commands.iter().any(|c| c == gone),
             "a {gone} process is left: {commands:?}"

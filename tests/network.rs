@@ -124,15 +124,6 @@ fn run_host(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ucri nsenter -- ARGS` (the uplink namespace); its stdout.
-fn in_uplink(sb: &Sandbox, args: &[&str]) -> String {
-    let mut all = vec!["nsenter", "--"];
-    all.extend_from_slice(args);
-    let out = sb.run_ucri(&all);
-    assert!(out.status.success(), "nsenter {args:?}: {}", describe(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A pod running busybox httpd on :8080 serving `body`; returns (pod, container).
 fn web_pod(e: &Env, config: &PodSandboxConfig, body: &str) -> (String, String) {
     web_pod_with(e, config, body, |_| {})
@@ -470,26 +461,6 @@ fn lease_files_of(sb: &Sandbox, network: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn veths(sb: &Sandbox) -> usize {
-    in_uplink(sb, &["ip", "-o", "link", "show", "type", "veth"])
-        .lines()
-        .count()
-}
-
-/// The veths once the kernel has settled: a stopped pod's namespace is
-/// unpinned before CNI DEL, and the kernel deletes its veth with it, after
-/// the RPC returned. Waits up to 10 s for `expected`, then returns what is.
-fn veths_settled(sb: &Sandbox, expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = veths(sb);
-        if now == expected || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Per-pod iptables rules carry the pod's ID in a comment.

@@ -798,14 +798,6 @@ fn a_flood_of_streaming_connections_spends_no_descriptors_the_node_needs() {
     remove_pod(&e.sb, &pod);
 }
 
-/// Runs `ARGS…` in the daemon's namespaces (`ucri nsenter`), checked.
-fn in_daemon_namespaces(sb: &Sandbox, args: &[&str]) {
-    let mut full = vec!["nsenter", "--"];
-    full.extend_from_slice(args);
-    let out = sb.run_ucri(&full);
-    assert!(out.status.success(), "{args:?}: {}", describe(&out));
-}
-
 /// Without the kernel's random numbers (here /dev/null bind-mounted over
 /// /dev/urandom in the daemon's mount namespace) nothing gets an id or a
 /// streaming token: RunPodSandbox, CreateContainer and Exec fail naming
@@ -819,7 +811,7 @@ fn ids_and_streaming_tokens_fail_closed_without_dev_urandom() {
         "rnd",
         container_config(&e.image, "rnd", "exec sleep 3600"),
     );
-    in_daemon_namespaces(&e.sb, &["mount", "--bind", "/dev/null", "/dev/urandom"]);
+    in_uplink(&e.sb, &["mount", "--bind", "/dev/null", "/dev/urandom"]);
     let names_urandom = |what: &str, err: tonic::Status| {
         assert!(
             err.message().contains("/dev/urandom"),
@@ -846,7 +838,7 @@ fn ids_and_streaming_tokens_fail_closed_without_dev_urandom() {
         "no container was made"
     );
 
-    in_daemon_namespaces(&e.sb, &["umount", "/dev/urandom"]);
+    in_uplink(&e.sb, &["umount", "/dev/urandom"]);
     let second = run_pod(&e.sb, &pod_config(&e.sb, "second")).expect("a pod with /dev/urandom");
     let url = exec_url(&e.sb, exec_request(&id, &["echo", "back"], false, false)).expect("Exec");
     let ran = stream(&url, BOTH[0], options(false, false), None, None);

@@ -461,6 +461,36 @@ impl Drop for Daemon {
     }
 }
 
+/// `ucri nsenter -- ARGS` (the uplink namespace); its stdout.
+pub fn in_uplink(sb: &Sandbox, args: &[&str]) -> String {
+    let mut all = vec!["nsenter", "--"];
+    all.extend_from_slice(args);
+    let out = sb.run_ucri(&all);
+    assert!(out.status.success(), "nsenter {args:?}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The veths in the uplink namespace.
+pub fn veths(sb: &Sandbox) -> usize {
+    in_uplink(sb, &["ip", "-o", "link", "show", "type", "veth"])
+        .lines()
+        .count()
+}
+
+/// The veths once the kernel has settled: a stopped pod's namespace is
+/// unpinned before CNI DEL, and the kernel deletes its veth with it, after
+/// the RPC returned. Waits up to 10 s for `expected`, then returns what is.
+pub fn veths_settled(sb: &Sandbox, expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = veths(sb);
+        if now == expected || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// utime + stime of a process (all its threads), in clock ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
