@@ -1626,6 +1626,78 @@ fn system_reset_ends_every_container_and_pod_init() {
     assert!(!process_alive(holder));
 }
 
+/// The processes of a pod with a user namespace of its own live in a user
+/// namespace made inside the daemon's: `system reset` ends them too (it
+/// used to end only the daemon's own namespace's processes, so these ran on
+/// after the reset, and their copies of the mounts kept the data dir busy).
+#[test]
+fn system_reset_ends_the_containers_of_pods_with_their_own_user_namespace() {
+    let mut e = env_as("reset-userns", user_named("ucri-critest"), "");
+    let mut pod_cfg = pod_config(&e.sb, "own-ids");
+    pod_cfg.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Container as i32,
+                userns_options: Some(UserNamespace {
+                    mode: NamespaceMode::Pod as i32,
+                    uids: vec![IdMapping {
+                        host_id: 65536,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                    gids: vec![IdMapping {
+                        host_id: 65536,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = run_pod(&e.sb, &pod_cfg).expect("a pod with its own user namespace");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "sleeper", "exec sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &id).expect("start");
+    let sleeper = status(&e.sb, &id).expect("status");
+    assert_eq!(sleeper.state, ContainerState::ContainerRunning as i32);
+    let holder = e.sb.holder_pid();
+    let daemon_userns = ns_inode(holder, "user");
+    let in_pod_userns: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| comm(*pid) == "sleep")
+        .filter(|pid| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/{pid}/ns/user"))
+                .is_ok_and(|m| m.ino() != daemon_userns)
+                && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("300"))
+        })
+        .collect();
+    assert!(
+        !in_pod_userns.is_empty(),
+        "the container's sleep runs in a user namespace of its own"
+    );
+    e._daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    e._daemon.wait_exit(Duration::from_secs(15));
+    let out = e.sb.run_ucri(&["system", "reset", "--force"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_all_end(
+        &in_pod_userns,
+        "the pod's own user namespace after system reset",
+    );
+    assert!(!process_alive(holder));
+}
+
 /// The process name of `pid` (empty once it is gone).
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

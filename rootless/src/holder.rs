@@ -172,13 +172,14 @@ pub fn end_orphaned_holder(pid: u32) {
     }
 }
 
-/// SIGKILLs every process whose user namespace is `userns`, except `keep`
-/// (its holder) and the caller, until none is left or 5 s have passed.
+/// SIGKILLs every process whose user namespace is `userns` or one made
+/// inside it (pods with a user namespace of their own), except `keep` (its
+/// holder) and the caller, until none is left or 5 s have passed.
 pub fn end_namespace_members(userns: NsId, keep: u32) {
     let members = || -> Vec<u32> {
         proc_pids()
             .filter(|pid| *pid != keep && *pid != std::process::id())
-            .filter(|pid| NsId::of_process(*pid, "user").ok() == Some(userns))
+            .filter(|pid| NsId::user_namespace_within(*pid, userns))
             .collect()
     };
     let deadline = Instant::now() + END_WAIT;

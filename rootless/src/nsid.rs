@@ -27,6 +27,35 @@ impl NsId {
         NsId::of_path(Path::new(&format!("/proc/{pid}/ns/{kind}")))
     }
 
+    /// True when process `pid`'s user namespace is `ancestor` or one made
+    /// inside it, at any depth (a pod's own user namespace, made in the
+    /// daemon's, is inside the daemon's).
+    pub fn user_namespace_within(pid: u32, ancestor: NsId) -> bool {
+        /// User namespaces nest at most 32 deep.
+        const MAX_DEPTH: usize = 33;
+        let Ok(file) = std::fs::File::open(format!("/proc/{pid}/ns/user")) else {
+            return false;
+        };
+        let mut ns: std::os::fd::OwnedFd = file.into();
+        for _ in 0..MAX_DEPTH {
+            let Ok(meta) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&ns)) else {
+                return false;
+            };
+            let id = NsId {
+                dev: meta.st_dev,
+                ino: meta.st_ino,
+            };
+            if id == ancestor {
+                return true;
+            }
+            match crate::syscall::parent_user_namespace(std::os::fd::AsFd::as_fd(&ns)) {
+                Ok(parent) => ns = parent,
+                Err(_) => return false, // the initial namespace, or out of sight
+            }
+        }
+        false
+    }
+
     /// Identity of namespace `kind` of the calling thread.
     pub fn of_self(kind: &str) -> std::io::Result<NsId> {
         NsId::of_path(Path::new(&format!("/proc/thread-self/ns/{kind}")))
@@ -44,6 +73,18 @@ pub fn in_initial_user_namespace() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_within_its_own_user_namespace_and_not_a_child_of_it() {
+        let pid = std::process::id();
+        let own = NsId::of_process(pid, "user").expect("own user namespace");
+        assert!(NsId::user_namespace_within(pid, own));
+        let elsewhere = NsId {
+            dev: own.dev,
+            ino: own.ino.wrapping_add(1),
+        };
+        assert!(!NsId::user_namespace_within(pid, elsewhere));
+    }
 
     #[test]
     fn own_namespace_matches_pid_view() {

@@ -53,6 +53,21 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The parent of the user namespace `ns` refers to (`ioctl_ns(2)`
+/// `NS_GET_PARENT`), as a new descriptor; `EPERM` for the initial one.
+pub fn parent_user_namespace(ns: std::os::fd::BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    /// `_IO(0xb7, 0x2)` of `<linux/nsfs.h>`.
+    const NS_GET_PARENT: nix::libc::c_ulong = 0xb702;
+    // SAFETY: the ioctl takes no argument; it returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just made this descriptor for us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// The two sides of [`fork`].
 pub enum Forked {
     /// In the parent: the child's pid.
