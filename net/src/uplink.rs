@@ -452,9 +452,10 @@ impl Uplink {
             .arg(format!("--ready-fd={ready_fd}"))
             .arg(self.netns())
             .arg(UPLINK_IFNAME);
-        ucri_rootless::syscall::before_exec(&mut cmd, move || {
-            ucri_rootless::syscall::keep_across_exec(ready_fd)
-        });
+        ucri_rootless::syscall::before_exec(
+            &mut cmd,
+            vec![ucri_rootless::syscall::PreExec::KeepAcrossExec(ready_fd)],
+        );
         let child = self.spawn_detached(&mut cmd, "slirp4netns")?;
         drop(ready_write);
         drop(cmd);

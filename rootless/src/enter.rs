@@ -10,7 +10,7 @@ use std::process::Command;
 use nix::sched::CloneFlags;
 
 use crate::holder::HolderRecord;
-use crate::syscall;
+use crate::syscall::{self, PreExec};
 
 /// A set of namespaces to enter, opened ahead of time (user first, then
 /// mount, then network, as the kernel requires).
@@ -53,16 +53,12 @@ impl Namespaces {
         let cwd = std::env::current_dir()
             .ok()
             .and_then(|d| CString::new(d.as_os_str().as_bytes()).ok());
-        syscall::before_exec(cmd, move || {
-            for (fd, kind) in &fds {
-                syscall::setns_raw(*fd, *kind)?;
-            }
-            let back = cwd.as_deref().map(nix::unistd::chdir);
-            if !matches!(back, Some(Ok(()))) {
-                nix::unistd::chdir("/")?;
-            }
-            Ok(())
-        });
+        let steps = fds
+            .into_iter()
+            .map(|(fd, kind)| PreExec::Setns(fd, kind))
+            .chain([PreExec::ChdirOrRoot(cwd)])
+            .collect();
+        syscall::before_exec(cmd, steps);
     }
 }
 

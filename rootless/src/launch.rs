@@ -21,7 +21,7 @@ use crate::holder::{ensure_holder, HolderError, HolderRecord};
 use crate::idmap::MapPlan;
 use crate::rundir::{remove_if_exists, write_atomic, RuntimeDir};
 use crate::subid::{self, IdRange, SubIdError};
-use crate::syscall;
+use crate::syscall::{self, PreExec};
 
 /// The hidden argument that makes the binary run as the serving child.
 pub const CHILD_ARG: &str = "__daemon-child";
@@ -289,19 +289,18 @@ fn spawn_child(
         .env(CHILD_FDS_ENV, fds_env);
     let (user_fd, mnt_fd) = (userns.as_raw_fd(), mntns.as_raw_fd());
     let parent_pid = nix::unistd::getpid();
-    syscall::before_exec(&mut cmd, move || {
-        syscall::setns_raw(user_fd, CloneFlags::CLONE_NEWUSER)?;
-        syscall::setns_raw(mnt_fd, CloneFlags::CLONE_NEWNS)?;
-        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    let steps = [
+        PreExec::Setns(user_fd, CloneFlags::CLONE_NEWUSER),
+        PreExec::Setns(mnt_fd, CloneFlags::CLONE_NEWNS),
+        PreExec::ParentDeathSignal(Signal::SIGTERM),
         // The parent blocks the signals it forwards; the child must not inherit that.
-        SigSet::all().thread_unblock()?;
-        if nix::unistd::getppid() != parent_pid {
-            return Err(std::io::Error::other("parent exited"));
-        }
-        inherited
-            .iter()
-            .try_for_each(|fd| syscall::keep_across_exec(*fd))
-    });
+        PreExec::UnblockAllSignals,
+        PreExec::RequireParent(parent_pid),
+    ]
+    .into_iter()
+    .chain(inherited.iter().map(|fd| PreExec::KeepAcrossExec(*fd)))
+    .collect();
+    syscall::before_exec(&mut cmd, steps);
     let child = cmd
         .spawn()
         .map_err(io("starting the daemon inside the user namespace"))?;

@@ -24,17 +24,63 @@ pub fn file_from_inherited_fd(fd: RawFd) -> File {
     unsafe { File::from_raw_fd(fd) }
 }
 
-/// Runs `hook` in the child after `fork` and before `execve`.
-///
-/// `hook` must only make system calls and touch memory it owns: when the
-/// spawning process has several threads it must not allocate or lock.
-pub fn before_exec<F>(cmd: &mut Command, hook: F)
-where
-    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
-{
-    // SAFETY: callers pass hooks that follow the contract above (setns,
-    // unshare, prctl, fcntl, read/write on pipes); allocating hooks are used
-    // only from single-threaded processes (the parent before any thread exists).
+/// One thing a child does between `fork` and `execve` (see
+/// [`before_exec`]). Each is one or two system calls on values prepared
+/// before the fork: nothing allocates or takes a lock, so the steps are
+/// safe in the child of a multi-threaded process.
+#[derive(Debug, Clone)]
+pub enum PreExec {
+    /// `setns(fd, flags)`.
+    Setns(RawFd, nix::sched::CloneFlags),
+    /// Clears `FD_CLOEXEC` on the descriptor, so that it survives `execve`.
+    KeepAcrossExec(RawFd),
+    /// `chdir` to the directory, or to `/` when that fails (a working
+    /// directory that does not exist in the namespaces just joined).
+    ChdirOrRoot(Option<std::ffi::CString>),
+    /// `prctl(PR_SET_PDEATHSIG, signal)`.
+    ParentDeathSignal(nix::sys::signal::Signal),
+    /// Unblocks every signal (a parent that blocks the ones it forwards
+    /// must not pass that on).
+    UnblockAllSignals,
+    /// Fails unless the parent is still this pid (it may have died before
+    /// the death signal was armed).
+    RequireParent(nix::unistd::Pid),
+}
+
+impl PreExec {
+    fn run(&self) -> io::Result<()> {
+        match self {
+            PreExec::Setns(fd, flags) => setns_raw(*fd, *flags),
+            PreExec::KeepAcrossExec(fd) => keep_across_exec(*fd),
+            PreExec::ChdirOrRoot(dir) => {
+                let back = dir.as_deref().map(nix::unistd::chdir);
+                if !matches!(back, Some(Ok(()))) {
+                    nix::unistd::chdir("/")?;
+                }
+                Ok(())
+            }
+            PreExec::ParentDeathSignal(signal) => Ok(nix::sys::prctl::set_pdeathsig(*signal)?),
+            PreExec::UnblockAllSignals => Ok(nix::sys::signal::SigSet::all().thread_unblock()?),
+            PreExec::RequireParent(parent) => {
+                if nix::unistd::getppid() == *parent {
+                    Ok(())
+                } else {
+                    // ESRCH: the parent is gone (an errno, so nothing allocates).
+                    Err(io::Error::from_raw_os_error(libc::ESRCH))
+                }
+            }
+        }
+    }
+}
+
+/// Has the child of `cmd` run `steps`, in order, after `fork` and before
+/// `execve`; the first that fails fails the spawn with its error.
+pub fn before_exec(cmd: &mut Command, steps: Vec<PreExec>) {
+    let hook = move || steps.iter().try_for_each(PreExec::run);
+    // SAFETY: between fork and exec the hook only iterates a vector built
+    // before the fork and makes the system calls of `PreExec::run`; none of
+    // them allocates or takes a lock, and a failed step's error is an errno
+    // (`io::Error::from_raw_os_error`), which allocates nothing either.
     unsafe {
         cmd.pre_exec(hook);
     }

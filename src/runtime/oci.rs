@@ -85,9 +85,10 @@ fn spawn_with_sync_pipe(
         std::os::unix::net::UnixStream::pair().map_err(io("sync pipe".into()))?;
     let fd = sync_write.as_raw_fd();
     cmd.env("_OCI_SYNCPIPE", fd.to_string());
-    ucri_rootless::syscall::before_exec(&mut cmd, move || {
-        ucri_rootless::syscall::keep_across_exec(fd)
-    });
+    ucri_rootless::syscall::before_exec(
+        &mut cmd,
+        vec![ucri_rootless::syscall::PreExec::KeepAcrossExec(fd)],
+    );
     let stderr =
         std::fs::File::create(stderr_file).map_err(io("creating conmon's stderr file".into()))?;
     let child = cmd
