@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What to measure and against what.
 #[derive(Debug, Clone, Parser)]
@@ -81,17 +80,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// A channel to the CRI socket.
 pub async fn connect(socket: &std::path::Path) -> anyhow::Result<Channel> {
-    let socket = socket.to_owned();
-    let channel = Endpoint::from_static("http://ucri.invalid")
-        .timeout(Duration::from_secs(120))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(channel)
+    let endpoint = ucri_cri_api::unix::endpoint().timeout(Duration::from_secs(120));
+    Ok(ucri_cri_api::unix::connect(endpoint, socket).await?)
 }

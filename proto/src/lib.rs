@@ -22,6 +22,38 @@ pub mod v1 {
     tonic::include_proto!("runtime.v1");
 }
 
+/// A CRI client's channel over a unix socket, the one way ucri's own
+/// clients (`ucri ctl`, the bench, the tests) dial the daemon.
+pub mod unix {
+    use std::path::Path;
+
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Channel, Endpoint};
+
+    /// The endpoint to configure (timeouts) before [`connect`]: its URI only
+    /// gives the `:authority`, a placeholder, as CRI clients send one.
+    pub fn endpoint() -> Endpoint {
+        Endpoint::from_static("http://ucri.invalid")
+    }
+
+    /// Connects `endpoint` to the CRI server on the unix socket `socket`.
+    pub async fn connect(
+        endpoint: Endpoint,
+        socket: &Path,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let socket = socket.to_owned();
+        endpoint
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+    }
+}
+
 /// serde for `KeyValue.value` (proto `bytes`, was `string` before v1.36):
 /// written as a JSON string when the bytes are UTF-8 (as k8s-cri 0.11 wrote
 /// the `String`), as an array of byte values otherwise (serde's default for

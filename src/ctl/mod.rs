@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use ucri_cri_api::v1::image_service_client::ImageServiceClient;
 use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use ucri_cri_api::v1::{
@@ -111,19 +110,10 @@ pub async fn connect(
     socket: &std::path::Path,
     timeout: std::time::Duration,
 ) -> anyhow::Result<Channel> {
-    let socket = socket.to_owned();
-    let display = socket.display().to_string();
-    Endpoint::from_static("http://ucri.invalid")
-        .connect_timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let endpoint = ucri_cri_api::unix::endpoint().connect_timeout(timeout);
+    ucri_cri_api::unix::connect(endpoint, socket)
         .await
-        .with_context(|| format!("connecting to {display}"))
+        .with_context(|| format!("connecting to {}", socket.display()))
 }
 
 async fn print_version(client: &mut RuntimeServiceClient<Channel>) -> anyhow::Result<()> {

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 
 /// The test user when the suite runs as root.
@@ -530,17 +529,8 @@ pub fn ns_inode(pid: u32, kind: &str) -> u64 {
 
 /// Connects to a CRI unix socket.
 pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let socket = socket.to_owned();
-    Endpoint::from_static("http://ucri.invalid")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
+    let endpoint = ucri_cri_api::unix::endpoint().connect_timeout(Duration::from_secs(5));
+    ucri_cri_api::unix::connect(endpoint, socket).await
 }
 
 /// True when a `Version` RPC succeeds on `socket` (the socket accepts
