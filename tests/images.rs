@@ -294,14 +294,6 @@ fn mirrors_are_tried_before_a_location_that_is_down() {
     assert_ne!(err.code(), Code::Ok);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn blocked_registries_are_refused() {
     let (sb, _d, reg) = daemon_with_registry("blocked", None);

@@ -225,14 +225,6 @@ fn pod_ip(sb: &Sandbox, pod: &str) -> String {
     status.network.expect("network status").ip
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn runtime_status(sb: &Sandbox) -> StatusResponse {
     block_on(async {
         client(sb)

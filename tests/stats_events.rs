@@ -339,15 +339,6 @@ fn parse_prometheus(text: &str) -> Vec<(String, String, f64)> {
     samples
 }
 
-/// A free port on 127.0.0.1 for the metrics endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// `GET /metrics` on `port`: the HTTP reply.
 fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
@@ -423,11 +414,7 @@ fn idle_metrics_connections_are_capped_and_dropped() {
 
 #[test]
 fn metrics_are_served_as_valid_prometheus_text_and_over_cri() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let e = env_with_config(
         "metrics",
         &format!("[metrics]\nenabled = true\naddress = \"127.0.0.1:{port}\"\n"),

@@ -7,6 +7,9 @@ pub mod cri;
 pub mod hostile;
 pub mod registry;
 
+#[allow(unused_imports)] // not every test binary takes a port
+pub use registry::free_port;
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

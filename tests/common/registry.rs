@@ -279,7 +279,7 @@ impl Drop for TestRegistry {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
