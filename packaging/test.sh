@@ -26,7 +26,8 @@ packaging/bench/run.sh 3
 echo "== cargo test"
 log=$(mktemp)
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary must not hide the ones after it.
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for every test binary together.

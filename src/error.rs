@@ -42,6 +42,9 @@ pub enum CriError {
     /// Too many requests of a kind are in flight.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller went away before the work finished; it was stopped.
+    #[error("{0}")]
+    Cancelled(String),
     /// Anything else; a bug or an environment failure.
     #[error("{0}")]
     Internal(String),
@@ -72,6 +75,7 @@ impl From<crate::runtime::LifecycleError> for CriError {
             E::FailedPrecondition(_) => CriError::FailedPrecondition(message),
             E::Unsupported(_) => CriError::Unsupported(message),
             E::Timeout(_) => CriError::DeadlineExceeded(message),
+            E::Cancelled(_) => CriError::Cancelled(message),
             E::Network(e) => CriError::from(e),
             E::Runtime(_) | E::Command { .. } | E::Io { .. } | E::Internal(_) => {
                 CriError::Internal(message)
@@ -150,6 +154,7 @@ impl From<CriError> for tonic::Status {
             CriError::DataLoss(_) => tonic::Status::data_loss(message),
             CriError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             CriError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
+            CriError::Cancelled(_) => tonic::Status::cancelled(message),
             CriError::Internal(_) => tonic::Status::internal(message),
         }
     }
@@ -165,6 +170,7 @@ mod tests {
         let cases = [
             (CriError::Unimplemented { rpc: "Exec" }, Code::Unimplemented),
             (CriError::NotFound("x".into()), Code::NotFound),
+            (CriError::Cancelled("x".into()), Code::Cancelled),
             (CriError::InvalidArgument("x".into()), Code::InvalidArgument),
             (CriError::AlreadyExists("x".into()), Code::AlreadyExists),
             (

@@ -1,6 +1,7 @@
 //! The `ucri` binary: daemon, CLI and the hidden roles it re-executes itself as.
 
 mod admin;
+mod cancel;
 mod cgroups;
 mod cli;
 mod clock;

@@ -1,8 +1,9 @@
-//! Chaos: a bounded workload of pod and container operations runs while
-//! the daemon is SIGKILLed at pseudo-random points and restarted, again and
-//! again. Afterwards every pod is either fully there or fully gone, all of
+//! Chaos: a bounded workload of pod, container, exec and image operations
+//! (pull, remove) runs while the daemon is SIGKILLed at pseudo-random
+//! points and restarted, again and again. Afterwards every pod is either fully there or fully gone, all of
 //! them can be removed, and nothing leaks: no mount, process, network
-//! namespace, veth, IP lease, state or runtime file, quarantined record,
+//! namespace, veth, IP lease, state or runtime file, exec session,
+//! quarantined record, unfinished pull, blob or layer of a removed image,
 //! dangling layer link, or descriptor.
 //!
 //! `UCRI_CHAOS_ROUNDS` (default 8) and `UCRI_CHAOS_SEED` (default: the
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::cri::*;
 use common::*;
+use ucri_cri_api::v1::image_service_client::ImageServiceClient;
 use ucri_cri_api::v1::*;
 
 /// The most rounds a run may ask for, so a typo cannot make it endless.
@@ -71,6 +73,17 @@ async fn one_pod_cycle(sb: &Sandbox, image: &str, name: &str) -> Result<(), Stri
     }))
     .await?
     .map_err(call("StartContainer"))?;
+    let exec = limit(rt.exec_sync(ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["echo".into(), name.into()],
+        timeout: 10,
+    }))
+    .await?
+    .map_err(call("ExecSync"))?
+    .into_inner();
+    if exec.stdout != format!("{name}\n").as_bytes() {
+        panic!("ExecSync answered {exec:?}, not the pod's name");
+    }
     limit(rt.stop_container(StopContainerRequest {
         container_id: id.clone(),
         timeout: 0,
@@ -93,30 +106,114 @@ async fn one_pod_cycle(sb: &Sandbox, image: &str, name: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// Pulls `image` (one layer of its own beside the busybox layers) and
+/// removes it again, until an RPC fails.
+async fn one_image_cycle(sb: &Sandbox, image: &str) -> Result<(), String> {
+    let channel = connect(&sb.socket()).await.map_err(|e| e.to_string())?;
+    let mut images = ImageServiceClient::new(channel);
+    let spec = ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    limit(images.pull_image(PullImageRequest {
+        image: Some(spec.clone()),
+        auth: None,
+        sandbox_config: None,
+    }))
+    .await?
+    .map_err(|e| format!("PullImage: {e}"))?;
+    limit(images.remove_image(RemoveImageRequest { image: Some(spec) }))
+        .await?
+        .map_err(|e| format!("RemoveImage: {e}"))?;
+    Ok(())
+}
+
 async fn limit<F: std::future::Future>(call: F) -> Result<F::Output, String> {
     tokio::time::timeout(CALL_LIMIT, call)
         .await
         .map_err(|_| format!("an RPC took more than {CALL_LIMIT:?}"))
 }
 
-/// Pod cycles until `stop`; returns how many completed.
-fn workload(sb: &Sandbox, image: &str, round: u64, stop: &AtomicBool) -> u32 {
+/// How many cycles of each kind ran whole.
+#[derive(Default, Clone, Copy)]
+struct Done {
+    pods: u32,
+    images: u32,
+}
+
+/// Pod cycles, every third one followed by an image cycle, until `stop`.
+fn workload(sb: &Sandbox, images: &TestImages, round: u64, stop: &AtomicBool) -> Done {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let mut done = 0;
+    let mut done = Done::default();
     for i in 0.. {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let name = format!("chaos-{round}-{i}");
-        match runtime.block_on(one_pod_cycle(sb, image, &name)) {
-            Ok(()) => done += 1,
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        if runtime
+            .block_on(one_pod_cycle(sb, &images.run, &name))
+            .is_err()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        done.pods += 1;
+        if done.pods % 3 == 0 {
+            match runtime.block_on(one_image_cycle(sb, &images.pull)) {
+                Ok(()) => done.images += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
     }
     done
+}
+
+/// The image pods run, and the one the workload pulls and removes.
+struct TestImages {
+    run: String,
+    pull: String,
+}
+
+/// What the image store holds: blobs, layers and image records.
+fn store_contents(sb: &Sandbox) -> BTreeSet<String> {
+    ["blobs/sha256", "layers", "images"]
+        .iter()
+        .flat_map(|dir| {
+            entries(&sb.data_dir().join("storage").join(dir))
+                .into_iter()
+                .map(move |e| format!("{dir}/{e}"))
+        })
+        .collect()
+}
+
+/// Removes `image` if the daemon still has it (a kill came between its
+/// pull and its removal).
+fn remove_image_if_there(sb: &Sandbox, image: &str) {
+    block_on(async {
+        let channel = connect(&sb.socket()).await.expect("connect");
+        let mut images = ImageServiceClient::new(channel);
+        let spec = ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        };
+        let status = images
+            .image_status(ImageStatusRequest {
+                image: Some(spec.clone()),
+                verbose: false,
+            })
+            .await
+            .expect("ImageStatus")
+            .into_inner();
+        if status.image.is_some() {
+            images
+                .remove_image(RemoveImageRequest { image: Some(spec) })
+                .await
+                .expect("RemoveImage");
+        }
+    })
 }
 
 fn entries(dir: &Path) -> BTreeSet<String> {
@@ -212,38 +309,64 @@ fn kill_9_at_random_points_leaks_nothing_and_leaves_pods_whole() {
     eprintln!("chaos: {rounds} rounds, UCRI_CHAOS_SEED={seed}");
     let mut dice = Dice(seed);
     let mut e = env("chaos");
+    e._registry
+        .push_test_image("multiarch", "latest", "test/multiarch:latest");
+    let images = TestImages {
+        run: e.image.clone(),
+        pull: e._registry.image("test/multiarch:latest"),
+    };
     let baseline_mounts = sandbox_mounts(&e.sb);
     let baseline_fds = open_descriptors(e.sb.daemon_pid());
-    let image = e.image.clone();
+    let baseline_store = store_contents(&e.sb);
     let started = Instant::now();
-    let mut cycles = 0;
+    let mut cycles = Done::default();
     for round in 0..rounds {
         let stop = AtomicBool::new(false);
         let pause = Duration::from_millis(100 + dice.below(1500));
         let sb = &e.sb;
-        cycles += std::thread::scope(|scope| {
-            let worker = scope.spawn(|| workload(sb, &image, round, &stop));
+        let done = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| workload(sb, &images, round, &stop));
             std::thread::sleep(pause);
             sb.kill_serving_daemon();
             stop.store(true, Ordering::SeqCst);
             worker.join().expect("the workload thread")
         });
+        cycles.pods += done.pods;
+        cycles.images += done.images;
         e._daemon.wait_exit(Duration::from_secs(10));
         e._daemon = e.sb.start_daemon();
         assert_pods_whole(&e.sb);
     }
     eprintln!(
-        "chaos: {cycles} whole pod cycles in {rounds} rounds, {:?}",
+        "chaos: {} whole pod cycles and {} image cycles in {rounds} rounds, {:?}",
+        cycles.pods,
+        cycles.images,
         started.elapsed()
+    );
+    assert!(
+        cycles.pods < 12 || cycles.images > 0,
+        "no image cycle completed in {} pod cycles: the pulls fail",
+        cycles.pods
     );
     remove_everything(&e.sb);
     assert_pods_whole(&e.sb);
+    remove_image_if_there(&e.sb, &images.pull);
     let sb = &e.sb;
+    assert_eq!(
+        store_contents(sb),
+        baseline_store,
+        "the image store holds what it held before the workload"
+    );
+    let unfinished = entries(&sb.data_dir().join("storage/tmp"));
+    assert!(
+        unfinished.is_empty(),
+        "unfinished pulls left: {unfinished:?}"
+    );
     for dir in ["state/pods", "state/containers", "storage/containers"] {
         let left = entries(&sb.data_dir().join(dir));
         assert!(left.is_empty(), "{dir} keeps {left:?}");
     }
-    for dir in ["pods", "containers", "exits", "cni/results"] {
+    for dir in ["pods", "containers", "exits", "exec", "cni/results"] {
         let left = entries(&sb.runtime_dir().join(dir));
         assert!(left.is_empty(), "runtime {dir} keeps {left:?}");
     }

@@ -1626,6 +1626,24 @@ fn system_reset_ends_every_container_and_pod_init() {
     assert!(!process_alive(holder));
 }
 
+/// The `sleep 3077` processes (this test's own length: other tests' daemons
+/// have user namespaces of their own too) whose user namespace is not
+/// `userns`.
+fn sleepers_outside(userns: u64) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| comm(*pid) == "sleep")
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/user")).is_ok_and(|m| m.ino() != userns)
+                && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("3077"))
+        })
+        .collect()
+}
+
 /// The processes of a pod with a user namespace of its own live in a user
 /// namespace made inside the daemon's: `system reset` ends them too (it
 /// used to end only the daemon's own namespace's processes, so these ran on
@@ -1661,7 +1679,7 @@ fn system_reset_ends_the_containers_of_pods_with_their_own_user_namespace() {
     let id = create(
         &e.sb,
         &pod,
-        container_config(&e.image, "sleeper", "exec sleep 300"),
+        container_config(&e.image, "sleeper", "exec sleep 3077"),
         &pod_cfg,
     )
     .expect("create");
@@ -1670,19 +1688,14 @@ fn system_reset_ends_the_containers_of_pods_with_their_own_user_namespace() {
     assert_eq!(sleeper.state, ContainerState::ContainerRunning as i32);
     let holder = e.sb.holder_pid();
     let daemon_userns = ns_inode(holder, "user");
-    let in_pod_userns: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| comm(*pid) == "sleep")
-        .filter(|pid| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(format!("/proc/{pid}/ns/user"))
-                .is_ok_and(|m| m.ino() != daemon_userns)
-                && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.contains("300"))
-        })
-        .collect();
+    // Running means crun started the process; `sh` may not have become
+    // `sleep` yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut in_pod_userns = sleepers_outside(daemon_userns);
+    while in_pod_userns.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        in_pod_userns = sleepers_outside(daemon_userns);
+    }
     assert!(
         !in_pod_userns.is_empty(),
         "the container's sleep runs in a user namespace of its own"
@@ -1980,16 +1993,7 @@ fn a_pod_with_its_own_user_namespace_runs_with_the_requested_mapping() {
 fn exec_sync_output_is_capped_and_memory_stays_bounded() {
     let e = env("exec-cap");
     let sb = &e.sb;
-    let pod_cfg = pod_config(sb, "cap");
-    let pod = run_pod(sb, &pod_cfg).expect("pod");
-    let id = create(
-        sb,
-        &pod,
-        container_config(&e.image, "c", "exec sleep 600"),
-        &pod_cfg,
-    )
-    .expect("create");
-    start(sb, &id).expect("start");
+    let (pod, id) = sleeper_in_new_pod(&e, "cap");
     let before = peak_rss_kib(sb.daemon_pid());
     let reply = block_on(async {
         ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient::new(
@@ -2023,6 +2027,51 @@ fn exec_sync_output_is_capped_and_memory_stays_bounded() {
         after < before + 96 * 1024,
         "the daemon's peak RSS grew from {before} to {after} KiB for 1 GB of output"
     );
+    remove_pod(sb, &pod);
+}
+
+/// An ExecSync whose caller goes away (kubelet's probe deadline, a ^C'd
+/// crictl) stops its command: without a timeout of its own the process
+/// would otherwise run on, with its conmon, for as long as it likes.
+#[test]
+fn a_cancelled_exec_sync_kills_its_command() {
+    let e = env("exec-cancel");
+    let sb = &e.sb;
+    let (pod, id) = sleeper_in_new_pod(&e, "cancel");
+    let marker = "sleep 3171";
+    let gave_up = block_on(async {
+        let mut rt = client(sb).await;
+        let call = rt.exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), format!("exec {marker}")],
+            timeout: 0,
+        });
+        tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .is_err()
+    });
+    assert!(gave_up, "the exec ran (it sleeps for an hour)");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let left = |needle: &str| processes_naming(needle);
+    while (!left(marker).is_empty() || !left("--exec-process-spec").is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        left(marker).is_empty(),
+        "the command runs on: {:?}",
+        left(marker)
+    );
+    assert!(
+        left("--exec-process-spec").is_empty(),
+        "its conmon runs on: {:?}",
+        left("--exec-process-spec")
+    );
+    let sessions = dir_entries(&sb.runtime_dir().join("exec"));
+    assert!(sessions.is_empty(), "exec sessions left: {sessions:?}");
+    let out = exec(sb, &id, &["echo", "still here"], 10).expect("a later ExecSync");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
     remove_pod(sb, &pod);
 }
 

@@ -441,7 +441,10 @@ impl RuntimeService for CriRuntimeService {
             return Err(Status::invalid_argument("ExecSync timeout must not be negative"));
         }
         let span = tracing::info_span!("exec_sync", container = %id);
-        let out = self.blocking(span, move |l| l.exec_sync(&id, cmd, timeout)).await?;
+        // Dropped with this future when the client goes away: kills the process.
+        let (_cancel_on_drop, cancel) = crate::cancel::cancellation()
+            .map_err(|e| Status::internal(format!("ExecSync cancellation: {e}")))?;
+        let out = self.blocking(span, move |l| l.exec_sync(&id, cmd, timeout, &cancel)).await?;
         Ok(Response::new(ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
     }
 

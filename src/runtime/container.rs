@@ -535,12 +535,13 @@ impl Lifecycle {
     }
 
     /// Runs `cmd` in the running container and waits for it (ExecSync);
-    /// `timeout` 0 means no limit.
+    /// `timeout` 0 means no limit. The process is killed when `cancel` fires.
     pub fn exec_sync(
         &self,
         id: &str,
         cmd: Vec<String>,
         timeout: i64,
+        cancel: &crate::cancel::Cancellation,
     ) -> Result<super::oci::ExecOutput, LifecycleError> {
         if cmd.is_empty() {
             return Err(LifecycleError::InvalidArgument(
@@ -558,6 +559,7 @@ impl Lifecycle {
                 bundle: &self.bundle(&state.id),
                 work: &work,
                 timeout: (timeout > 0).then(|| Duration::from_secs(timeout as u64)),
+                cancel,
             })
         });
         let _ = std::fs::remove_dir_all(&work);

@@ -54,6 +54,9 @@ pub enum LifecycleError {
     /// An operation ran out of time.
     #[error("{0}")]
     Timeout(String),
+    /// The caller went away; the work was stopped.
+    #[error("{0}")]
+    Cancelled(String),
     /// The OCI runtime or conmon failed.
     #[error("{0}")]
     Runtime(String),

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::sandbox::run_checked;
 use super::LifecycleError;
+use crate::cancel::Cancellation;
 
 /// Paths shared by every container.
 #[derive(Debug, Clone)]
@@ -116,6 +117,8 @@ pub struct ExecArgs<'a> {
     pub work: &'a Path,
     /// Kill the process after this long.
     pub timeout: Option<Duration>,
+    /// Kill the process when this is cancelled (the caller went away).
+    pub cancel: &'a crate::cancel::Cancellation,
 }
 
 /// What an ExecSync produced.
@@ -133,6 +136,8 @@ pub struct ExecOutput {
 enum ExecWait {
     /// It ran past its timeout and was killed.
     TimedOut,
+    /// Its caller went away; it was killed.
+    Cancelled,
     /// conmon or the runtime failed.
     Failed(String),
 }
@@ -146,6 +151,10 @@ fn exec_error(e: ExecWait, exec: &ExecArgs<'_>) -> LifecycleError {
                 exec.id
             ))
         }
+        ExecWait::Cancelled => LifecycleError::Cancelled(format!(
+            "exec in container {}: the caller went away, the command was killed",
+            exec.id
+        )),
         ExecWait::Failed(message) => {
             let stderr =
                 std::fs::read_to_string(exec.work.join("conmon.stderr")).unwrap_or_default();
@@ -158,13 +167,14 @@ fn exec_error(e: ExecWait, exec: &ExecArgs<'_>) -> LifecycleError {
     }
 }
 
-/// conmon sends a start message, then the exit code. The timeout is
-/// enforced here: on expiry the process (pid from the runtime's pidfile) is
-/// killed and its exit collected.
+/// conmon sends a start message, then the exit code. The timeout and the
+/// caller's cancellation are enforced here: the process (pid from the
+/// runtime's pidfile) is killed and its exit collected.
 fn wait_exec(
     pipe: &mut std::os::unix::net::UnixStream,
     timeout: Option<Duration>,
     pidfile: &Path,
+    cancel: &Cancellation,
 ) -> Result<i32, ExecWait> {
     let first =
         next_sync_message(pipe, CREATE_TIMEOUT).map_err(|e| ExecWait::Failed(e.to_string()))?;
@@ -172,32 +182,86 @@ fn wait_exec(
     if first.data <= 0 {
         return Err(ExecWait::Failed(first.message));
     }
-    let limit = timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
-    match next_sync_message(pipe, limit) {
-        Ok(Some(exit)) => Ok(exit.data),
-        Ok(None) => Err(ExecWait::Failed(
-            "conmon exited without an exit code".into(),
-        )),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            // The runtime's pidfile has the exec'd process's pid as we see it.
-            let pid = std::fs::read_to_string(pidfile)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok());
-            if let Some(pid) = pid.filter(|p| *p > 0) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let stopped = match wait_for_exit_message(pipe, deadline, cancel) {
+        ExecEvent::Message => {
+            return match next_sync_message(pipe, EXIT_MESSAGE_WAIT) {
+                Ok(Some(exit)) => Ok(exit.data),
+                Ok(None) => Err(ExecWait::Failed(
+                    "conmon exited without an exit code".into(),
+                )),
+                Err(e) => Err(ExecWait::Failed(e.to_string())),
             }
-            let _ = next_sync_message(pipe, Duration::from_secs(10));
-            Err(ExecWait::TimedOut)
         }
-        Err(e) => Err(ExecWait::Failed(e.to_string())),
+        ExecEvent::Deadline => ExecWait::TimedOut,
+        ExecEvent::Cancelled => ExecWait::Cancelled,
+    };
+    // The runtime's pidfile has the exec'd process's pid as we see it; conmon
+    // has not reported its exit, so it is not reaped and the pid is its own.
+    let pid = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.filter(|p| *p > 0) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = next_sync_message(pipe, EXIT_MESSAGE_WAIT);
+    Err(stopped)
+}
+
+/// How long a line conmon has started (or owes after a kill) may take.
+const EXIT_MESSAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// What ended the wait for conmon's exit message.
+enum ExecEvent {
+    /// The sync pipe has something to read (or was closed).
+    Message,
+    /// The exec's timeout passed.
+    Deadline,
+    /// The caller went away.
+    Cancelled,
+}
+
+/// Waits until the sync pipe is readable, `deadline` passes or `cancel`
+/// fires, whichever comes first.
+fn wait_for_exit_message(
+    pipe: &std::os::unix::net::UnixStream,
+    deadline: Option<std::time::Instant>,
+    cancel: &Cancellation,
+) -> ExecEvent {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    // poll takes milliseconds in an i32: wait in steps of at most an hour.
+    const STEP: Duration = Duration::from_secs(3600);
+    loop {
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+            None => STEP,
+        };
+        if left.is_zero() {
+            return ExecEvent::Deadline;
+        }
+        let wait = PollTimeout::try_from(left.min(STEP)).unwrap_or(PollTimeout::MAX);
+        let ready = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+        let mut fds = [
+            PollFd::new(pipe.as_fd(), PollFlags::POLLIN),
+            PollFd::new(cancel.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, wait) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            // Not expected for two valid descriptors; reading will say more.
+            Err(_) => return ExecEvent::Message,
+        }
+        let fired = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| r.intersects(ready));
+        if fired(&fds[0]) {
+            return ExecEvent::Message;
+        }
+        if fired(&fds[1]) {
+            return ExecEvent::Cancelled;
+        }
     }
 }
 
@@ -553,7 +617,12 @@ impl OciPaths {
         let cmd = self.exec_command(exec);
         let (mut child, mut sync_read) =
             spawn_with_sync_pipe(cmd, &self.conmon, &exec.work.join("conmon.stderr"))?;
-        let outcome = wait_exec(&mut sync_read, exec.timeout, &exec.work.join("pid"));
+        let outcome = wait_exec(
+            &mut sync_read,
+            exec.timeout,
+            &exec.work.join("pid"),
+            exec.cancel,
+        );
         let _ = child.wait();
         reap_pidfile(&exec.work.join("conmon.pid"));
         let exit_code = outcome.map_err(|e| exec_error(e, exec))?;

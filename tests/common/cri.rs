@@ -287,6 +287,22 @@ pub fn daemon_mounts(sb: &Sandbox) -> String {
     std::fs::read_to_string(format!("/proc/{}/mountinfo", sb.daemon_pid())).expect("mountinfo")
 }
 
+/// A new pod `name` with one started container that sleeps for ten
+/// minutes; returns the pod's id and the container's.
+pub fn sleeper_in_new_pod(e: &Env, name: &str) -> (String, String) {
+    let pod_cfg = pod_config(&e.sb, name);
+    let pod = run_pod(&e.sb, &pod_cfg).expect("RunPodSandbox");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "c", "exec sleep 600"),
+        &pod_cfg,
+    )
+    .expect("CreateContainer");
+    start(&e.sb, &id).expect("StartContainer");
+    (pod, id)
+}
+
 pub fn run_to_exit(
     e: &Env,
     pod: &str,
