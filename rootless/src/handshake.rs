@@ -87,14 +87,13 @@ impl Channel {
         }
     }
 
-    /// Takes ownership of an inherited descriptor number.
-    ///
-    /// The caller promises `fd` is an open pipe end nobody else owns: it came
-    /// from the parent through the environment.
-    pub fn from_inherited(fd: RawFd) -> Self {
-        Channel {
-            file: crate::syscall::file_from_inherited_fd(fd),
-        }
+    /// Takes ownership of a pipe end inherited from the parent (its number
+    /// came through the environment); refused when `fd` is not open or was
+    /// taken already.
+    pub fn from_inherited(fd: RawFd) -> std::io::Result<Self> {
+        Ok(Channel {
+            file: crate::syscall::file_from_inherited_fd(fd)?,
+        })
     }
 
     /// Sends one message.

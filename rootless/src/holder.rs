@@ -419,7 +419,11 @@ pub fn run_holder() -> ! {
         eprintln!("ucri: {HOLDER_ARG} is internal; run `ucri daemon`");
         std::process::exit(2);
     };
-    let mut channel = ManuallyDrop::new(Channel::from_inherited(fd));
+    let channel = Channel::from_inherited(fd).unwrap_or_else(|e| {
+        eprintln!("ucri: {HOLDER_ARG}: {e}");
+        std::process::exit(2);
+    });
+    let mut channel = ManuallyDrop::new(channel);
     let msg = match crate::mounts::prepare_mount_namespace() {
         Ok(_) => HolderMsg::Ready,
         Err(e) => HolderMsg::Failed {

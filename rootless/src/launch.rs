@@ -406,21 +406,21 @@ pub fn child_handshake() -> Result<ChildContext, LaunchError> {
             "{CHILD_ARG} is internal; run `ucri daemon`"
         )));
     };
-    let mut from_parent = ManuallyDrop::new(Channel::from_inherited(from_parent));
+    let adopt = |fd| syscall::file_from_inherited_fd(fd).map_err(HandshakeError::Io);
+    let mut from_parent =
+        ManuallyDrop::new(Channel::from_inherited(from_parent).map_err(HandshakeError::Io)?);
     let payload = match from_parent.recv::<ParentMsg>()? {
         ParentMsg::Start { payload } => payload,
         other => return Err(LaunchError::ChildFailed(format!("unexpected {other:?}"))),
     };
     ManuallyDrop::into_inner(from_parent);
-    let listener = UnixListener::from(std::os::fd::OwnedFd::from(syscall::file_from_inherited_fd(
-        listen,
-    )));
+    let listener = UnixListener::from(std::os::fd::OwnedFd::from(adopt(listen)?));
     Ok(ChildContext {
         listener,
         payload,
         reporter: ChildReporter {
-            channel: Channel::from_inherited(to_parent),
+            channel: Channel::from_inherited(to_parent).map_err(HandshakeError::Io)?,
         },
-        lock: syscall::file_from_inherited_fd(lock),
+        lock: adopt(lock)?,
     })
 }

@@ -8,20 +8,47 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Adopts a descriptor number inherited across `execve`, and marks it
-/// close-on-exec again so that programs this process starts (helpers that
-/// outlive it) do not inherit the daemon's lock, socket or pipes.
+/// Adopts a descriptor number inherited across `execve` (the parent passed
+/// it on purpose, in a `_UCRI_*_FD` variable), and marks it close-on-exec
+/// again so that programs this process starts (helpers that outlive it) do
+/// not inherit the daemon's lock, socket or pipes.
 ///
-/// Only for numbers the parent passed on purpose (in a `_UCRI_*_FD`
-/// variable) that nothing else in this process owns.
-pub fn file_from_inherited_fd(fd: RawFd) -> File {
-    let _ = nix::fcntl::fcntl(
+/// The returned `File` is the descriptor's only owner, which is what makes
+/// this safe: a number below 3 (stdio), one that is not open, or one
+/// already claimed is refused, and no other code in the workspace can
+/// adopt a raw descriptor (`unsafe_code` is denied outside this module).
+pub fn file_from_inherited_fd(fd: RawFd) -> io::Result<File> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("inherited descriptor {fd}: {why}"),
+        ))
+    };
+    if fd < 3 {
+        return refuse("stdio is not an inherited channel");
+    }
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+    if !claimed.get_or_insert_with(HashSet::new).insert(fd) {
+        return refuse("already adopted");
+    }
+    // Fails with EBADF for a number that is not open.
+    nix::fcntl::fcntl(
         fd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-    // SAFETY: the descriptor was inherited from the parent for this one use and
-    // is owned by nothing else in this process; the File becomes its only owner.
-    unsafe { File::from_raw_fd(fd) }
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("inherited descriptor {fd}: {e}"),
+        )
+    })?;
+    // SAFETY: `fd` is open, is not stdio, and was claimed only now (the
+    // set above), so it was inherited across exec and nothing in this
+    // process owns it: the File becomes its only owner.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// One thing a child does between `fork` and `execve` (see
@@ -308,5 +335,25 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn an_inherited_descriptor_is_adopted_once_and_only_when_open() {
+        assert!(file_from_inherited_fd(0).is_err(), "stdio");
+        assert!(file_from_inherited_fd(987_654).is_err(), "not open");
+        let fd = File::open("/dev/null").expect("open").into_raw_fd();
+        let file = file_from_inherited_fd(fd).expect("adopted");
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+        assert!(
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+        );
+        assert!(file_from_inherited_fd(fd).is_err(), "a second owner");
+        drop(file);
     }
 }
