@@ -1,7 +1,7 @@
 //! `ucri system reset`: stop the namespace holder and delete all state.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -30,7 +30,7 @@ pub fn reset(config: &Config, force: bool) -> anyhow::Result<i32> {
         }
         Err(e) => return Err(e.into()),
     };
-    let result = remove_everything(&dir, data);
+    let result = remove_everything(&dir, data, &config.node.writable);
     // Containers are gone now; their cgroups (delegated ones, on the host) too.
     crate::runtime::resources_probe(&config.runtime).remove_all_pods();
     lock.release();
@@ -64,8 +64,11 @@ fn confirm(dir: &RuntimeDir, data: &Path) -> anyhow::Result<bool> {
 /// Ends every process in ucri's user namespace (containers, their
 /// monitors, pod inits, FUSE daemons), deletes the data dir from inside the
 /// namespace (files there belong to subordinate ids the user cannot touch
-/// from outside), then stops the holder.
-fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
+/// from outside), then stops the holder. The node directories (`[node]
+/// writable`) are unmounted too: their mounts (ucri's binds, and a
+/// kubelet's own binds and volumes under them) sit on the data dir's
+/// `node/` directories and would keep them busy.
+fn remove_everything(dir: &RuntimeDir, data: &Path, node_dirs: &[PathBuf]) -> anyhow::Result<()> {
     let live = HolderRecord::load_live(dir)?;
     for orphan in orphaned_holders(dir, live.as_ref()) {
         end_orphaned_holder(orphan);
@@ -80,8 +83,11 @@ fn remove_everything(dir: &RuntimeDir, data: &Path) -> anyhow::Result<()> {
         };
         // The holder stops even when the removal fails: a reset that
         // leaves it running keeps the namespaces (and slirp4netns) alive.
-        let removed = unmount_inside(&holder, &[data, dir.path()])
-            .and_then(|()| remove_inside(&holder, data));
+        let roots: Vec<&Path> = [data, dir.path()]
+            .into_iter()
+            .chain(node_dirs.iter().map(PathBuf::as_path))
+            .collect();
+        let removed = unmount_inside(&holder, &roots).and_then(|()| remove_inside(&holder, data));
         let stopped = holder.stop(dir);
         removed?;
         stopped?;

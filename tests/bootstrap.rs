@@ -638,3 +638,29 @@ fn node_directories_are_writable_for_a_rootless_kubelet() {
         describe(&out)
     );
 }
+
+/// A kubelet in the daemon's namespaces bind-mounts its root dir onto
+/// itself and mounts pod volumes under it: mounts at `[node] writable`
+/// paths, outside the data dir, whose mountpoints are the data dir's
+/// `node/` directories. `system reset` unmounts them too, so removing the
+/// data dir does not stop at `node/var/lib/kubelet: Device or resource busy`.
+#[test]
+fn system_reset_unmounts_what_a_kubelet_mounted_in_the_node_directories() {
+    let mut sb = Sandbox::new("reset-nodedirs");
+    sb.write_user_file(
+        &sb.config_dir().join("ucri.toml"),
+        "[node]\nwritable = [\"/var/lib/kubelet\"]\n",
+    );
+    let mut daemon = sb.start_daemon();
+    let script = "mount --bind /var/lib/kubelet /var/lib/kubelet \
+                  && mkdir -p /var/lib/kubelet/pods/p1/volumes/v \
+                  && mount -t tmpfs tmpfs /var/lib/kubelet/pods/p1/volumes/v \
+                  && echo secret > /var/lib/kubelet/pods/p1/volumes/v/token";
+    let out = sb.run_ucri(&["nsenter", "sh", "-c", script]);
+    assert!(out.status.success(), "kubelet's mounts: {}", describe(&out));
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+    let out = sb.run_ucri(&["system", "reset", "--force"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!sb.data_dir().exists(), "the data dir is gone");
+}
