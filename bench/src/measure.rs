@@ -12,7 +12,7 @@ use ucri_cri_api::v1::image_service_client::ImageServiceClient;
 use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use ucri_cri_api::v1::*;
 
-use crate::Args;
+use crate::args::Args;
 
 type Client = RuntimeServiceClient<Channel>;
 

@@ -13,10 +13,10 @@ use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 use ucri_cri_api::v1::*;
 use ucri_stream::remote::{self, Io, Options, Transport};
 
+use crate::args::Args;
 use crate::measure::{
     container_config, exec_sync_true, pod_config, remove_pod, start_pod_with, summary,
 };
-use crate::Args;
 
 type Client = RuntimeServiceClient<Channel>;
 

@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 use ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient;
 
-use crate::{measure, streams, Args};
+use crate::args::Args;
+use crate::{measure, streams};
 
 /// Every section, in an order that keeps them from disturbing each other.
 pub async fn run_all(args: &Args, channel: Channel) -> anyhow::Result<Value> {
