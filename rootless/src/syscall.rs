@@ -13,10 +13,11 @@ use std::process::Command;
 /// again so that programs this process starts (helpers that outlive it) do
 /// not inherit the daemon's lock, socket or pipes.
 ///
-/// The returned `File` is the descriptor's only owner, which is what makes
-/// this safe: a number below 3 (stdio), one that is not open, or one
-/// already claimed is refused, and no other code in the workspace can
-/// adopt a raw descriptor (`unsafe_code` is denied outside this module).
+/// Refused: a number below 3 (stdio), one that is not open, and one this
+/// function adopted already, so it can never make two owners itself. What
+/// it cannot check is that no `File` this process opened holds the number:
+/// call it only at start-up, on numbers from the `_UCRI_*_FD` variables the
+/// parent set (the handshake and the holder do).
 pub fn file_from_inherited_fd(fd: RawFd) -> io::Result<File> {
     use std::collections::HashSet;
     use std::sync::Mutex;
@@ -45,9 +46,10 @@ pub fn file_from_inherited_fd(fd: RawFd) -> io::Result<File> {
             format!("inherited descriptor {fd}: {e}"),
         )
     })?;
-    // SAFETY: `fd` is open, is not stdio, and was claimed only now (the
-    // set above), so it was inherited across exec and nothing in this
-    // process owns it: the File becomes its only owner.
+    // SAFETY: `fd` is open, is not stdio, and this is its first adoption
+    // (the set above); the callers pass only numbers the parent handed over
+    // for this use, before anything else in the process opens descriptors,
+    // so the File becomes its only owner.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
