@@ -95,6 +95,9 @@ pub struct Images {
     locks: KeyedLocks,
     /// Pulls hold it shared; garbage collection exclusively.
     gc: tokio::sync::RwLock<()>,
+    /// Held by [`Images::release_unused`] from its look at the records to
+    /// the end of their collection.
+    releasing: tokio::sync::Mutex<()>,
     config_home: PathBuf,
     home: PathBuf,
     /// The images containers are made from (see [`lease`]).
@@ -170,6 +173,7 @@ impl Images {
             index: RwLock::new(index),
             locks: KeyedLocks::default(),
             gc: tokio::sync::RwLock::new(()),
+            releasing: tokio::sync::Mutex::new(()),
             config_home: home.join(".config"),
             home,
             leases: Arc::default(),
@@ -335,7 +339,14 @@ impl Images {
 
     /// Deletes the images removed while in use that no container uses any
     /// more, with their content (after a container is removed).
+    ///
+    /// One release runs at a time, records and collection together: a
+    /// second caller that finds the records gone has waited for their
+    /// content to go too (RemovePodSandbox and the container clean-up both
+    /// call this). With nothing to release, it waits only for a release
+    /// under way, never for a pull.
     pub async fn release_unused(&self) -> Result<(), ImageError> {
+        let _one_at_a_time = self.releasing.lock().await;
         {
             let leases = self.leases.lock();
             let unused: Vec<ImageRecord> = self

@@ -404,10 +404,20 @@ impl Store {
             .chain(in_use.iter())
             .map(|d| d.hex().to_owned())
             .collect();
-        let mut removed = remove_unlisted(&self.root.join("blobs/sha256"), &blobs)?;
-        removed += remove_unlisted(&self.root.join("layers"), &layers)?;
-        self.remove_dangling_links()?;
-        Ok(removed)
+        // Each step runs even when one before it failed, so that one entry
+        // that cannot go does not leave the rest (or the links) behind.
+        let mut first_error = None;
+        let mut removed = 0;
+        for (dir, keep) in [("blobs/sha256", &blobs), ("layers", &layers)] {
+            let (count, error) = remove_unlisted(&self.root.join(dir), keep);
+            removed += count;
+            first_error = first_error.or(error);
+        }
+        first_error = first_error.or(self.remove_dangling_links().err());
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 
     /// Removes the short `l/` links (overlay lowerdir names) whose layer is
@@ -511,9 +521,14 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     write_file_atomic(path, &data).map_err(io_err(format!("writing {}", path.display())))
 }
 
-fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> Result<usize, StoreError> {
-    let entries = fs::read_dir(dir).map_err(io_err(format!("listing {}", dir.display())))?;
-    let mut removed = 0;
+/// Removes every entry of `dir` not named in `keep`, going on past an entry
+/// it cannot remove: how many went, and the first error.
+fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> (usize, Option<StoreError>) {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return (0, Some(io_err(format!("listing {}", dir.display()))(e))),
+    };
+    let (mut removed, mut first_error) = (0, None);
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if keep.contains(&name) {
@@ -525,10 +540,16 @@ fn remove_unlisted(dir: &Path, keep: &HashSet<String>) -> Result<usize, StoreErr
         } else {
             fs::remove_file(&path)
         };
-        result.map_err(io_err(format!("removing {}", path.display())))?;
-        removed += 1;
+        match result {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), %e, "cannot remove unreferenced store content");
+                first_error =
+                    first_error.or(Some(io_err(format!("removing {}", path.display()))(e)));
+            }
+        }
     }
-    Ok(removed)
+    (removed, first_error)
 }
 
 #[cfg(test)]
@@ -586,5 +607,26 @@ mod tests {
         );
         assert!(!store.has_blob(&orphan) && store.has_blob(&manifest) && store.has_blob(&config));
         assert!(store.usage().inodes > 0);
+    }
+
+    #[test]
+    fn garbage_collection_goes_on_past_a_step_that_fails() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        let layer = dir.path().join("layers/0123abcd");
+        std::fs::create_dir_all(layer.join("diff")).expect("mkdir layer");
+        std::fs::create_dir_all(dir.path().join("l")).expect("mkdir l");
+        let link = dir.path().join("l/ABCDEFGHIJKLMNOPQRST");
+        std::os::unix::fs::symlink("../layers/0123abcd/diff", &link).expect("link");
+        std::fs::remove_dir_all(dir.path().join("blobs/sha256")).expect("break blobs/");
+        let err = store
+            .collect_garbage(&[])
+            .expect_err("blobs/ cannot be listed");
+        assert!(err.to_string().contains("blobs"), "{err}");
+        assert!(!layer.exists(), "the layers are still collected");
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "and their links, once dangling, still go"
+        );
     }
 }
