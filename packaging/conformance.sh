@@ -5,7 +5,7 @@
 #   packaging/conformance.sh TOOLS_DIR          validation specs, then critest -benchmark
 #   packaging/conformance.sh TOOLS_DIR --validation-only | --benchmark-only
 #   CRITEST_FOCUS=REGEX packaging/conformance.sh TOOLS_DIR --validation-only
-#   CRITEST_BENCH_N=100 packaging/conformance.sh TOOLS_DIR --benchmark-only   (default 20)
+#   CRITEST_BENCH_N=20 packaging/conformance.sh TOOLS_DIR --benchmark-only   (default 100)
 #
 # TOOLS_DIR holds `critest` (cri-tools v1.36.0), or the packed tools with
 # install.sh (../shared/tools in CI). What it does:
@@ -65,7 +65,7 @@ benchmark() {
   log "critest -benchmark"
   mkdir -p "$WORK/bench"
   [ "$(id -u)" -ne 0 ] || chown "$RUN_USER:" "$WORK/bench"
-  local n=${CRITEST_BENCH_N:-20}
+  local n=${CRITEST_BENCH_N:-100}
   printf 'containersNumber: %s\ncontainersNumberParallel: 1\npodsNumber: %s\npodsNumberParallel: 1\nimagesNumber: %s\nimagesNumberParallel: 1\n' \
     "$n" "$n" "$n" >"$WORK/bench-params.yaml"
   chmod 0644 "$WORK/bench-params.yaml"

@@ -234,27 +234,21 @@ impl Lifecycle {
     /// Marks pods whose namespaces vanished (e.g. after a reboot) not ready.
     /// An unreadable mount table says nothing about the pods: none is marked.
     pub(super) fn refresh_pods(&self) {
-        let mounts = match ucri_rootless::mounts::try_mountpoints() {
-            Ok(mounts) => mounts,
-            Err(e) => {
-                tracing::warn!(%e, "cannot read the mount table; pods keep their phase");
-                return;
-            }
-        };
+        let mounts = ucri_rootless::mounts::try_mountpoints();
         let mut stale = Vec::new();
-        for pod in self.pods_mut().values_mut() {
-            let pin = PodDir::new(&self.runtime_root, &pod.id).ns("net");
-            if pod.phase == PodPhase::Ready
-                && pod.namespaces.network
-                && pod.created_at != 0
-                && !mounts.contains(&pin)
-            {
-                pod.phase = PodPhase::NotReady;
-                stale.push(pod.clone());
+        {
+            let mut pods = self.pods_mut();
+            for id in pods_whose_netns_vanished(pods.values(), &mounts, &self.runtime_root) {
+                if let Some(pod) = pods.get_mut(&id) {
+                    pod.phase = PodPhase::NotReady;
+                    stale.push(pod.clone());
+                }
             }
         }
         for pod in stale {
-            let _ = self.states.save_pod(&pod);
+            if let Err(e) = self.states.save_pod(&pod) {
+                tracing::warn!(pod = %pod.id, %e, "cannot record that the pod is not ready; it reads so until a restart");
+            }
         }
     }
 
@@ -407,4 +401,84 @@ fn pod_hostname(config: &PodSandboxConfig) -> Result<String, LifecycleError> {
         )));
     }
     Ok(hostname)
+}
+
+/// The ready pods with a network namespace of their own whose pinned
+/// namespace is no longer mounted under `runtime_root`. When the mount table
+/// could not be read it says nothing about them: none is named.
+fn pods_whose_netns_vanished<'a>(
+    pods: impl Iterator<Item = &'a PodState>,
+    mounts: &std::io::Result<Vec<std::path::PathBuf>>,
+    runtime_root: &std::path::Path,
+) -> Vec<String> {
+    let mounts = match mounts {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            tracing::warn!(%e, "cannot read the mount table; pods keep their phase");
+            return Vec::new();
+        }
+    };
+    pods.filter(|pod| {
+        pod.phase == PodPhase::Ready
+            && pod.namespaces.network
+            && pod.created_at != 0
+            && !mounts.contains(&PodDir::new(runtime_root, &pod.id).ns("net"))
+    })
+    .map(|pod| pod.id.clone())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::state::PodNamespaces;
+    use std::path::{Path, PathBuf};
+
+    fn ready_pod(id: &str, network: bool) -> PodState {
+        PodState {
+            id: id.into(),
+            config: PodSandboxConfig::default(),
+            phase: PodPhase::Ready,
+            created_at: 1,
+            runtime_handler: String::new(),
+            namespaces: PodNamespaces {
+                network,
+                ipc: true,
+                pid_shared: false,
+                host_pid: false,
+                user: false,
+            },
+            hostname: id.into(),
+            init_pid: 0,
+            bypass_pid: 0,
+            network: None,
+        }
+    }
+
+    #[test]
+    fn only_pods_whose_pinned_netns_is_gone_are_named() {
+        let root = Path::new("/run/ucri");
+        let pods = [
+            ready_pod("kept", true),
+            ready_pod("gone", true),
+            ready_pod("host", false),
+        ];
+        let mounts: std::io::Result<Vec<PathBuf>> = Ok(vec![
+            PodDir::new(root, "kept").ns("net"),
+            PathBuf::from("/"),
+        ]);
+        assert_eq!(
+            pods_whose_netns_vanished(pods.iter(), &mounts, root),
+            vec!["gone".to_owned()]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_mount_table_names_no_pod() {
+        let pods = [ready_pod("a", true), ready_pod("b", true)];
+        let unreadable = Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(
+            pods_whose_netns_vanished(pods.iter(), &unreadable, Path::new("/run/ucri")).is_empty()
+        );
+    }
 }
