@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use ucri_storage::digest::{chain_ids, Digest, HashingWriter};
+use ucri_storage::stop::StopFlag;
 use ucri_storage::store::{ImageLayer, ImageRecord, Store};
 
 use super::reference::{self, ImageName, Parsed, DOCKER_HUB};
@@ -73,7 +74,11 @@ impl Images {
     pub async fn import(&self, path: PathBuf) -> Result<Vec<ImageRecord>, ImageError> {
         let _shared = self.gc.read().await;
         let store = self.store.clone();
-        let records = tokio::task::spawn_blocking(move || import_path(&store, &path))
+        // A client that goes away drops this future: the guard stops the
+        // copies and unpacks at their next read.
+        let stop = StopFlag::default();
+        let _stop_when_dropped = stop.raise_on_drop();
+        let records = tokio::task::spawn_blocking(move || import_path(&store, &path, &stop))
             .await
             .map_err(|e| ImageError::Config(format!("import task: {e}")))??;
         drop(_shared);
@@ -92,13 +97,18 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> ImageError {
     ImageError::InvalidArgument(format!("{}: {what}", path.display()))
 }
 
-fn import_path(store: &Store, path: &Path) -> Result<Vec<ImageRecord>, ImageError> {
+fn import_path(
+    store: &Store,
+    path: &Path,
+    stop: &StopFlag,
+) -> Result<Vec<ImageRecord>, ImageError> {
     let meta = fs::metadata(path).map_err(|e| invalid(path, e))?;
     if meta.is_dir() {
-        return import_dir(store, path, &default_repo(path));
+        return import_dir(store, path, &default_repo(path), stop);
     }
     let work = store.temp_path("import");
-    let result = extract(path, &work).and_then(|()| import_dir(store, &work, &default_repo(path)));
+    let result = extract(path, &work, stop)
+        .and_then(|()| import_dir(store, &work, &default_repo(path), stop));
     let _ = fs::remove_dir_all(&work);
     result
 }
@@ -130,12 +140,12 @@ fn default_repo(path: &Path) -> String {
 
 /// Extracts a (possibly gzip-compressed) tar; the tar crate refuses entries
 /// that would land outside `dest`.
-fn extract(archive: &Path, dest: &Path) -> Result<(), ImageError> {
+fn extract(archive: &Path, dest: &Path, stop: &StopFlag) -> Result<(), ImageError> {
     fs::create_dir_all(dest).map_err(|e| invalid(dest, e))?;
     let mut file = fs::File::open(archive).map_err(|e| invalid(archive, e))?;
     let mut head = [0u8; 2];
     let n = file.read(&mut head).map_err(|e| invalid(archive, e))?;
-    let file = fs::File::open(archive).map_err(|e| invalid(archive, e))?;
+    let file = stop.reader(fs::File::open(archive).map_err(|e| invalid(archive, e))?);
     let reader: Box<dyn Read> = if n == 2 && head == [0x1f, 0x8b] {
         Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
     } else {
@@ -146,11 +156,16 @@ fn extract(archive: &Path, dest: &Path) -> Result<(), ImageError> {
         .map_err(|e| invalid(archive, format!("not a readable tar: {e}")))
 }
 
-fn import_dir(store: &Store, dir: &Path, repo: &str) -> Result<Vec<ImageRecord>, ImageError> {
+fn import_dir(
+    store: &Store,
+    dir: &Path,
+    repo: &str,
+    stop: &StopFlag,
+) -> Result<Vec<ImageRecord>, ImageError> {
     if dir.join("manifest.json").exists() {
-        import_docker_save(store, dir)
+        import_docker_save(store, dir, stop)
     } else if dir.join("index.json").exists() {
-        import_oci_layout(store, dir, repo)
+        import_oci_layout(store, dir, repo, stop)
     } else {
         Err(invalid(
             dir,
@@ -168,6 +183,7 @@ fn import_oci_layout(
     store: &Store,
     dir: &Path,
     repo: &str,
+    stop: &StopFlag,
 ) -> Result<Vec<ImageRecord>, ImageError> {
     let index: Index = read_json(&dir.join("index.json"))?;
     let mut records = Vec::new();
@@ -196,6 +212,7 @@ fn import_oci_layout(
             &descriptors,
             digest,
             names,
+            stop,
         )?);
     }
     Ok(records)
@@ -258,7 +275,11 @@ fn resolve_index_entry(dir: &Path, entry: &Entry) -> Result<Entry, ImageError> {
         .ok_or_else(|| invalid(dir, format!("no linux/{arch} image in the index")))
 }
 
-fn import_docker_save(store: &Store, dir: &Path) -> Result<Vec<ImageRecord>, ImageError> {
+fn import_docker_save(
+    store: &Store,
+    dir: &Path,
+    stop: &StopFlag,
+) -> Result<Vec<ImageRecord>, ImageError> {
     let entries: Vec<DockerSaveEntry> = read_json(&dir.join("manifest.json"))?;
     let mut records = Vec::new();
     for entry in entries {
@@ -282,6 +303,7 @@ fn import_docker_save(store: &Store, dir: &Path) -> Result<Vec<ImageRecord>, Ima
             &layers,
             manifest_digest,
             names,
+            stop,
         )?);
     }
     Ok(records)
@@ -316,6 +338,7 @@ fn store_image(
     layers: &[(PathBuf, String)],
     manifest_digest: Digest,
     names: Vec<ImageName>,
+    stop: &StopFlag,
 ) -> Result<ImageRecord, ImageError> {
     let config_bytes = fs::read(config_path).map_err(|e| invalid(config_path, e))?;
     let expected = config_path
@@ -345,10 +368,10 @@ fn store_image(
     for (((path, media), diff_id), chain_id) in
         layers.iter().zip(&diff_ids).zip(chain_ids(&diff_ids))
     {
-        let (blob, size) = copy_blob(store, path)?;
+        let (blob, size) = copy_blob(store, path, stop)?;
         if !store.has_layer(&chain_id) {
             store
-                .unpack_layer(&blob, media, diff_id, &chain_id)
+                .unpack_layer(&blob, media, diff_id, &chain_id, stop)
                 .map_err(super::store_error)?;
         }
         image_layers.push(ImageLayer {
@@ -378,7 +401,7 @@ fn store_image(
 
 /// Streams a file into the store; a blob named by its digest (OCI layouts)
 /// must match it.
-fn copy_blob(store: &Store, path: &Path) -> Result<(Digest, u64), ImageError> {
+fn copy_blob(store: &Store, path: &Path, stop: &StopFlag) -> Result<(Digest, u64), ImageError> {
     let expected: Option<Digest> = path
         .parent()
         .filter(|p| p.ends_with("blobs/sha256"))
@@ -386,8 +409,11 @@ fn copy_blob(store: &Store, path: &Path) -> Result<(Digest, u64), ImageError> {
         .and_then(|d| d.parse().ok());
     let tmp = store.temp_path("import-blob");
     let mut writer: HashingWriter<fs::File> = store.blob_writer(&tmp)?;
-    let mut file = fs::File::open(path).map_err(|e| invalid(path, e))?;
-    let size = std::io::copy(&mut file, &mut writer).map_err(|e| invalid(path, e))?;
+    let mut file = stop.reader(fs::File::open(path).map_err(|e| invalid(path, e))?);
+    let size = std::io::copy(&mut file, &mut writer).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        invalid(path, e)
+    })?;
     let digest = store
         .commit_blob(writer, &tmp, expected.as_ref(), None)
         .map_err(super::store_error)?;

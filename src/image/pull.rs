@@ -10,6 +10,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
 use ucri_storage::digest::{chain_ids, Digest};
+use ucri_storage::stop::StopFlag;
 use ucri_storage::store::{ImageLayer, ImageRecord, StoreError};
 
 use super::auth::{self, RequestAuth};
@@ -202,8 +203,17 @@ impl Images {
         let store = self.store.clone();
         let spec = layer.clone();
         if self.store.has_blob(&layer.blob) {
+            // An aborted pull drops this future: the guard stops the unpack.
+            let stop = StopFlag::default();
+            let _stop_when_dropped = stop.raise_on_drop();
             let unpack = move || {
-                store.unpack_layer(&spec.blob, &spec.media_type, &spec.diff_id, &spec.chain_id)
+                store.unpack_layer(
+                    &spec.blob,
+                    &spec.media_type,
+                    &spec.diff_id,
+                    &spec.chain_id,
+                    &stop,
+                )
             };
             return run_blocking(unpack).await;
         }

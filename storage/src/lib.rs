@@ -6,6 +6,7 @@ pub mod digest;
 pub mod fsutil;
 pub mod probe;
 pub mod rootfs;
+pub mod stop;
 pub mod store;
 pub mod unpack;
 

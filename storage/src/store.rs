@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter};
 pub use crate::fsutil::{disk_usage, write_file_atomic, Usage};
+use crate::stop::StopFlag;
 use crate::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits};
 
 /// Errors of the store.
@@ -47,6 +48,9 @@ pub enum StoreError {
     /// A layer could not be unpacked.
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    /// The work was stopped through its [`StopFlag`]; it left nothing.
+    #[error("stopped: its caller went away")]
+    Stopped,
     /// A record on disk is unreadable.
     #[error("corrupt record {path}: {reason}")]
     Corrupt {
@@ -250,20 +254,26 @@ impl Store {
         self.layer_dir(chain_id).join("layer.json").exists()
     }
 
-    /// Unpacks blob `blob` as layer `chain_id`, checking its diff ID.
+    /// Unpacks blob `blob` as layer `chain_id`, checking its diff ID; once
+    /// `stop` is raised it fails with [`StoreError::Stopped`] at its next
+    /// read and leaves nothing behind.
     pub fn unpack_layer(
         &self,
         blob: &Digest,
         media_type: &str,
         diff_id: &Digest,
         chain_id: &Digest,
+        stop: &StopFlag,
     ) -> Result<LayerRecord, StoreError> {
         let work = self.temp_path("layer");
-        let result = self.unpack_into(&work, blob, media_type, diff_id, chain_id);
+        let result = self.unpack_into(&work, blob, media_type, diff_id, chain_id, stop);
         if result.is_err() {
             let _ = fs::remove_dir_all(&work);
         }
-        result
+        match result {
+            Err(_) if stop.is_raised() => Err(StoreError::Stopped),
+            other => other,
+        }
     }
 
     fn unpack_into(
@@ -273,13 +283,14 @@ impl Store {
         media_type: &str,
         diff_id: &Digest,
         chain_id: &Digest,
+        stop: &StopFlag,
     ) -> Result<LayerRecord, StoreError> {
         let diff = work.join("diff");
         fs::create_dir_all(&diff).map_err(io_err("creating a layer dir"))?;
         let path = self.blob_path(blob);
         let file = fs::File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
         let compression = compression_of(media_type, &path)?;
-        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let reader = std::io::BufReader::with_capacity(1 << 20, stop.reader(file));
         let out = unpack_layer(reader, compression, &diff, &self.limits)?;
         check_diff_id(&out, diff_id, blob)?;
         self.finish_layer(work, chain_id, diff_id, out.tar_size)
@@ -607,6 +618,50 @@ mod tests {
         );
         assert!(!store.has_blob(&orphan) && store.has_blob(&manifest) && store.has_blob(&config));
         assert!(store.usage().inodes > 0);
+    }
+
+    #[test]
+    fn a_stopped_unpack_fails_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "f", &b"hello"[..])
+            .expect("entry");
+        let layer = tar.into_inner().expect("tar");
+        let blob = store.write_blob(&layer, None).expect("blob");
+        let diff_id = Digest::of(&layer);
+        let stop = StopFlag::default();
+        stop.raise();
+        let err = store
+            .unpack_layer(
+                &blob,
+                "application/vnd.oci.image.layer.v1.tar",
+                &diff_id,
+                &diff_id,
+                &stop,
+            )
+            .expect_err("stopped");
+        assert!(matches!(err, StoreError::Stopped), "{err}");
+        assert!(!store.has_layer(&diff_id));
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
+        let unstopped = StopFlag::default();
+        store
+            .unpack_layer(
+                &blob,
+                "application/vnd.oci.image.layer.v1.tar",
+                &diff_id,
+                &diff_id,
+                &unstopped,
+            )
+            .expect("the same unpack, not stopped, succeeds");
+        assert!(store.has_layer(&diff_id));
     }
 
     #[test]
