@@ -87,13 +87,10 @@ impl Channel {
         }
     }
 
-    /// Takes ownership of a pipe end inherited from the parent (its number
-    /// came through the environment); refused when `fd` is not open or was
-    /// taken already.
-    pub fn from_inherited(fd: RawFd) -> std::io::Result<Self> {
-        Ok(Channel {
-            file: crate::syscall::file_from_inherited_fd(fd)?,
-        })
+    /// Wraps a pipe end inherited from the parent (see
+    /// [`crate::syscall::adopt_inherited_fds`]).
+    pub fn from_inherited(file: File) -> Self {
+        Channel { file }
     }
 
     /// Sends one message.

@@ -412,17 +412,23 @@ pub(crate) fn exec_self(
 /// The holder role's main: prepare the mount namespace, report, then wait
 /// for SIGTERM/SIGINT. Called by the binary for [`HOLDER_ARG`].
 pub fn run_holder() -> ! {
-    let fd = std::env::var(HOLDER_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok());
-    let Some(fd) = fd else {
-        eprintln!("ucri: {HOLDER_ARG} is internal; run `ucri daemon`");
-        std::process::exit(2);
+    let adopted = crate::syscall::adopt_inherited_fds(HOLDER_FD_ENV);
+    let file = match adopted.map(|mut files| (files.pop(), files.is_empty())) {
+        Ok((Some(file), true)) => file,
+        Ok(_) => {
+            eprintln!("ucri: {HOLDER_ARG}: {HOLDER_FD_ENV} must name one descriptor");
+            std::process::exit(2);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("ucri: {HOLDER_ARG} is internal; run `ucri daemon`");
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("ucri: {HOLDER_ARG}: {e}");
+            std::process::exit(2);
+        }
     };
-    let channel = Channel::from_inherited(fd).unwrap_or_else(|e| {
-        eprintln!("ucri: {HOLDER_ARG}: {e}");
-        std::process::exit(2);
-    });
+    let channel = Channel::from_inherited(file);
     let mut channel = ManuallyDrop::new(channel);
     let msg = match crate::mounts::prepare_mount_namespace() {
         Ok(_) => HolderMsg::Ready,

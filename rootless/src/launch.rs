@@ -396,31 +396,28 @@ impl ChildReporter {
 /// The child's side of the handshake: adopts the inherited descriptors and
 /// receives the settings.
 pub fn child_handshake() -> Result<ChildContext, LaunchError> {
-    let fds: Vec<i32> = std::env::var(CHILD_FDS_ENV)
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let [listen, lock, to_parent, from_parent] = fds[..] else {
-        return Err(LaunchError::ChildFailed(format!(
-            "{CHILD_ARG} is internal; run `ucri daemon`"
-        )));
+    let internal =
+        || LaunchError::ChildFailed(format!("{CHILD_ARG} is internal; run `ucri daemon`"));
+    let files = syscall::adopt_inherited_fds(CHILD_FDS_ENV).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => internal(),
+        _ => LaunchError::Handshake(HandshakeError::Io(e)),
+    })?;
+    let Ok([listen, lock, to_parent, from_parent]) = <[File; 4]>::try_from(files) else {
+        return Err(internal());
     };
-    let adopt = |fd| syscall::file_from_inherited_fd(fd).map_err(HandshakeError::Io);
-    let mut from_parent =
-        ManuallyDrop::new(Channel::from_inherited(from_parent).map_err(HandshakeError::Io)?);
+    let mut from_parent = ManuallyDrop::new(Channel::from_inherited(from_parent));
     let payload = match from_parent.recv::<ParentMsg>()? {
         ParentMsg::Start { payload } => payload,
         other => return Err(LaunchError::ChildFailed(format!("unexpected {other:?}"))),
     };
     ManuallyDrop::into_inner(from_parent);
-    let listener = UnixListener::from(std::os::fd::OwnedFd::from(adopt(listen)?));
+    let listener = UnixListener::from(std::os::fd::OwnedFd::from(listen));
     Ok(ChildContext {
         listener,
         payload,
         reporter: ChildReporter {
-            channel: Channel::from_inherited(to_parent).map_err(HandshakeError::Io)?,
+            channel: Channel::from_inherited(to_parent),
         },
-        lock: adopt(lock)?,
+        lock,
     })
 }

@@ -8,17 +8,44 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Adopts a descriptor number inherited across `execve` (the parent passed
-/// it on purpose, in a `_UCRI_*_FD` variable), and marks it close-on-exec
-/// again so that programs this process starts (helpers that outlive it) do
+/// Adopts the descriptors a parent passed on purpose: their numbers are in
+/// environment variable `var`, comma-separated, in the order the parent
+/// wrote them (the `_UCRI_*_FD` variables). Each is marked close-on-exec
+/// again, so that programs this process starts (helpers that outlive it) do
 /// not inherit the daemon's lock, socket or pipes.
-///
-/// Refused: a number below 3 (stdio), one that is not open, and one this
-/// function adopted already, so it can never make two owners itself. What
-/// it cannot check is that no `File` this process opened holds the number:
-/// call it only at start-up, on numbers from the `_UCRI_*_FD` variables the
-/// parent set (the handshake and the holder do).
-pub fn file_from_inherited_fd(fd: RawFd) -> io::Result<File> {
+pub fn adopt_inherited_fds(var: &str) -> io::Result<Vec<File>> {
+    let numbers = std::env::var(var).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{var} is not set: no descriptors were passed"),
+        )
+    })?;
+    adopt_fd_list(&numbers)
+}
+
+/// [`adopt_inherited_fds`] of the numbers in `list`.
+fn adopt_fd_list(list: &str) -> io::Result<Vec<File>> {
+    list.split(',')
+        .map(|n| match n.trim().parse::<RawFd>() {
+            Ok(fd) => adopt_inherited_fd(fd),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{n:?} is not a descriptor number"),
+            )),
+        })
+        .collect()
+}
+
+/// Takes ownership of `fd` after checking everything that can be checked
+/// about it: not stdio, open, not adopted before, and not close-on-exec. The
+/// last is what tells an inherited number from one this process opened:
+/// only a descriptor without close-on-exec survives `execve`, and every
+/// descriptor Rust's standard library (and nix, tokio, reqwest) opens has
+/// it set. What stays unchecked is a descriptor some foreign code in this
+/// process opened without `O_CLOEXEC`; the callers adopt at start-up,
+/// before any runs.
+fn adopt_inherited_fd(fd: RawFd) -> io::Result<File> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     use std::collections::HashSet;
     use std::sync::Mutex;
     static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
@@ -32,24 +59,32 @@ pub fn file_from_inherited_fd(fd: RawFd) -> io::Result<File> {
         return refuse("stdio is not an inherited channel");
     }
     let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
-    if !claimed.get_or_insert_with(HashSet::new).insert(fd) {
+    let claimed = claimed.get_or_insert_with(HashSet::new);
+    if claimed.contains(&fd) {
         return refuse("already adopted");
     }
     // Fails with EBADF for a number that is not open.
-    nix::fcntl::fcntl(
-        fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .map_err(|e| {
+    let flags = fcntl(fd, FcntlArg::F_GETFD).map_err(|e| {
         io::Error::new(
             io::Error::from(e).kind(),
             format!("inherited descriptor {fd}: {e}"),
         )
     })?;
-    // SAFETY: `fd` is open, is not stdio, and this is its first adoption
-    // (the set above); the callers pass only numbers the parent handed over
-    // for this use, before anything else in the process opens descriptors,
-    // so the File becomes its only owner.
+    if FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC) {
+        return refuse("close-on-exec, so this process opened it: it has an owner already");
+    }
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("inherited descriptor {fd}: {e}"),
+        )
+    })?;
+    claimed.insert(fd);
+    // SAFETY: `from_raw_fd` needs `fd` open and owned by nothing else. It is
+    // open (F_GETFD succeeded); not stdio; not adopted before (CLAIMED,
+    // under its lock until here); and it was not close-on-exec, so no
+    // owner in this process opened it (see the doc comment for the one
+    // case this cannot see). From here on the File is its only owner.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
@@ -343,19 +378,26 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::{AsRawFd, IntoRawFd};
 
     #[test]
     fn an_inherited_descriptor_is_adopted_once_and_only_when_open() {
-        assert!(file_from_inherited_fd(0).is_err(), "stdio");
-        assert!(file_from_inherited_fd(987_654).is_err(), "not open");
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        assert!(adopt_fd_list("0").is_err(), "stdio");
+        assert!(adopt_fd_list("987654").is_err(), "not open");
+        assert!(adopt_fd_list("x").is_err(), "not a number");
+        let owned = File::open("/dev/null").expect("open");
+        let err = adopt_fd_list(&owned.as_raw_fd().to_string()).expect_err("owned already");
+        assert!(err.to_string().contains("close-on-exec"), "{err}");
+        // What a parent passes: open and without close-on-exec.
         let fd = File::open("/dev/null").expect("open").into_raw_fd();
-        let file = file_from_inherited_fd(fd).expect("adopted");
-        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
-        assert!(
-            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
-        );
-        assert!(file_from_inherited_fd(fd).is_err(), "a second owner");
-        drop(file);
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear FD_CLOEXEC");
+        let files = adopt_fd_list(&fd.to_string()).expect("adopted");
+        let flags = fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD");
+        assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear it again");
+        assert!(adopt_fd_list(&fd.to_string()).is_err(), "a second owner");
+        drop(files);
+        drop(owned);
     }
 }
