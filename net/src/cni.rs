@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use ucri_rootless::rundir::{remove_if_exists, write_atomic, write_atomic_volatile};
 
-use crate::{io, NetError};
+use crate::error::{io, NetError};
 
 /// Result versions ucri understands (they all carry `ips`).
 const SUPPORTED_VERSIONS: [&str; 6] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "1.1"];

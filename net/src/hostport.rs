@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{io as io_err, NetError};
+use crate::error::{io as io_err, NetError};
 
 /// How long a UDP flow may stay idle before its socket is closed.
 const UDP_FLOW_IDLE: Duration = Duration::from_secs(60);

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cni::{self, Attachment, Cni};
+use crate::error::NetError;
 use crate::hostport::{self, HostPorts, PortMapping};
 use crate::node::NodeLinks;
 use crate::uplink::{Uplink, UplinkKind, UplinkOptions, UPLINK_DNS};
-use crate::NetError;
 
 /// Where and how pod networking is set up.
 #[derive(Debug, Clone)]
@@ -221,10 +221,10 @@ impl Network {
         }
         let file = pod_cidr_file(&self.options);
         if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(crate::io("creating the CNI state dir"))?;
+            std::fs::create_dir_all(dir).map_err(crate::error::io("creating the CNI state dir"))?;
         }
         ucri_rootless::rundir::write_atomic(&file, cidrs.join(",").as_bytes())
-            .map_err(crate::io("saving the pod CIDR"))?;
+            .map_err(crate::error::io("saving the pod CIDR"))?;
         tracing::info!(?cidrs, "pod CIDR from kubelet");
         *self.pod_cidrs.write().unwrap_or_else(|p| p.into_inner()) = cidrs;
         Ok(())
@@ -288,8 +288,10 @@ impl Network {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["link", "delete", &bridge]);
         let _ns = ucri_rootless::enter::command_in_netns(&mut cmd, &self.uplink.netns())
-            .map_err(crate::io("entering the uplink namespace"))?;
-        let out = cmd.output().map_err(crate::io("running ip link delete"))?;
+            .map_err(crate::error::io("entering the uplink namespace"))?;
+        let out = cmd
+            .output()
+            .map_err(crate::error::io("running ip link delete"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || stderr.contains("Cannot find device") {
             return Ok(());

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::error::NetError;
 use crate::hostport::{HostPorts, PortMapping, Protocol};
-use crate::NetError;
 
 /// The key under which published node ports are kept among host ports.
 const NODE_PORTS_KEY: &str = "node";
@@ -137,10 +137,10 @@ fn assign_address(netns: &Path, address: IpAddr) -> Result<(), NetError> {
         cmd.arg("nodad");
     }
     let _ns = ucri_rootless::enter::command_in_netns(&mut cmd, netns)
-        .map_err(crate::io("entering the node namespace"))?;
+        .map_err(crate::error::io("entering the node namespace"))?;
     let out = cmd
         .output()
-        .map_err(crate::io("running ip address replace"))?;
+        .map_err(crate::error::io("running ip address replace"))?;
     if out.status.success() {
         return Ok(());
     }
@@ -191,7 +191,7 @@ fn relay_host_loopback(netns: &Path, port: u16) -> Result<(), NetError> {
     std::thread::Builder::new()
         .name(format!("host-lo-{port}"))
         .spawn(move || accept_loop(&listener, address))
-        .map_err(crate::io("starting a host loopback relay"))?;
+        .map_err(crate::error::io("starting a host loopback relay"))?;
     Ok(())
 }
 

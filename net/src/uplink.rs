@@ -16,7 +16,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 use ucri_rootless::rundir::{remove_if_exists, write_atomic};
 
-use crate::{io, NetError};
+use crate::error::{io, NetError};
 
 /// The address both helpers answer DNS queries on (slirp4netns's built-in
 /// forwarder; pasta is told to forward it).

@@ -9,7 +9,7 @@ use ucri_rootless::launch::{detect_mode, Mode};
 use ucri_rootless::subid;
 use ucri_rootless::which;
 
-use super::{Check, Verdict};
+use super::check::{Check, Verdict};
 use crate::config::{Config, Uplink};
 
 /// Every check, in report order.

@@ -7,6 +7,8 @@
 //! kubelet runs (usernetes).
 
 mod capped;
+mod negotiate;
+mod netns;
 pub mod portforward;
 pub mod remotecommand;
 mod spdy;
@@ -25,6 +27,7 @@ use ucri_cri_api::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 
 use crate::config::StreamingConfig;
 use crate::runtime::{Lifecycle, LifecycleError};
+use netns::run_in_netns;
 use tokens::{StreamRequest, Tokens};
 
 /// The running server's address and pending tokens.
@@ -190,21 +193,6 @@ async fn bind_in_uplink(
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-/// Runs `work` on a new thread that first joins the network namespace
-/// pinned at `netns` (or stays in the daemon's for `None`). Sockets made
-/// there stay in that namespace wherever they are used.
-pub async fn run_in_netns<T: Send + 'static>(
-    netns: Option<std::path::PathBuf>,
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(move || match netns {
-        Some(path) => ucri_rootless::enter::run_in_netns_thread(&path, work)?,
-        None => work(),
-    })
-    .await
-    .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
-}
-
 async fn serve(listener: capped::CappedListener, shared: Shared) {
     let app = axum::Router::new()
         .route("/{kind}/{token}", axum::routing::any(handle))
@@ -267,37 +255,4 @@ fn upgrade_of(request: &Request) -> Option<Upgrade> {
     } else {
         None
     }
-}
-
-/// Picks the first of `supported` (server preference) the client offered;
-/// `Ok(None)` when it offered nothing.
-fn negotiate(
-    offered: &[String],
-    supported: &[&'static str],
-) -> Result<Option<&'static str>, Box<Response>> {
-    if offered.is_empty() {
-        return Ok(None);
-    }
-    supported
-        .iter()
-        .find(|s| offered.iter().any(|o| o == *s))
-        .map(|s| Some(*s))
-        .ok_or_else(|| {
-            let message = format!(
-                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports {supported:?}\n"
-            );
-            Box::new((StatusCode::FORBIDDEN, message).into_response())
-        })
-}
-
-/// Every value of a header that may repeat or hold a comma-separated list.
-fn header_values(headers: &axum::http::HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect()
 }

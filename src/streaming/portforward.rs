@@ -30,7 +30,7 @@ pub async fn connect(
         .map_err(|e| failed(&e))?
         .1;
     let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream = super::run_in_netns(netns, move || {
+    let stream = super::netns::run_in_netns(netns, move || {
         std::net::TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
     })
     .await

@@ -37,12 +37,12 @@ const PORT_FORWARD: [&str; 1] = ["portforward.k8s.io"];
 /// Answers the upgrade with 101 and runs the session once hyper hands over
 /// the connection.
 pub fn serve(lifecycle: Arc<Lifecycle>, stream: StreamRequest, mut request: Request) -> Response {
-    let offered = super::header_values(request.headers(), "x-stream-protocol-version");
+    let offered = super::negotiate::header_values(request.headers(), "x-stream-protocol-version");
     let supported: &[&'static str] = match stream {
         StreamRequest::PortForward(_) => &PORT_FORWARD,
         _ => &REMOTECOMMAND,
     };
-    let chosen = match super::negotiate(&offered, supported) {
+    let chosen = match super::negotiate::negotiate(&offered, supported) {
         Ok(chosen) => chosen,
         Err(refusal) => return *refusal,
     };

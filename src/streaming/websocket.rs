@@ -37,12 +37,12 @@ const PORT_FORWARD: [&str; 2] = ["v4.channel.k8s.io", "portforward.k8s.io"];
 /// Answers the upgrade and runs the session on the socket.
 pub async fn serve(lifecycle: Arc<Lifecycle>, stream: StreamRequest, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let offered = super::header_values(&parts.headers, "sec-websocket-protocol");
+    let offered = super::negotiate::header_values(&parts.headers, "sec-websocket-protocol");
     let supported: &[&'static str] = match stream {
         StreamRequest::PortForward(_) => &PORT_FORWARD,
         _ => &remotecommand::VERSIONS,
     };
-    let chosen = match super::negotiate(&offered, supported) {
+    let chosen = match super::negotiate::negotiate(&offered, supported) {
         Ok(chosen) => chosen,
         Err(refusal) => return *refusal,
     };

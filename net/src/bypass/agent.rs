@@ -19,10 +19,7 @@ use std::sync::Arc;
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
 
 use super::syscall::{self, Notification};
-use super::{parse_sockaddr, Policy, Stats};
-
-/// What a client writes to ask for the agent's [`Stats`].
-pub const STATS_REQUEST: &[u8] = b"stats\n";
+use super::{parse_sockaddr, Policy, Stats, STATS_REQUEST};
 
 /// `AUDIT_ARCH_X86_64`: the only architecture whose `connect` is handled;
 /// calls of others (32-bit compat) run unchanged.

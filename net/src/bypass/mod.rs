@@ -25,10 +25,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::NetError;
+use crate::error::NetError;
 
 /// The hidden argument that makes the binary run the agent.
 pub const AGENT_ARG: &str = "__socket-bypass";
+
+/// What a client writes to ask the agent for its [`Stats`].
+pub const STATS_REQUEST: &[u8] = b"stats\n";
 
 /// The crun annotation naming the Unix socket that receives a container's
 /// seccomp listener.
@@ -208,7 +211,7 @@ pub fn start_agent(
         .create(true)
         .append(true)
         .open(log)
-        .map_err(crate::io("opening the socket bypass log"))?;
+        .map_err(crate::error::io("opening the socket bypass log"))?;
     let policy = serde_json::to_string(policy).map_err(|e| NetError::Helper(e.to_string()))?;
     let mut child = Command::new(exe)
         .arg(AGENT_ARG)
@@ -218,7 +221,7 @@ pub fn start_agent(
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
-        .map_err(crate::io("starting the socket bypass agent"))?;
+        .map_err(crate::error::io("starting the socket bypass agent"))?;
     let pid = child.id() as i32;
     let mut line = String::new();
     let ready = child
@@ -281,19 +284,19 @@ pub fn is_agent_of(socket: &Path, pid: i32) -> bool {
 
 /// Asks the agent on `socket` what it has done.
 pub fn query_stats(socket: &Path) -> Result<Stats, NetError> {
-    let mut stream =
-        UnixStream::connect(socket).map_err(crate::io("connecting to the socket bypass agent"))?;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(crate::error::io("connecting to the socket bypass agent"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(crate::io("setting a timeout"))?;
+        .map_err(crate::error::io("setting a timeout"))?;
     stream
-        .write_all(agent::STATS_REQUEST)
-        .map_err(crate::io("asking the socket bypass agent"))?;
+        .write_all(STATS_REQUEST)
+        .map_err(crate::error::io("asking the socket bypass agent"))?;
     let mut reply = Vec::new();
     stream
         .take(64 * 1024)
         .read_to_end(&mut reply)
-        .map_err(crate::io("reading the socket bypass agent's reply"))?;
+        .map_err(crate::error::io("reading the socket bypass agent's reply"))?;
     serde_json::from_slice(&reply)
         .map_err(|e| NetError::Helper(format!("the socket bypass agent's reply: {e}")))
 }

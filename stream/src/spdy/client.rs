@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::{Role, Session, SpdyError, Stream, UPGRADE};
+use super::protocol::{Role, SpdyError, UPGRADE};
+use super::session::{Session, Stream};
 
 /// The largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;

@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::headers::{HeaderCompressor, HeaderDecompressor};
-use super::{Headers, SpdyError};
+use super::protocol::{Headers, SpdyError};
 
 /// The protocol version carried by control frames.
 pub const VERSION: u16 = 3;

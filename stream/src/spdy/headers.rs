@@ -5,7 +5,8 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
-use super::{Headers, SpdyError, DICTIONARY};
+use super::dictionary::DICTIONARY;
+use super::protocol::{Headers, SpdyError};
 
 /// The largest decompressed header block accepted (guards against zlib bombs).
 pub const MAX_HEADER_BLOCK: usize = 4 << 20;

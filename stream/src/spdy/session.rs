@@ -19,7 +19,9 @@ use tracing::debug;
 
 use super::frame::{self, Frame, FLAG_FIN};
 use super::headers::{HeaderCompressor, HeaderDecompressor};
-use super::{Headers, Role, SpdyError, RST_CANCEL, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM};
+use super::protocol::{
+    Headers, Role, SpdyError, RST_CANCEL, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM,
+};
 
 /// How long [`Session::open`] and [`Session::ping`] wait for the peer.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
