@@ -77,9 +77,47 @@ impl From<crate::runtime::LifecycleError> for CriError {
             E::Timeout(_) => CriError::DeadlineExceeded(message),
             E::Cancelled(_) => CriError::Cancelled(message),
             E::Network(e) => CriError::from(e),
-            E::Runtime(_) | E::Command { .. } | E::Io { .. } | E::Internal(_) => {
+            E::Oci(e) => CriError::from(e),
+            E::Sandbox(e) => CriError::from(e),
+            E::Userns(e) => CriError::from(e),
+            E::Runtime(_) | E::Command(_) | E::State(_) | E::Io { .. } | E::Internal(_) => {
                 CriError::Internal(message)
             }
+        }
+    }
+}
+
+impl From<crate::runtime::oci::OciError> for CriError {
+    fn from(err: crate::runtime::oci::OciError) -> CriError {
+        use crate::runtime::oci::OciError as E;
+        let message = err.to_string();
+        match err {
+            E::Timeout(_) => CriError::DeadlineExceeded(message),
+            E::Cancelled(_) => CriError::Cancelled(message),
+            E::Runtime(_) | E::Command(_) | E::Io { .. } => CriError::Internal(message),
+        }
+    }
+}
+
+impl From<crate::runtime::sandbox::SandboxError> for CriError {
+    fn from(err: crate::runtime::sandbox::SandboxError) -> CriError {
+        use crate::runtime::sandbox::SandboxError as E;
+        let message = err.to_string();
+        match err {
+            E::FailedPrecondition(_) => CriError::FailedPrecondition(message),
+            E::Userns(e) => CriError::from(e),
+            E::Runtime(_) | E::Command(_) | E::Io { .. } => CriError::Internal(message),
+        }
+    }
+}
+
+impl From<crate::runtime::userns::UsernsError> for CriError {
+    fn from(err: crate::runtime::userns::UsernsError) -> CriError {
+        use crate::runtime::userns::UsernsError as E;
+        let message = err.to_string();
+        match err {
+            E::InvalidArgument(_) => CriError::InvalidArgument(message),
+            E::Internal(_) | E::Command(_) | E::Io { .. } => CriError::Internal(message),
         }
     }
 }

@@ -24,25 +24,22 @@ const CRATES: &[(&str, &str)] = &[
 ];
 
 /// The one cycle left: `Lifecycle` in `src/runtime/mod.rs` and the modules
-/// that implement it or that it calls (issue 18's split of `Lifecycle`).
+/// that hold its `impl` blocks (issue 18's split of `Lifecycle`). The
+/// drivers (`oci`, `sandbox`, `userns`, `state`, `epoch`, `command`) are out
+/// of it: each has its own error, converted at the `Lifecycle` edge.
 /// It may shrink (then shorten this list) but never grow, and no other
 /// cycle may appear.
 const KNOWN_RUNTIME_CYCLE: &[&str] = &[
     "ucri::runtime",
     "ucri::runtime::bypass",
     "ucri::runtime::container",
-    "ucri::runtime::epoch",
     "ucri::runtime::events",
     "ucri::runtime::image_volumes",
     "ucri::runtime::monitors",
     "ucri::runtime::network",
-    "ucri::runtime::oci",
     "ucri::runtime::pod",
     "ucri::runtime::resources",
-    "ucri::runtime::sandbox",
     "ucri::runtime::spec",
-    "ucri::runtime::state",
-    "ucri::runtime::userns",
 ];
 
 type Module = Vec<String>;

@@ -424,7 +424,7 @@ impl Lifecycle {
             // (crun: "open pidfd: No such process"); conmon writes the exit
             // file a moment later.
             Err(_) if self.oci.wait_exit(&state.id, EXIT_RECORD_GRACE).is_some() => Ok(()),
-            other => other,
+            other => Ok(other?),
         }
     }
 
@@ -552,7 +552,7 @@ impl Lifecycle {
         let session = new_id()?;
         let work = self.runtime_root.join("exec").join(&session);
         let result = self.prepare_exec(&state, &work, cmd, false).and_then(|()| {
-            self.oci.exec_sync(&super::oci::ExecArgs {
+            Ok(self.oci.exec_sync(&super::oci::ExecArgs {
                 id: &state.id,
                 session: &session,
                 runtime: &state.runtime,
@@ -560,7 +560,7 @@ impl Lifecycle {
                 work: &work,
                 timeout: (timeout > 0).then(|| Duration::from_secs(timeout as u64)),
                 cancel,
-            })
+            })?)
         });
         let _ = std::fs::remove_dir_all(&work);
         self.oci.forget(&session);
@@ -730,7 +730,7 @@ impl Lifecycle {
             change(c);
             c.clone()
         };
-        self.states.save_container(&updated)
+        Ok(self.states.save_container(&updated)?)
     }
 
     fn resolve_container(&self, id: &str) -> Option<String> {

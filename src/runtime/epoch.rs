@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{io, LifecycleError};
+use super::state::{io, StateError};
 
 /// What the state dir remembers of the runtime dir.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ impl Epoch {
     }
 
     /// Compares the two; nothing is written (see [`Epoch::renew`]).
-    pub fn fate(&self) -> Result<RuntimeDirFate, LifecycleError> {
+    pub fn fate(&self) -> Result<RuntimeDirFate, StateError> {
         let Some(record) = self.read_record()? else {
             return Ok(RuntimeDirFate::Kept);
         };
@@ -81,7 +81,7 @@ impl Epoch {
     /// Makes both files name one epoch: the runtime dir's when it has one,
     /// else a new one. Called once recovery has recorded what a loss meant,
     /// so a crash before this only repeats that recovery.
-    pub fn renew(&self) -> Result<(), LifecycleError> {
+    pub fn renew(&self) -> Result<(), StateError> {
         let epoch = match self.read_marker()? {
             Some(epoch) => epoch,
             None => {
@@ -94,12 +94,11 @@ impl Epoch {
             epoch,
             boot_id: boot_id().unwrap_or_default(),
         };
-        let data =
-            serde_json::to_vec(&record).map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        let data = serde_json::to_vec(&record)?;
         write(&self.record, &data)
     }
 
-    fn read_record(&self) -> Result<Option<EpochRecord>, LifecycleError> {
+    fn read_record(&self) -> Result<Option<EpochRecord>, StateError> {
         let Some(bytes) = read_optional(&self.record)? else {
             return Ok(None);
         };
@@ -108,7 +107,7 @@ impl Epoch {
         Ok(serde_json::from_slice(&bytes).ok())
     }
 
-    fn read_marker(&self) -> Result<Option<String>, LifecycleError> {
+    fn read_marker(&self) -> Result<Option<String>, StateError> {
         Ok(read_optional(&self.marker)?
             .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
             .filter(|e| !e.is_empty()))
@@ -122,7 +121,7 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LifecycleError> {
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -130,7 +129,7 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LifecycleError> {
     }
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<(), LifecycleError> {
+fn write(path: &Path, data: &[u8]) -> Result<(), StateError> {
     ucri_rootless::rundir::write_atomic(path, data)
         .map_err(io(format!("writing {}", path.display())))
 }

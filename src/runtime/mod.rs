@@ -3,14 +3,16 @@
 //! runtime, state on disk and recovery after a restart.
 
 pub mod bypass;
+mod command;
 mod container;
 pub mod epoch;
 mod events;
 mod image_volumes;
 mod monitors;
 mod network;
-mod oci;
+pub mod oci;
 mod pod;
+mod pod_dir;
 pub mod pod_metrics;
 mod resources;
 pub mod sandbox;
@@ -61,15 +63,20 @@ pub enum LifecycleError {
     #[error("{0}")]
     Runtime(String),
     /// An external program failed.
-    #[error("{what} failed ({status}): {stderr}")]
-    Command {
-        /// What was being done.
-        what: String,
-        /// Exit status.
-        status: String,
-        /// Its stderr.
-        stderr: String,
-    },
+    #[error(transparent)]
+    Command(#[from] command::CommandError),
+    /// The OCI runtime or conmon driver failed.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    /// The sandbox (namespace) driver failed.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
+    /// The pod user-namespace driver failed.
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
+    /// The record store failed.
+    #[error(transparent)]
+    State(#[from] state::StateError),
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -231,7 +238,7 @@ impl Lifecycle {
         }
         self.refresh_pods();
         self.recover_networks();
-        epoch.renew()
+        Ok(epoch.renew()?)
     }
 
     /// After the runtime dir was lost: containers exited (with `reason`),

@@ -11,8 +11,33 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::sandbox::run_checked;
-use super::LifecycleError;
+use super::command::{run_checked, CommandError};
+
+/// Errors of the OCI runtime and conmon driver.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// An exec ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The caller went away; the exec was killed.
+    #[error("{0}")]
+    Cancelled(String),
+    /// conmon or the OCI runtime reported a failure.
+    #[error("{0}")]
+    Runtime(String),
+    /// The OCI runtime failed as a command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
 use crate::cancel::Cancellation;
 
 /// Paths shared by every container.
@@ -80,8 +105,8 @@ fn spawn_with_sync_pipe(
     mut cmd: Command,
     conmon: &Path,
     stderr_file: &Path,
-) -> Result<(std::process::Child, std::os::unix::net::UnixStream), LifecycleError> {
-    let io = |context: String| move |source| LifecycleError::Io { context, source };
+) -> Result<(std::process::Child, std::os::unix::net::UnixStream), OciError> {
+    let io = |context: String| move |source| OciError::Io { context, source };
     let (sync_read, sync_write) =
         std::os::unix::net::UnixStream::pair().map_err(io("sync pipe".into()))?;
     let fd = sync_write.as_raw_fd();
@@ -142,23 +167,23 @@ enum ExecWait {
     Failed(String),
 }
 
-fn exec_error(e: ExecWait, exec: &ExecArgs<'_>) -> LifecycleError {
+fn exec_error(e: ExecWait, exec: &ExecArgs<'_>) -> OciError {
     match e {
         ExecWait::TimedOut => {
             let secs = exec.timeout.map(|t| t.as_secs()).unwrap_or(0);
-            LifecycleError::Timeout(format!(
+            OciError::Timeout(format!(
                 "command in container {} timed out after {secs}s and was killed",
                 exec.id
             ))
         }
-        ExecWait::Cancelled => LifecycleError::Cancelled(format!(
+        ExecWait::Cancelled => OciError::Cancelled(format!(
             "exec in container {}: the caller went away, the command was killed",
             exec.id
         )),
         ExecWait::Failed(message) => {
             let stderr =
                 std::fs::read_to_string(exec.work.join("conmon.stderr")).unwrap_or_default();
-            LifecycleError::Runtime(format!(
+            OciError::Runtime(format!(
                 "exec in container {}: {message} {}",
                 exec.id,
                 stderr.trim()
@@ -455,9 +480,9 @@ fn read_sync_message(pipe: &mut std::os::unix::net::UnixStream) -> std::io::Resu
 
 impl OciPaths {
     /// Creates the shared directories.
-    pub fn prepare(&self) -> Result<(), LifecycleError> {
+    pub fn prepare(&self) -> Result<(), OciError> {
         for dir in [&self.runtime_root, &self.exits, &self.attach] {
-            std::fs::create_dir_all(dir).map_err(|source| LifecycleError::Io {
+            std::fs::create_dir_all(dir).map_err(|source| OciError::Io {
                 context: format!("creating {}", dir.display()),
                 source,
             })?;
@@ -466,14 +491,14 @@ impl OciPaths {
     }
 
     /// Has conmon create the container; blocks until it reports the pid.
-    pub fn create(&self, args: &CreateArgs<'_>) -> Result<Created, LifecycleError> {
+    pub fn create(&self, args: &CreateArgs<'_>) -> Result<Created, OciError> {
         let cmd = self.conmon_command(args);
         let (mut child, mut sync_read) =
             spawn_with_sync_pipe(cmd, &self.conmon, &args.bundle.join("conmon.stderr"))?;
         let read = read_sync_message(&mut sync_read);
         let _ = child.wait();
         let created = read
-            .map_err(|source| LifecycleError::Io {
+            .map_err(|source| OciError::Io {
                 context: "reading conmon's sync pipe".into(),
                 source,
             })
@@ -487,20 +512,20 @@ impl OciPaths {
         created
     }
 
-    fn parse_sync(&self, reply: &str, args: &CreateArgs<'_>) -> Result<Created, LifecycleError> {
+    fn parse_sync(&self, reply: &str, args: &CreateArgs<'_>) -> Result<Created, OciError> {
         let stderr = std::fs::read_to_string(args.bundle.join("conmon.stderr")).unwrap_or_default();
         let message: SyncMessage = reply
             .lines()
             .find_map(|l| serde_json::from_str(l).ok())
             .ok_or_else(|| {
-                LifecycleError::Runtime(format!(
+                OciError::Runtime(format!(
                     "conmon reported nothing for {}: {}",
                     args.id,
                     stderr.trim()
                 ))
             })?;
         if message.data <= 0 {
-            return Err(LifecycleError::Runtime(format!(
+            return Err(OciError::Runtime(format!(
                 "creating container {}: {}",
                 args.id,
                 message.message.trim()
@@ -563,13 +588,13 @@ impl OciPaths {
     }
 
     /// `RUNTIME --root … ARGS`, status and stderr checked.
-    pub fn runtime(&self, runtime: &Path, args: &[&str], what: &str) -> Result<(), LifecycleError> {
+    pub fn runtime(&self, runtime: &Path, args: &[&str], what: &str) -> Result<(), OciError> {
         let mut cmd = Command::new(runtime);
         cmd.arg("--root")
             .arg(&self.runtime_root)
             .args(args)
             .stdin(Stdio::null());
-        run_checked(&mut cmd, what)
+        Ok(run_checked(&mut cmd, what)?)
     }
 
     /// The exit code and time conmon recorded, once the container exited.
@@ -613,7 +638,7 @@ impl OciPaths {
     /// waits for it: conmon reports the pid, then the exit code (-1 with a
     /// message on timeout, after killing the process). Output is read back
     /// from the exec's CRI-format log.
-    pub fn exec_sync(&self, exec: &ExecArgs<'_>) -> Result<ExecOutput, LifecycleError> {
+    pub fn exec_sync(&self, exec: &ExecArgs<'_>) -> Result<ExecOutput, OciError> {
         let cmd = self.exec_command(exec);
         let (mut child, mut sync_read) =
             spawn_with_sync_pipe(cmd, &self.conmon, &exec.work.join("conmon.stderr"))?;
@@ -684,9 +709,9 @@ impl OciPaths {
 
     /// Asks conmon to reopen the container's log file (kubelet's rotation):
     /// message type 2 on the `ctl` FIFO in the bundle.
-    pub fn reopen_log(&self, bundle: &Path) -> Result<(), LifecycleError> {
+    pub fn reopen_log(&self, bundle: &Path) -> Result<(), OciError> {
         let ctl = bundle.join("ctl");
-        let io = |source| LifecycleError::Io {
+        let io = |source| OciError::Io {
             context: format!("writing {}", ctl.display()),
             source,
         };

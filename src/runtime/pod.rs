@@ -65,9 +65,10 @@ impl Lifecycle {
             nameserver,
             user_maps.as_ref(),
         )
+        .map_err(LifecycleError::from)
         .and_then(|()| self.start_init(&dir, &mut state))
         .and_then(|()| self.attach_network(&dir, &mut state, port_mappings))
-        .and_then(|()| self.states.save_pod(&state));
+        .and_then(|()| Ok(self.states.save_pod(&state)?));
         if let Err(e) = created {
             if state.network.is_some() {
                 let _ = self.network.detach(&id);
@@ -277,7 +278,7 @@ impl Lifecycle {
             change(pod);
             pod.clone()
         };
-        self.states.save_pod(&updated)
+        Ok(self.states.save_pod(&updated)?)
     }
 
     /// The OCI runtime binary of `handler` ("" = the default).

@@ -10,52 +10,40 @@ use std::process::Command;
 
 use ucri_cri_api::v1::{DnsConfig, NamespaceMode, PodSandboxConfig};
 
+use super::command::CommandError;
+pub use super::pod_dir::PodDir;
 use super::state::PodNamespaces;
-use super::{io, LifecycleError};
+use super::userns::UsernsError;
 
-/// The run-time files of one pod.
-#[derive(Debug, Clone)]
-pub struct PodDir {
-    root: PathBuf,
+/// Errors of the sandbox (namespace) driver.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The pod's settings cannot be met on this host.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The pod's init failed.
+    #[error("{0}")]
+    Runtime(String),
+    /// The pod's user namespace could not be made.
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
+    /// A helper program failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A file, mount or namespace operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-impl PodDir {
-    /// The pod's directory under `runtime_root`.
-    pub fn new(runtime_root: &Path, id: &str) -> PodDir {
-        PodDir {
-            root: runtime_root.join("pods").join(id),
-        }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.root
-    }
-
-    /// Pin file of namespace `kind` (`net`, `ipc`, `uts`).
-    pub fn ns(&self, kind: &str) -> PathBuf {
-        self.root.join("ns").join(kind)
-    }
-
-    /// The pod's `/dev/shm`.
-    pub fn shm(&self) -> PathBuf {
-        self.root.join("shm")
-    }
-
-    /// Generated `/etc/resolv.conf`.
-    pub fn resolv_conf(&self) -> PathBuf {
-        self.root.join("resolv.conf")
-    }
-
-    /// Generated `/etc/hosts`.
-    pub fn hosts(&self) -> PathBuf {
-        self.root.join("hosts")
-    }
-
-    /// Generated `/etc/hostname`.
-    pub fn hostname_file(&self) -> PathBuf {
-        self.root.join("hostname")
-    }
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let context = context.into();
+    move |source| SandboxError::Io { context, source }
 }
 
 /// Which namespaces the pod gets of its own (false = the host's).
@@ -89,7 +77,7 @@ pub fn create(
     hostname: &str,
     nameserver: Option<&str>,
     user_maps: Option<&(String, String)>,
-) -> Result<(), LifecycleError> {
+) -> Result<(), SandboxError> {
     fs::create_dir_all(dir.path().join("ns")).map_err(io("creating the pod dir"))?;
     write_files(dir, config, hostname, nameserver)?;
     if let Some(maps) = user_maps {
@@ -108,7 +96,7 @@ fn write_files(
     config: &PodSandboxConfig,
     hostname: &str,
     nameserver: Option<&str>,
-) -> Result<(), LifecycleError> {
+) -> Result<(), SandboxError> {
     let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let text = resolv_conf(config.dns_config.as_ref(), &host, nameserver);
     fs::write(dir.resolv_conf(), text).map_err(io("writing resolv.conf"))?;
@@ -152,8 +140,8 @@ pub fn resolv_conf(dns: Option<&DnsConfig>, host: &str, nameserver: Option<&str>
 /// New UTS (always, unless host network) + network + IPC namespaces,
 /// pinned to files, with the hostname set and loopback up; made on a thread
 /// of the daemon, no process spawned.
-fn pin_namespaces(dir: &PodDir, ns: &PodNamespaces, hostname: &str) -> Result<(), LifecycleError> {
-    let pin = |kind: &str, wanted: bool| -> Result<Option<PathBuf>, LifecycleError> {
+fn pin_namespaces(dir: &PodDir, ns: &PodNamespaces, hostname: &str) -> Result<(), SandboxError> {
+    let pin = |kind: &str, wanted: bool| -> Result<Option<PathBuf>, SandboxError> {
         if !wanted {
             return Ok(None);
         }
@@ -172,7 +160,7 @@ fn pin_namespaces(dir: &PodDir, ns: &PodNamespaces, hostname: &str) -> Result<()
     .map_err(io("creating the pod's namespaces"))
 }
 
-fn mount_shm(target: &Path) -> Result<(), LifecycleError> {
+fn mount_shm(target: &Path) -> Result<(), SandboxError> {
     fs::create_dir_all(target).map_err(io("creating the pod's /dev/shm"))?;
     nix::mount::mount(
         Some("shm"),
@@ -190,11 +178,11 @@ fn mount_shm(target: &Path) -> Result<(), LifecycleError> {
 /// namespace pinned at the pod's `ns/pid`, and waits until the pin is in
 /// place. Returns the pid of the `unshare` holding it (`--kill-child`: when
 /// it is killed, the init and the whole namespace go with it).
-pub fn start_pid_init(dir: &PodDir) -> Result<i32, LifecycleError> {
+pub fn start_pid_init(dir: &PodDir) -> Result<i32, SandboxError> {
     let pin = dir.ns("pid");
     fs::write(&pin, b"").map_err(io("creating the PID namespace pin"))?;
     let init = ucri_rootless::which("catatonit").ok_or_else(|| {
-        LifecycleError::FailedPrecondition(
+        SandboxError::FailedPrecondition(
             "catatonit is not installed (apt-get install catatonit)".into(),
         )
     })?;
@@ -213,9 +201,7 @@ pub fn start_pid_init(dir: &PodDir) -> Result<i32, LifecycleError> {
     while !ucri_storage::rootfs::mountpoints().contains(&pin) {
         if std::time::Instant::now() > deadline {
             stop_pid_init(dir, pid);
-            return Err(LifecycleError::Runtime(
-                "the pod's init did not start".into(),
-            ));
+            return Err(SandboxError::Runtime("the pod's init did not start".into()));
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -256,7 +242,7 @@ fn is_pid_init_of(dir: &PodDir, pid: i32) -> bool {
 
 /// Unmounts the namespace pins and /dev/shm and removes the pod's files.
 /// Idempotent.
-pub fn teardown(dir: &PodDir) -> Result<(), LifecycleError> {
+pub fn teardown(dir: &PodDir) -> Result<(), SandboxError> {
     if !dir.path().exists() {
         return Ok(());
     }
@@ -270,7 +256,7 @@ pub fn teardown(dir: &PodDir) -> Result<(), LifecycleError> {
 }
 
 /// Unmounts the pinned namespaces, which ends them once no process uses them.
-pub fn release_namespaces(dir: &PodDir) -> Result<(), LifecycleError> {
+pub fn release_namespaces(dir: &PodDir) -> Result<(), SandboxError> {
     let mounts = ucri_storage::rootfs::mountpoints();
     for kind in ["net", "ipc", "uts", "pid", "user"] {
         let pin = dir.ns(kind);
@@ -280,19 +266,4 @@ pub fn release_namespaces(dir: &PodDir) -> Result<(), LifecycleError> {
         }
     }
     Ok(())
-}
-
-/// Runs a program, keeping its stderr in the error.
-pub fn run_checked(cmd: &mut Command, what: &str) -> Result<(), LifecycleError> {
-    let out = cmd
-        .output()
-        .map_err(io(format!("{what}: running {:?}", cmd.get_program())))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(LifecycleError::Command {
-        what: what.to_owned(),
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    })
 }

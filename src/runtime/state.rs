@@ -18,7 +18,28 @@ use std::sync::Mutex;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use ucri_cri_api::v1::{ContainerConfig, PodSandboxConfig};
 
-use super::LifecycleError;
+/// Errors of the record store (and of the runtime-dir epoch record).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A record could not be encoded.
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Wraps an I/O error with what was being done.
+pub(super) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StateError {
+    let context = context.into();
+    move |source| StateError::Io { context, source }
+}
 
 /// Which namespaces a pod has of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,9 +208,9 @@ pub struct StateStore {
 
 impl StateStore {
     /// State under `root` (`pods/`, `containers/`).
-    pub fn open(root: &Path) -> Result<StateStore, LifecycleError> {
+    pub fn open(root: &Path) -> Result<StateStore, StateError> {
         for dir in ["pods", "containers"] {
-            std::fs::create_dir_all(root.join(dir)).map_err(|source| LifecycleError::Io {
+            std::fs::create_dir_all(root.join(dir)).map_err(|source| StateError::Io {
                 context: format!("creating {}", root.join(dir).display()),
                 source,
             })?;
@@ -205,7 +226,7 @@ impl StateStore {
         }
         // A container's state holds its environment: the user's alone.
         let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
-        std::fs::set_permissions(root, private).map_err(|source| LifecycleError::Io {
+        std::fs::set_permissions(root, private).map_err(|source| StateError::Io {
             context: format!("securing {}", root.display()),
             source,
         })?;
@@ -233,51 +254,50 @@ impl StateStore {
     }
 
     /// Saves a pod atomically.
-    pub fn save_pod(&self, pod: &PodState) -> Result<(), LifecycleError> {
+    pub fn save_pod(&self, pod: &PodState) -> Result<(), StateError> {
         self.save("pods", &pod.id, pod)
     }
 
     /// Saves a container atomically.
-    pub fn save_container(&self, c: &ContainerState) -> Result<(), LifecycleError> {
+    pub fn save_container(&self, c: &ContainerState) -> Result<(), StateError> {
         self.save("containers", &c.id, c)
     }
 
     /// Removes a pod's state.
-    pub fn delete_pod(&self, id: &str) -> Result<(), LifecycleError> {
+    pub fn delete_pod(&self, id: &str) -> Result<(), StateError> {
         self.delete("pods", id)
     }
 
     /// Removes a container's state.
-    pub fn delete_container(&self, id: &str) -> Result<(), LifecycleError> {
+    pub fn delete_container(&self, id: &str) -> Result<(), StateError> {
         self.delete("containers", id)
     }
 
     /// Every saved pod.
-    pub fn load_pods(&self) -> Result<Vec<PodState>, LifecycleError> {
+    pub fn load_pods(&self) -> Result<Vec<PodState>, StateError> {
         self.load("pods")
     }
 
     /// Every saved container.
-    pub fn load_containers(&self) -> Result<Vec<ContainerState>, LifecycleError> {
+    pub fn load_containers(&self) -> Result<Vec<ContainerState>, StateError> {
         self.load("containers")
     }
 
-    fn save<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), LifecycleError> {
+    fn save<T: Serialize>(&self, kind: &str, id: &str, value: &T) -> Result<(), StateError> {
         let path = self.path(kind, id);
         let data = serde_json::to_vec(&Versioned {
             schema: SCHEMA,
             record: value,
-        })
-        .map_err(|e| LifecycleError::Internal(e.to_string()))?;
-        ucri_rootless::rundir::write_atomic(&path, &data).map_err(|source| LifecycleError::Io {
+        })?;
+        ucri_rootless::rundir::write_atomic(&path, &data).map_err(|source| StateError::Io {
             context: format!("writing {}", path.display()),
             source,
         })
     }
 
-    fn delete(&self, kind: &str, id: &str) -> Result<(), LifecycleError> {
+    fn delete(&self, kind: &str, id: &str) -> Result<(), StateError> {
         ucri_rootless::rundir::remove_if_exists(&self.path(kind, id)).map_err(|source| {
-            LifecycleError::Io {
+            StateError::Io {
                 context: format!("removing {kind} state of {id}"),
                 source,
             }
@@ -287,7 +307,7 @@ impl StateStore {
     /// Every readable record of `kind`; the unreadable ones are moved to
     /// the quarantine. A file that cannot even be opened stops the start:
     /// going on could remove what that record describes.
-    fn load<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, LifecycleError> {
+    fn load<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, StateError> {
         let dir = self.root.join(kind);
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -295,7 +315,7 @@ impl StateStore {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|source| LifecycleError::Io {
+            let bytes = std::fs::read(&path).map_err(|source| StateError::Io {
                 context: format!("reading {}", path.display()),
                 source,
             })?;
@@ -308,15 +328,15 @@ impl StateStore {
     }
 
     /// Moves an unreadable record out of the way, keeping it for the user.
-    fn quarantine(&self, kind: &str, path: &Path, reason: String) -> Result<(), LifecycleError> {
+    fn quarantine(&self, kind: &str, path: &Path, reason: String) -> Result<(), StateError> {
         let id = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let dir = self.quarantine_dir();
-        let io = |context: String| move |source| LifecycleError::Io { context, source };
+        let io = |context: String| move |source| StateError::Io { context, source };
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let moved = dir.join(format!("{kind}-{id}-{}.json", super::now_nanos()));
+        let moved = dir.join(format!("{kind}-{id}-{}.json", crate::clock::now_nanos()));
         std::fs::rename(path, &moved).map_err(io(format!("quarantining {}", path.display())))?;
         tracing::error!(
             kind,

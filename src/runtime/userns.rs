@@ -15,8 +15,36 @@ use std::process::{Command, Stdio};
 
 use ucri_cri_api::v1::{IdMapping, NamespaceMode, PodSandboxConfig, UserNamespace};
 
-use super::sandbox::{run_checked, PodDir};
-use super::{io, LifecycleError};
+use super::command::{run_checked, CommandError};
+use super::pod_dir::PodDir;
+
+/// Errors of the pod user-namespace driver.
+#[derive(Debug, thiserror::Error)]
+pub enum UsernsError {
+    /// The pod's id mappings are malformed or outside the daemon's.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// `unshare` did not behave as expected.
+    #[error("{0}")]
+    Internal(String),
+    /// A helper program failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A file, mount or namespace operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> UsernsError {
+    let context = context.into();
+    move |source| UsernsError::Io { context, source }
+}
 
 /// The ids one pod with its own user namespace takes (kubelet's default).
 pub const IDS_PER_POD: u64 = 65_536;
@@ -38,11 +66,11 @@ fn options(config: &PodSandboxConfig) -> Option<&UserNamespace> {
 pub fn requested_maps(
     config: &PodSandboxConfig,
     available: u64,
-) -> Result<Option<(String, String)>, LifecycleError> {
+) -> Result<Option<(String, String)>, UsernsError> {
     let Some(userns) = options(config) else {
         return Ok(None);
     };
-    let invalid = |why: String| Err(LifecycleError::InvalidArgument(why));
+    let invalid = |why: String| Err(UsernsError::InvalidArgument(why));
     match NamespaceMode::try_from(userns.mode) {
         Ok(NamespaceMode::Node) => return Ok(None),
         Ok(NamespaceMode::Pod) => {}
@@ -72,12 +100,8 @@ pub fn requested_maps(
 }
 
 /// One mapping of container id 0 onto ids 1.. of the daemon's namespace.
-fn single_mapping(
-    what: &str,
-    maps: &[IdMapping],
-    available: u64,
-) -> Result<String, LifecycleError> {
-    let invalid = |why: String| Err(LifecycleError::InvalidArgument(why));
+fn single_mapping(what: &str, maps: &[IdMapping], available: u64) -> Result<String, UsernsError> {
+    let invalid = |why: String| Err(UsernsError::InvalidArgument(why));
     let [m] = maps else {
         return invalid(format!(
             "a pod user namespace needs exactly one {what} mapping, got {}",
@@ -142,7 +166,7 @@ pub fn pin_namespaces(
     dir: &PodDir,
     maps: &(String, String),
     hostname: &str,
-) -> Result<(), LifecycleError> {
+) -> Result<(), UsernsError> {
     let mut child = Command::new("unshare")
         .args([
             "--user",
@@ -170,7 +194,7 @@ pub fn pin_namespaces(
         .arg(format!("--uts={}", dir.ns("uts").display()))
         .args(["--setuid", "0", "--setgid", "0", "--", "sh", "-c"])
         .args(["hostname \"$1\" && ip link set lo up", "sh", hostname]);
-    run_checked(&mut setup, "setting up the pod's namespaces")
+    Ok(run_checked(&mut setup, "setting up the pod's namespaces")?)
 }
 
 /// Waits until `child` has unshared, writes its id maps and pins its
@@ -179,11 +203,11 @@ fn pin_from(
     child: &mut std::process::Child,
     dir: &PodDir,
     (uids, gids): &(String, String),
-) -> Result<(), LifecycleError> {
+) -> Result<(), UsernsError> {
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| LifecycleError::Internal("unshare has no stdout".into()))?;
+        .ok_or_else(|| UsernsError::Internal("unshare has no stdout".into()))?;
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
@@ -193,11 +217,12 @@ fn pin_from(
         if let Some(mut e) = child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
         }
-        return Err(LifecycleError::Command {
+        return Err(UsernsError::Command(CommandError::Failed {
             what: "creating the pod's user namespace".into(),
+            program: "unshare".into(),
             status: "no namespace".into(),
             stderr: stderr.trim().to_owned(),
-        });
+        }));
     }
     let proc = Path::new("/proc").join(child.id().to_string());
     write_map(&proc.join("uid_map"), uids)?;
@@ -217,7 +242,7 @@ fn pin_from(
     Ok(())
 }
 
-fn write_map(path: &Path, map: &str) -> Result<(), LifecycleError> {
+fn write_map(path: &Path, map: &str) -> Result<(), UsernsError> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)
