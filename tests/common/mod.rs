@@ -530,10 +530,9 @@ pub fn ns_inode(pid: u32, kind: &str) -> u64 {
         .ino()
 }
 
-/// Connects to a CRI unix socket.
-pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = ucri_cri_api::unix::endpoint().connect_timeout(Duration::from_secs(5));
-    ucri_cri_api::unix::connect(endpoint, socket).await
+/// Connects to a CRI unix socket with `ucri ctl`'s own connector.
+pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
+    ucri::ctl::connect(socket, Duration::from_secs(5)).await
 }
 
 /// True when a `Version` RPC succeeds on `socket` (the socket accepts
