@@ -2391,3 +2391,41 @@ fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
         "refused pods left nothing"
     );
 }
+
+/// A SIGTERM sent before the container's init installed its handler would
+/// be discarded by the kernel (an init ignores signals it does not handle),
+/// and the stop would wait out its whole grace period for a SIGKILL. The
+/// stop waits for the handler instead: this init traps TERM only after two
+/// seconds, and a stop right after the start still ends it by its trap.
+#[test]
+fn a_stop_right_after_start_reaches_an_init_that_installs_its_handler_late() {
+    let e = env("late-trap");
+    let sb = &e.sb;
+    let pod_cfg = pod_config(sb, "late-trap");
+    let pod = run_pod(sb, &pod_cfg).expect("pod");
+    let id = create(
+        sb,
+        &pod,
+        container_config(
+            &e.image,
+            "late",
+            "sleep 2; trap 'exit 0' TERM; while :; do sleep 0.1; done",
+        ),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(sb, &id).expect("start");
+    let began = Instant::now();
+    stop(sb, &id, 30).expect("stop");
+    let took = began.elapsed();
+    let s = status(sb, &id).expect("status");
+    assert_eq!(
+        s.exit_code, 0,
+        "the init's own TERM trap ended it (137 is the SIGKILL after a lost TERM)"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped by the trap, not by the grace period's end: {took:?}"
+    );
+    remove_pod(sb, &pod);
+}

@@ -392,12 +392,12 @@ impl Lifecycle {
         }
         let signal = self.stop_signal(&state);
         if timeout > 0 && signal != "KILL" {
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout as u64);
+            // A signal the container's init cannot take yet would be lost.
+            super::signals::wait_until_deliverable(state.pid, &signal, deadline);
             self.signal(&state, &signal)?;
-            if self
-                .oci
-                .wait_exit(&state.id, Duration::from_secs(timeout as u64))
-                .is_some()
-            {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.oci.wait_exit(&state.id, left).is_some() {
                 self.refresh(&state.id);
                 return Ok(());
             }

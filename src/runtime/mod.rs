@@ -16,6 +16,7 @@ mod pod_dir;
 pub mod pod_metrics;
 mod resources;
 pub mod sandbox;
+mod signals;
 pub mod spec;
 pub mod state;
 mod stats;
