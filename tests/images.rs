@@ -332,6 +332,10 @@ fn auth_from_the_request_or_auth_json_and_clear_errors() {
     };
     pull_with(&sb, &image, Some(right)).expect("request credentials");
     remove(&sb, &image).expect("remove");
+    // Registry clients are kept from pull to pull: never one that holds
+    // another pull's credentials or tokens.
+    let err = pull(&sb, &image).expect_err("anonymous, after a pull with credentials");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
 
     use base64::Engine;
     let auth = base64::engine::general_purpose::STANDARD.encode("ucri:s3cret");

@@ -105,6 +105,8 @@ pub struct Images {
     limits: ImageLimits,
     /// registries.conf, read again only when one of its files changed.
     registries: registries::RegistriesCache,
+    /// Registry clients kept from pull to pull.
+    clients: pull::RegistryClients,
 }
 
 /// Ends a pull whose caller went away (the client cancelled, or its
@@ -179,6 +181,7 @@ impl Images {
             leases: Arc::default(),
             limits,
             registries: registries::RegistriesCache::default(),
+            clients: pull::RegistryClients::default(),
         })
     }
 

@@ -4,6 +4,8 @@
 //! layers fetched concurrently and unpacked as each arrives.
 
 use futures::StreamExt;
+use std::collections::HashMap;
+
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -134,7 +136,7 @@ impl Images {
         auth: RegistryAuth,
     ) -> Result<ImageRecord, ImageError> {
         let _shared = self.gc.read().await;
-        let session = Session::open(endpoint, auth, self.limits).await?;
+        let session = Session::open(endpoint, auth, self.limits, &self.clients).await?;
         let (manifest_digest, manifest) = session.manifest().await?;
         self.check_layer_count(&endpoint.name.to_string(), manifest.layers.len())?;
         let config_desc = manifest.config.as_ref().ok_or_else(|| {
@@ -319,6 +321,102 @@ fn task_error(what: &str, e: tokio::task::JoinError) -> ImageError {
     })
 }
 
+/// The registry clients kept from pull to pull. Building one loads the
+/// system's CA roots (milliseconds, twice for an insecure endpoint that is
+/// tried over HTTPS first), and a kept client keeps its connections open
+/// for the next pull instead of closing them as this one ends. An OCI
+/// client caches the tokens its credentials earned, so it is kept per
+/// registry, scheme and credentials (by digest): another pull's
+/// credentials never reach its tokens.
+#[derive(Default)]
+pub(super) struct RegistryClients {
+    oci: std::sync::Mutex<HashMap<ClientKey, Client>>,
+    /// The manifest clients, by `insecure` (they hold no credentials).
+    http: std::sync::Mutex<HashMap<bool, reqwest::Client>>,
+    /// The scheme each insecure registry answered on, tried first next time.
+    schemes: std::sync::Mutex<HashMap<String, &'static str>>,
+}
+
+/// At most this many OCI clients are kept (one per registry and set of
+/// credentials); past it they are all dropped and built again as needed.
+const KEPT_CLIENTS_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    registry: String,
+    scheme: &'static str,
+    insecure: bool,
+    credentials: String,
+}
+
+impl std::fmt::Debug for RegistryClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.oci.lock().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("RegistryClients")
+            .field("kept", &kept)
+            .finish()
+    }
+}
+
+impl RegistryClients {
+    fn oci(
+        &self,
+        endpoint: &Endpoint,
+        auth: &RegistryAuth,
+        protocol: &ClientProtocol,
+        scheme: &'static str,
+    ) -> Client {
+        let credentials = match auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Basic(user, password) => {
+                Digest::of(format!("basic\0{user}\0{password}").as_bytes()).to_string()
+            }
+            RegistryAuth::Bearer(token) => {
+                Digest::of(format!("bearer\0{token}").as_bytes()).to_string()
+            }
+        };
+        let key = ClientKey {
+            registry: endpoint.name.registry.clone(),
+            scheme,
+            insecure: endpoint.insecure,
+            credentials,
+        };
+        let mut kept = self.oci.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = kept.get(&key) {
+            return client.clone();
+        }
+        if kept.len() >= KEPT_CLIENTS_MAX {
+            kept.clear();
+        }
+        let client = make_client(protocol.clone(), endpoint.insecure);
+        kept.insert(key, client.clone());
+        client
+    }
+
+    fn http(&self, insecure: bool) -> Result<reqwest::Client, ImageError> {
+        let mut kept = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = kept.get(&insecure) {
+            return Ok(client.clone());
+        }
+        let client = make_http_client(insecure)?;
+        kept.insert(insecure, client.clone());
+        Ok(client)
+    }
+
+    fn answered_on(&self, registry: &str) -> Option<&'static str> {
+        let schemes = self.schemes.lock().unwrap_or_else(|p| p.into_inner());
+        schemes.get(registry).copied()
+    }
+
+    fn remember_scheme(&self, registry: &str, scheme: &'static str) {
+        let mut schemes = self.schemes.lock().unwrap_or_else(|p| p.into_inner());
+        if schemes.len() >= KEPT_CLIENTS_MAX {
+            schemes.clear();
+        }
+        schemes.insert(registry.to_owned(), scheme);
+    }
+}
+
 /// One connection to one endpoint, with the protocol that worked.
 struct Session {
     client: Client,
@@ -340,19 +438,24 @@ impl Session {
         endpoint: &Endpoint,
         auth: RegistryAuth,
         limits: ImageLimits,
+        clients: &RegistryClients,
     ) -> Result<Session, ImageError> {
         let reference = oci_reference(&endpoint.name);
-        let protocols: &[(ClientProtocol, &str)] = if endpoint.insecure {
-            &[
+        let mut protocols: Vec<(ClientProtocol, &'static str)> = if endpoint.insecure {
+            vec![
                 (ClientProtocol::Https, "https"),
                 (ClientProtocol::Http, "http"),
             ]
         } else {
-            &[(ClientProtocol::Https, "https")]
+            vec![(ClientProtocol::Https, "https")]
         };
+        let registry = &endpoint.name.registry;
+        if let Some(scheme) = clients.answered_on(registry) {
+            protocols.sort_by_key(|(_, s)| *s != scheme);
+        }
         let mut last = None;
         for (protocol, scheme) in protocols {
-            let client = make_client(protocol.clone(), endpoint.insecure);
+            let client = clients.oci(endpoint, &auth, &protocol, scheme);
             let probe = client
                 .auth(&reference, &auth, oci_client::RegistryOperation::Pull)
                 .await;
@@ -360,15 +463,18 @@ impl Session {
                 Err(OciDistributionError::RequestError(e)) => last = Some(e.to_string()),
                 Err(e) => return Err(registry_error(&reference, e)),
                 Ok(token) => {
+                    if endpoint.insecure {
+                        clients.remember_scheme(registry, scheme);
+                    }
                     return Ok(Session {
                         client,
                         reference,
                         auth,
-                        http: make_http_client(endpoint.insecure)?,
+                        http: clients.http(endpoint.insecure)?,
                         scheme,
                         token,
                         limits,
-                    })
+                    });
                 }
             }
         }
