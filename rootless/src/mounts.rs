@@ -96,11 +96,51 @@ pub fn mountpoints() -> Vec<PathBuf> {
 /// Every mount point of the calling process's mount namespace, or why
 /// `/proc/self/mountinfo` could not be read.
 pub fn try_mountpoints() -> std::io::Result<Vec<PathBuf>> {
-    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+    Ok(parse_mountpoints(&std::fs::read_to_string("/proc/self/mountinfo")?).collect())
+}
+
+/// Mount points in `mountinfo`'s text.
+fn parse_mountpoints(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .collect())
+}
+
+/// Waits until `path` is a mount point of the calling process's namespace:
+/// `Ok(true)` once it is, `Ok(false)` at `deadline` or as soon as
+/// `give_up()` says so (it is asked at least every 100 ms). The kernel wakes
+/// the wait when the mount table changes (`POLLPRI` on
+/// `/proc/self/mountinfo`); no timer polls it.
+pub fn wait_for_mountpoint(
+    path: &Path,
+    deadline: std::time::Instant,
+    mut give_up: impl FnMut() -> bool,
+) -> std::io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let mut table = std::fs::File::open("/proc/self/mountinfo")?;
+    let mut text = String::new();
+    loop {
+        // Reading this open file is also what re-arms its event.
+        text.clear();
+        table.rewind()?;
+        table.read_to_string(&mut text)?;
+        if parse_mountpoints(&text).any(|m| m == path) {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || give_up() {
+            return Ok(false);
+        }
+        let wait_ms = left.as_millis().clamp(1, 100) as u16;
+        let mut fds = [PollFd::new(table.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, PollTimeout::from(wait_ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// True when `path` is a mount point in the calling process's namespace.
@@ -113,4 +153,35 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\011", "\t")
         .replace("\\012", "\n")
         .replace("\\134", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_wait_ends_on_a_mount_point_at_the_deadline_or_when_told_to() {
+        let soon = || Instant::now() + Duration::from_secs(5);
+        assert!(wait_for_mountpoint(Path::new("/"), soon(), || false).expect("read"));
+        let started = Instant::now();
+        let never = Path::new("/nonexistent/ucri-mount");
+        let short = Instant::now() + Duration::from_millis(150);
+        assert!(!wait_for_mountpoint(never, short, || false).expect("read"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the deadline ends it"
+        );
+        let mut asked = 0;
+        let gave_up = wait_for_mountpoint(never, soon(), || {
+            asked += 1;
+            asked == 3
+        })
+        .expect("read");
+        assert!(!gave_up && asked == 3, "give_up ends it");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "asked at least every 100 ms"
+        );
+    }
 }

@@ -196,14 +196,26 @@ pub fn start_pid_init(dir: &PodDir) -> Result<i32, SandboxError> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(io("starting the pod's init"))?;
+    let mut child = child;
     let pid = child.id() as i32;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !ucri_storage::rootfs::mountpoints().contains(&pin) {
-        if std::time::Instant::now() > deadline {
-            stop_pid_init(dir, pid);
-            return Err(SandboxError::Runtime("the pod's init did not start".into()));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    // `unshare` mounts the pin once the namespace exists; the wait ends on
+    // that mount, on the child's exit, or at the deadline.
+    let mut exited = None;
+    let pinned = ucri_rootless::mounts::wait_for_mountpoint(&pin, deadline, || {
+        exited = child.try_wait().ok().flatten();
+        exited.is_some()
+    })
+    .map_err(io("watching for the pod's PID namespace"))?;
+    if !pinned {
+        stop_pid_init(dir, pid);
+        let why = match exited {
+            Some(status) => {
+                format!("the pod's init exited before its namespace was pinned ({status})")
+            }
+            None => "the pod's init did not start".into(),
+        };
+        return Err(SandboxError::Runtime(why));
     }
     Ok(pid)
 }
