@@ -27,12 +27,18 @@ bench_user() {
   fi
 }
 
-# A TCP port nothing listens on (iproute2's ss; no python needed).
+# A TCP port no socket uses, outside the ephemeral range (iproute2's ss; no python needed).
 free_port() {
-  local p
+  local p low
+  # Below the kernel's ephemeral range, so that no outgoing connection can
+  # take the port between this check and the bind (a port some connection
+  # used as its source once made the e2e daemon's metrics bind fail), and
+  # used by no socket now, listening or not.
+  low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) || low=32768
+  [ "${low:-0}" -gt 10001 ] || low=32768
   while :; do
-    p=$(shuf -i 20000-60999 -n 1)
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+    p=$(shuf -i "10000-$((low - 1))" -n 1)
+    ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
   done
 }
 

@@ -2,6 +2,7 @@
 //! or digest, removing them, and accounting for the disk they use.
 
 pub mod auth;
+mod clients;
 mod import;
 pub mod lease;
 mod pull;
@@ -106,7 +107,7 @@ pub struct Images {
     /// registries.conf, read again only when one of its files changed.
     registries: registries::RegistriesCache,
     /// Registry clients kept from pull to pull.
-    clients: pull::RegistryClients,
+    clients: clients::RegistryClients,
 }
 
 /// Ends a pull whose caller went away (the client cancelled, or its
@@ -181,7 +182,7 @@ impl Images {
             leases: Arc::default(),
             limits,
             registries: registries::RegistriesCache::default(),
-            clients: pull::RegistryClients::default(),
+            clients: clients::RegistryClients::default(),
         })
     }
 
