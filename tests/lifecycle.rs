@@ -2053,7 +2053,12 @@ fn a_cancelled_exec_sync_kills_its_command() {
     assert!(gave_up, "the exec ran (it sleeps for an hour)");
     let deadline = Instant::now() + Duration::from_secs(15);
     let left = |needle: &str| processes_naming(needle);
-    while (!left(marker).is_empty() || !left("--exec-process-spec").is_empty())
+    let sessions_dir = sb.runtime_dir().join("exec");
+    // The session's directory goes a moment after its processes: the
+    // cancelled call removes it once it has reaped them.
+    while (!left(marker).is_empty()
+        || !left("--exec-process-spec").is_empty()
+        || !dir_entries(&sessions_dir).is_empty())
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
@@ -2068,7 +2073,7 @@ fn a_cancelled_exec_sync_kills_its_command() {
         "its conmon runs on: {:?}",
         left("--exec-process-spec")
     );
-    let sessions = dir_entries(&sb.runtime_dir().join("exec"));
+    let sessions = dir_entries(&sessions_dir);
     assert!(sessions.is_empty(), "exec sessions left: {sessions:?}");
     let out = exec(sb, &id, &["echo", "still here"], 10).expect("a later ExecSync");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
