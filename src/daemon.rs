@@ -179,6 +179,7 @@ async fn serve_async(
     let recorder = tokio::spawn(record_monitor_exits(lifecycle.clone(), exits));
     lifecycle.watch_monitors();
     let reaper = tokio::spawn(reap_monitors(lifecycle.clone()));
+    watch_uplink_helper(lifecycle.clone());
     let (streaming, streaming_tasks) =
         crate::streaming::start(&config.streaming, lifecycle.clone()).await?;
     let runtime_service = CriRuntimeService::new(
@@ -327,9 +328,39 @@ async fn reap_monitors(lifecycle: Arc<Lifecycle>) {
         let l = lifecycle.clone();
         let _ = tokio::task::spawn_blocking(move || {
             l.reap_monitors();
-            l.network().supervise();
+            l.network().check_attachments();
         })
         .await;
+    }
+}
+
+/// How long the uplink watch waits before it looks again while no helper
+/// can be held by a pidfd (it is down and its restart failed, or the pidfd
+/// could not be opened).
+const UPLINK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Restarts the uplink helper the moment it exits, on a thread of its own
+/// (as the conmon watch): it sleeps on the helper's pidfd, so a dead helper
+/// is neither found late nor looked for in `/proc` every second. While no
+/// pidfd holds one, it checks and retries every [`UPLINK_RETRY`]. After
+/// [`ucri_net::manager::Network::shut_down`], restarts are refused.
+fn watch_uplink_helper(lifecycle: Arc<Lifecycle>) {
+    if !lifecycle.network().has_uplink_helper() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("uplink-watch".into())
+        .spawn(move || loop {
+            match lifecycle.network().uplink_helper_pidfd() {
+                Some(helper) => {
+                    helper.wait_exit(std::time::Duration::MAX);
+                }
+                None => std::thread::sleep(UPLINK_RETRY),
+            }
+            lifecycle.network().supervise_uplink();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(%e, "no uplink watch thread: a dead uplink helper is not restarted");
     }
 }
 

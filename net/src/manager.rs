@@ -530,10 +530,25 @@ impl Network {
         self.uplink.shut_down();
     }
 
-    /// Periodic upkeep: restarts a dead uplink helper, checks attachments.
-    pub fn supervise(&self) {
+    /// Restarts the uplink helper if it died (see [`Uplink::supervise`]).
+    pub fn supervise_uplink(&self) {
         self.uplink.supervise();
+    }
+
+    /// Whether there is an uplink helper to supervise at all.
+    pub fn has_uplink_helper(&self) -> bool {
+        self.uplink.options().kind.program().is_some()
+    }
+
+    /// Periodic upkeep: a CNI CHECK of every attached pod, at most once per
+    /// configured interval.
+    pub fn check_attachments(&self) {
         self.check_attached();
+    }
+
+    /// A pidfd of the running uplink helper (see [`Uplink::helper_pidfd`]).
+    pub fn uplink_helper_pidfd(&self) -> Option<ucri_rootless::pidfd::Pidfd> {
+        self.uplink.helper_pidfd()
     }
 
     /// What `ucri info` and verbose status show.

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
@@ -129,6 +129,8 @@ pub struct Uplink {
     dir: PathBuf,
     /// Why the uplink is not usable, when it is not.
     problem: Mutex<Option<String>>,
+    /// Set by [`Uplink::shut_down`]: the helper it stops is not restarted.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 impl Uplink {
@@ -139,6 +141,7 @@ impl Uplink {
             options,
             dir,
             problem: Mutex::new(Some("the uplink has not been started".into())),
+            shut: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -187,7 +190,9 @@ impl Uplink {
     /// and leaves the helper alone: a live helper is never restarted for
     /// the daemon's own trouble.
     pub fn supervise(&self) {
-        if self.options.kind == UplinkKind::None {
+        if self.options.kind == UplinkKind::None
+            || self.shut.load(std::sync::atomic::Ordering::SeqCst)
+        {
             return;
         }
         match self.helper_liveness() {
@@ -210,6 +215,22 @@ impl Uplink {
             Err(e) => {
                 *self.lock_problem() = Some(format!("{reason}; restarting it failed: {e}"));
             }
+        }
+    }
+
+    /// A pidfd of the running helper, to wait for its exit on (then
+    /// [`Self::supervise`] restarts it). `None` when no helper runs, or it
+    /// cannot be held by a pidfd: the periodic [`Self::supervise`] still
+    /// finds its exit. The liveness check is made again once the pidfd is
+    /// open, so that both are about the same process.
+    pub fn helper_pidfd(&self) -> Option<ucri_rootless::pidfd::Pidfd> {
+        let Liveness::Alive(pid) = self.helper_liveness() else {
+            return None;
+        };
+        let pidfd = ucri_rootless::pidfd::Pidfd::open(pid).ok().flatten()?;
+        match self.helper_liveness() {
+            Liveness::Alive(again) if again == pid => Some(pidfd),
+            _ => None,
         }
     }
 
@@ -528,6 +549,7 @@ impl Uplink {
     /// Stops the helper and unpins the namespace (used by tests and resets;
     /// a daemon restart keeps both).
     pub fn shut_down(&self) {
+        self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(pid) = self.helper_pid() {
             kill_and_reap(pid);
         }
@@ -558,32 +580,29 @@ fn wait_ready_byte(pipe: &std::os::fd::OwnedFd, limit: Duration) -> Result<(), S
     }
 }
 
-/// Waits up to `limit` for child `pid` to exit; its exit code.
+/// Waits up to `limit` for child `pid` to exit, and reaps it; its exit
+/// code. The wait sleeps on the child's pidfd.
 fn wait_exit(pid: i32, limit: Duration) -> Option<i32> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let deadline = Instant::now() + limit;
-    let pid = nix::unistd::Pid::from_raw(pid);
-    while Instant::now() < deadline {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Some(code),
-            Ok(WaitStatus::Signaled(..)) | Err(_) => return None,
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
+    let pidfd = ucri_rootless::pidfd::Pidfd::open(pid).ok().flatten()?;
+    match ucri_rootless::pidfd::wait_and_reap(&pidfd, pid, limit) {
+        Some(nix::sys::wait::WaitStatus::Exited(_, code)) => Some(code),
+        _ => None,
     }
-    None
 }
 
+/// SIGKILLs `pid` and waits (2 s at most) until it is gone, reaping it if
+/// it is the daemon's child. Its pidfd is opened before the signal.
 fn kill_and_reap(pid: i32) {
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            _ => return,
+    let held = ucri_rootless::pidfd::Pidfd::open(pid).ok().flatten();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    match held {
+        Some(pidfd) => {
+            let _ = ucri_rootless::pidfd::wait_and_reap(&pidfd, pid, Duration::from_secs(2));
         }
+        None => reap_if_child(pid),
     }
 }
 

@@ -153,6 +153,11 @@ pub fn orphaned_holders(dir: &RuntimeDir, live: Option<&HolderRecord>) -> Vec<u3
 /// namespace (containers, monitors, pod inits, the uplink's slirp4netns),
 /// then the holder itself.
 pub fn end_orphaned_holder(pid: u32) {
+    // Held first, so that the namespace check and the kill are about the
+    // same process even if the pid is reused meanwhile.
+    let Ok(Some(holder)) = crate::pidfd::Pidfd::open(pid as i32) else {
+        return; // already gone
+    };
     let Ok(userns) = NsId::of_process(pid, "user") else {
         return; // already gone
     };
@@ -162,14 +167,7 @@ pub fn end_orphaned_holder(pid: u32) {
     );
     end_namespace_members(userns, pid);
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    let deadline = Instant::now() + END_WAIT;
-    while NsId::of_process(pid, "user").ok() == Some(userns) && Instant::now() < deadline {
-        let _ = waitpid(
-            Pid::from_raw(pid as i32),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = crate::pidfd::wait_and_reap(&holder, pid as i32, END_WAIT);
 }
 
 /// SIGKILLs every process whose user namespace is `userns` or one made
@@ -223,18 +221,26 @@ fn nul_fields(pid: u32, file: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits up to `limit` until the holder `record` names is gone, reaping it
+/// if it is the caller's child. The wait sleeps on its pidfd (the record
+/// is checked once the pidfd holds the process).
 fn wait_gone(record: &HolderRecord, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        // Reap it if it is our child; ignore ECHILD otherwise.
+    let pid = record.pid as i32;
+    let reap = || {
         let _ = waitpid(
-            Pid::from_raw(record.pid as i32),
+            Pid::from_raw(pid),
             Some(nix::sys::wait::WaitPidFlag::WNOHANG),
         );
-        if !record.is_alive() {
-            return true;
+    };
+    match crate::pidfd::Pidfd::open(pid) {
+        Ok(Some(holder)) if record.is_alive() => {
+            let _ = crate::pidfd::wait_and_reap(&holder, pid, limit);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        Ok(_) => reap(),
+        Err(e) => {
+            tracing::debug!(pid, %e, "no pidfd for the holder; looking once");
+            reap();
+        }
     }
     !record.is_alive()
 }

@@ -223,7 +223,7 @@ fn run_locked(spec: &LaunchSpec, lock: &DaemonLock) -> Result<i32, LaunchError> 
     )
     .map_err(io("writing daemon.pid"))?;
     if let Err(e) = await_serving(&mut from_child, spec.payload.clone()) {
-        let ended = ended_within(&mut child, std::time::Duration::from_secs(1));
+        let ended = crate::pidfd::wait_child(&mut child, std::time::Duration::from_secs(1));
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         let _ = child.wait();
         return Err(match (e, ended) {
@@ -237,20 +237,6 @@ fn run_locked(spec: &LaunchSpec, lock: &DaemonLock) -> Result<i32, LaunchError> 
     }
     tracing::info!(pid, socket = %spec.socket.display(), "ucri daemon is serving");
     Ok(forward_signals_until_exit(&mut child, &signals, holder.pid))
-}
-
-/// The child's exit status, if it ends within `limit`.
-fn ended_within(child: &mut Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            _ => return None,
-        }
-    }
 }
 
 fn block_forwarded_signals() -> SigSet {

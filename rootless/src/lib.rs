@@ -13,6 +13,7 @@ pub mod launch;
 pub mod mounts;
 pub mod node_dirs;
 pub mod nsid;
+pub mod pidfd;
 pub mod rundir;
 pub mod subid;
 pub mod syscall;

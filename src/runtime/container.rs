@@ -397,13 +397,21 @@ impl Lifecycle {
             super::signals::wait_until_deliverable(state.pid, &signal, deadline);
             self.signal(&state, &signal)?;
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if self.oci.wait_exit(&state.id, left).is_some() {
+            if self
+                .oci
+                .wait_exit(&state.id, state.conmon_pid, left)
+                .is_some()
+            {
                 self.refresh(&state.id);
                 return Ok(());
             }
         }
         self.signal(&state, "KILL")?;
-        if self.oci.wait_exit(&state.id, KILL_GRACE).is_none() {
+        if self
+            .oci
+            .wait_exit(&state.id, state.conmon_pid, KILL_GRACE)
+            .is_none()
+        {
             return Err(LifecycleError::Runtime(format!(
                 "container {} did not exit after SIGKILL",
                 state.id
@@ -423,7 +431,14 @@ impl Lifecycle {
             // The container exited between the state check and the signal
             // (crun: "open pidfd: No such process"); conmon writes the exit
             // file a moment later.
-            Err(_) if self.oci.wait_exit(&state.id, EXIT_RECORD_GRACE).is_some() => Ok(()),
+            Err(_)
+                if self
+                    .oci
+                    .wait_exit(&state.id, state.conmon_pid, EXIT_RECORD_GRACE)
+                    .is_some() =>
+            {
+                Ok(())
+            }
             other => Ok(other?),
         }
     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::oci::is_monitor_of;
 use super::{reaped, Lifecycle};
 
 /// A conmon that ended: its container and pid.
@@ -175,11 +176,4 @@ impl Lifecycle {
         let _ = reaped(exit.pid);
         self.refresh(&exit.container);
     }
-}
-
-/// True when `pid` is conmon for container `id` (its arguments name it):
-/// a remembered pid may have been reused since.
-fn is_monitor_of(pid: i32, id: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
 }

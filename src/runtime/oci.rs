@@ -403,21 +403,21 @@ pub fn wait_monitor_gone(pid_file: &std::path::Path, limit: Duration) {
     let Some(pid) = read_pid_file(pid_file) else {
         return;
     };
-    let is_live_conmon = || {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        comm.trim() == "conmon" && !zombie
-    };
-    let deadline = std::time::Instant::now() + limit;
-    while is_live_conmon() {
-        if std::time::Instant::now() > deadline {
-            tracing::warn!(pid, "a monitor left by the previous daemon did not exit");
+    let monitor = match ucri_rootless::pidfd::Pidfd::open(pid) {
+        Ok(Some(pidfd)) => pidfd,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(pid, %e, "no pidfd for a monitor left by the previous daemon; not waiting for it");
             return;
         }
-        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Checked once the pidfd holds the process: the pid may be another's now.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "conmon" {
+        return;
+    }
+    if !monitor.wait_exit(limit) {
+        tracing::warn!(pid, "a monitor left by the previous daemon did not exit");
     }
 }
 
@@ -434,26 +434,68 @@ fn reap_failed_monitor(pid_file: &std::path::Path) {
     let Some(pid) = read_pid_file(pid_file) else {
         return;
     };
-    let pid = nix::unistd::Pid::from_raw(pid);
+    let monitor = match ucri_rootless::pidfd::Pidfd::open(pid) {
+        Ok(Some(pidfd)) => pidfd,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(pid, %e, "no pidfd for the monitor of a failed create; the sweep reaps it");
+            return;
+        }
+    };
     let _ = std::thread::Builder::new()
         .name("reap-conmon".into())
         .spawn(move || {
-            let deadline = std::time::Instant::now() + FAILED_MONITOR_EXIT;
-            while std::time::Instant::now() < deadline {
-                match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                        std::thread::sleep(Duration::from_millis(100))
-                    }
-                    _ => return,
-                }
+            if monitor.wait_exit(FAILED_MONITOR_EXIT) {
+                // Exited: reaped here if it is this daemon's child.
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            } else {
+                tracing::warn!(%pid, "the monitor of a failed create did not exit");
             }
-            tracing::warn!(%pid, "the monitor of a failed create did not exit");
         });
 }
 
-/// How long [`OciPaths::wait_exit`] looks for the exit file every
-/// millisecond before it looks every 10 ms.
+/// How long [`OciPaths::wait_exit`], without a monitor to watch, looks for
+/// the exit file every millisecond before it looks every 10 ms.
 const QUICK_EXIT: Duration = Duration::from_millis(100);
+
+/// How often [`OciPaths::wait_exit`] looks at the exit file while conmon
+/// runs on: a safety net for a conmon that outlives its container.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+/// A container's conmon, as a wait for its exit sees it.
+enum Monitor {
+    /// Running, held by its pidfd.
+    Running(ucri_rootless::pidfd::Pidfd),
+    /// Exited (or its pid now names another process).
+    Gone,
+    /// Not known, or no pidfd could be opened.
+    Unwatched,
+}
+
+/// Conmon `pid` of container `id`. It is checked after the pidfd is opened,
+/// so the check and the pidfd are about the same process: its arguments name
+/// the container (a zombie's are empty; it is gone).
+fn watch_monitor(id: &str, pid: i32) -> Monitor {
+    if pid <= 0 {
+        return Monitor::Unwatched;
+    }
+    match ucri_rootless::pidfd::Pidfd::open(pid) {
+        Ok(Some(pidfd)) if is_monitor_of(pid, id) => Monitor::Running(pidfd),
+        Ok(_) => Monitor::Gone,
+        Err(e) => {
+            tracing::debug!(container = id, pid, %e, "no pidfd for conmon; looking for its exit file");
+            Monitor::Unwatched
+        }
+    }
+}
+
+/// True when `pid` is conmon for container `id` (its arguments name it):
+/// a remembered pid may have been reused since.
+pub(super) fn is_monitor_of(pid: i32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
+}
 
 /// How long conmon may take to create a container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -608,12 +650,48 @@ impl OciPaths {
         Some((code, when))
     }
 
-    /// Waits up to `limit` for the exit file, looking every millisecond for
-    /// the first [`QUICK_EXIT`] (most containers end soon after their
-    /// signal), then every 10 ms. A look is one failed open. (An inotify
-    /// watch per wait measured slower: closing an inotify instance waits for
-    /// an SRCU grace period, about 5 ms per StopContainer.)
-    pub fn wait_exit(&self, id: &str, limit: Duration) -> Option<(i32, SystemTime)> {
+    /// Waits up to `limit` for the container's exit file. Conmon writes it
+    /// and then exits, so the wait sleeps on the pidfd of `monitor` (once it
+    /// is checked to be this container's conmon) and reads the file when
+    /// conmon is gone, or every [`LOOK_AGAIN`] while it stays. Without a
+    /// monitor to watch (none recorded, or no pidfd) it looks for the file
+    /// every millisecond for the first [`QUICK_EXIT`], then every 10 ms. (An
+    /// inotify watch per wait measured slower: closing an inotify instance
+    /// waits for an SRCU grace period, about 5 ms per StopContainer.)
+    pub fn wait_exit(&self, id: &str, monitor: i32, limit: Duration) -> Option<(i32, SystemTime)> {
+        if let Some(exit) = self.exit_status(id) {
+            return Some(exit);
+        }
+        match watch_monitor(id, monitor) {
+            Monitor::Running(pidfd) => self.wait_exit_of(id, &pidfd, limit),
+            // Gone: the file is there now, or nobody will write it.
+            Monitor::Gone => self.exit_status(id),
+            Monitor::Unwatched => self.look_for_exit(id, limit),
+        }
+    }
+
+    /// [`Self::wait_exit`] on a watched conmon.
+    fn wait_exit_of(
+        &self,
+        id: &str,
+        monitor: &ucri_rootless::pidfd::Pidfd,
+        limit: Duration,
+    ) -> Option<(i32, SystemTime)> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let gone = monitor.wait_exit(left.min(LOOK_AGAIN));
+            if let Some(exit) = self.exit_status(id) {
+                return Some(exit);
+            }
+            if gone || left <= LOOK_AGAIN {
+                return None;
+            }
+        }
+    }
+
+    /// [`Self::wait_exit`] without a monitor to watch: looks for the file.
+    fn look_for_exit(&self, id: &str, limit: Duration) -> Option<(i32, SystemTime)> {
         let start = std::time::Instant::now();
         let deadline = start + limit;
         loop {
@@ -763,6 +841,98 @@ mod tests {
         assert_eq!(
             read_cri_log(&dir.path().join("missing"), 10),
             (vec![], vec![], false)
+        );
+    }
+
+    fn paths_with_exits(exits: &Path) -> OciPaths {
+        OciPaths {
+            conmon: PathBuf::from("conmon"),
+            runtime_root: exits.join("root"),
+            exits: exits.to_owned(),
+            attach: exits.join("attach"),
+            log_size_max: -1,
+            exec_output_max: 1 << 20,
+        }
+    }
+
+    /// A stand-in conmon for container `id`: a shell whose arguments name
+    /// it, running `script`. Returned once its arguments show: spawn returns
+    /// while the kernel is still setting them up (the vfork parent resumes
+    /// before the new program's stack is built).
+    fn stand_in_monitor(script: &str, id: &str) -> std::process::Child {
+        let mut child = Command::new("sh")
+            .args(["-c", script, "conmon", id])
+            .spawn()
+            .expect("sh");
+        let pid = child.id() as i32;
+        for _ in 0..5000 {
+            if is_monitor_of(pid, id) {
+                return child;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the stand-in monitor's arguments never showed");
+    }
+
+    #[test]
+    fn an_exit_written_by_the_watched_monitor_is_read_when_it_exits() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let oci = paths_with_exits(dir.path());
+        let file = dir.path().join("c1");
+        let script = format!(
+            "sleep 0.2; echo 137 > {}.tmp; mv {0}.tmp {0}",
+            file.display()
+        );
+        let mut monitor = stand_in_monitor(&script, "c1");
+        let (code, _) = oci
+            .wait_exit("c1", monitor.id() as i32, Duration::from_secs(30))
+            .expect("the exit the monitor wrote");
+        assert_eq!(code, 137);
+        monitor.wait().expect("reap");
+    }
+
+    #[test]
+    fn a_wait_on_a_monitor_that_dies_without_an_exit_file_ends_with_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let oci = paths_with_exits(dir.path());
+        let mut monitor = stand_in_monitor("sleep 0.2", "c2");
+        let limit = Duration::from_secs(300);
+        let started = std::time::Instant::now();
+        assert_eq!(oci.wait_exit("c2", monitor.id() as i32, limit), None);
+        // Polling the file would have waited the whole limit: nobody will
+        // write it once its monitor is gone.
+        assert!(
+            started.elapsed() < limit / 2,
+            "the wait outlived its monitor"
+        );
+        monitor.wait().expect("reap");
+    }
+
+    #[test]
+    fn a_pid_that_is_not_the_containers_monitor_is_not_waited_on() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let oci = paths_with_exits(dir.path());
+        // Some other process now holds the remembered pid.
+        let mut other = stand_in_monitor("sleep 30", "another-container");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            oci.wait_exit("c3", other.id() as i32, Duration::from_secs(300)),
+            None
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "waited on a stranger"
+        );
+        other.kill().expect("kill");
+        other.wait().expect("reap");
+        // Without a monitor to watch, the file is looked for until the limit.
+        std::fs::write(dir.path().join("c3"), "0\n").expect("write");
+        assert_eq!(
+            oci.wait_exit("c3", 0, Duration::from_secs(30))
+                .map(|(code, _)| code),
+            Some(0)
         );
     }
 
