@@ -984,6 +984,108 @@ fn a_flood_of_idle_connections_takes_no_descriptors_the_node_needs() {
     );
 }
 
+/// The lowest descriptor number process `pid` has free: the one its next
+/// open would get. The least of 20 looks 10 ms apart, so that a file its
+/// periodic sweep holds open for a moment does not count as taken.
+fn lowest_free_descriptor(pid: u32) -> u64 {
+    let look = || {
+        let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the daemon's descriptors")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        (0..).find(|n| !open.contains(n)).expect("a free number")
+    };
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            look()
+        })
+        .min()
+        .expect("looks")
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of process `pid`.
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+/// Sets them as the daemon's own user (root here may lack
+/// CAP_SYS_RESOURCE: these VMs drop it).
+fn set_open_files_limit(sb: &Sandbox, pid: u32, soft: &str, hard: &str) {
+    let status = sb
+        .command_as_user("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:{hard}"))
+        .status()
+        .expect("prlimit");
+    assert!(status.success(), "prlimit --nofile={soft}:{hard} failed");
+}
+
+/// ListPodSandbox on an open connection.
+async fn list_pods(
+    open: &mut ucri_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> Result<Vec<PodSandbox>, tonic::Status> {
+    open.list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .map(|r| r.into_inner().items)
+}
+
+/// A mount table the daemon cannot read says nothing about its pods: they
+/// stay ready while it cannot, and after. Here the daemon has no
+/// descriptor left to open `/proc/self/mountinfo` with (its soft limit is
+/// lowered to the next number it would use) while kubelet lists pods on a
+/// connection it already has. (Before, each such list marked every pod
+/// NotReady, and recorded it so, for good.)
+#[test]
+fn pods_stay_ready_while_the_mount_table_cannot_be_read() {
+    let e = env("mountinfo-unreadable");
+    let sb = &e.sb;
+    let pod = run_pod(sb, &pod_config(sb, "steady")).expect("pod");
+    let serving = sb.daemon_pid();
+    let (soft, hard) = open_files_limit(serving);
+    let ready = PodSandboxState::SandboxReady as i32;
+    block_on(async {
+        let mut open = client(sb).await;
+        let before = list_pods(&mut open).await.expect("ListPodSandbox before");
+        assert!(before.iter().any(|p| p.id == pod && p.state == ready));
+        let limit = lowest_free_descriptor(serving).to_string();
+        set_open_files_limit(sb, serving, &limit, &hard);
+        let during = list_pods(&mut open).await;
+        set_open_files_limit(sb, serving, &soft, &hard);
+        let during = during.expect("ListPodSandbox without descriptors to spare");
+        assert!(
+            during.iter().any(|p| p.id == pod && p.state == ready),
+            "the pod reads ready while the mount table cannot be read: {during:?}"
+        );
+        let after = list_pods(&mut open).await.expect("ListPodSandbox after");
+        assert!(
+            after.iter().any(|p| p.id == pod && p.state == ready),
+            "and after: {after:?}"
+        );
+    });
+    let log = e._daemon.log_text();
+    assert!(
+        log.contains("cannot read the mount table; pods keep their phase"),
+        "the daemon did meet an unreadable mount table: {log}"
+    );
+    let status = pod_status(sb, &pod)
+        .expect("status")
+        .status
+        .expect("status");
+    assert_eq!(status.state, ready, "the recorded phase is still ready");
+    stop_pod(sb, &pod);
+    remove_pod(sb, &pod);
+}
+
 /// The socket bypass agent's counters of a pod, from verbose status.
 fn bypass_stats(sb: &Sandbox, pod: &str) -> serde_json::Value {
     let info = pod_status(sb, pod).expect("verbose status").info;
