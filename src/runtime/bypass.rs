@@ -1,16 +1,15 @@
-//! The socket bypass of pods (see `ucri_net::bypass`): which pods get it,
-//! their agents' lifecycle, and what it changes in a container's spec.
+//! The socket bypass of pods (see `ucri_net::bypass`): which pods get it
+//! and what it changes in a container's spec. The lifecycle of a pod's
+//! agent is in `pod.rs`.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSyscall, Spec};
 use ucri_cri_api::v1::security_profile::ProfileType;
 use ucri_cri_api::v1::{ContainerConfig, PodSandboxConfig};
-use ucri_net::bypass::{self, Cidr, Policy};
+use ucri_net::bypass;
 
-use super::sandbox::PodDir;
-use super::state::PodState;
-use super::{Lifecycle, LifecycleError};
+use super::error::LifecycleError;
 
 /// The pod annotation that turns the bypass off for one pod (`"false"`).
 pub const POD_ANNOTATION: &str = "ucri.io/socket-bypass";
@@ -43,7 +42,7 @@ pub fn support(config: &crate::config::Config) -> Result<(), String> {
 
 /// Whether the container gets a seccomp filter the bypass's rule can join
 /// (RuntimeDefault or Localhost, not privileged), as the spec builds it.
-fn has_seccomp_profile(container: &ContainerConfig) -> bool {
+pub(super) fn has_seccomp_profile(container: &ContainerConfig) -> bool {
     let Some(sc) = container
         .linux
         .as_ref()
@@ -77,140 +76,6 @@ pub fn agent_socket(runtime_root: &Path, id: &str) -> PathBuf {
     runtime_root
         .join("bypass")
         .join(format!("{}.sock", &id[..id.len().min(16)]))
-}
-
-impl Lifecycle {
-    /// Whether the pod gets the bypass: its own network namespace, the
-    /// daemon runs it, crun runs its containers, and it did not opt out.
-    fn wants_bypass(&self, pod: &PodState) -> Result<bool, LifecycleError> {
-        if !pod.namespaces.network || self.bypass.is_err() || !annotation_allows(&pod.config)? {
-            return Ok(false);
-        }
-        self.runtime_receives_listeners(pod)
-    }
-
-    /// crun hands seccomp listeners to a receiver; runc does not.
-    fn runtime_receives_listeners(&self, pod: &PodState) -> Result<bool, LifecycleError> {
-        let runtime = self.runtime_for(&pod.runtime_handler)?;
-        Ok(runtime
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains("crun")))
-    }
-
-    /// Starts the pod's agent; records its pid in `pod`.
-    fn start_bypass(&self, pod: &mut PodState) -> Result<(), LifecycleError> {
-        let socket = agent_socket(&self.runtime_root, &pod.id);
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).map_err(super::io("creating the bypass dir"))?;
-        }
-        let log = PodDir::new(&self.runtime_root, &pod.id)
-            .path()
-            .join("bypass.log");
-        let exe = std::env::current_exe().map_err(super::io("finding the ucri binary"))?;
-        pod.bypass_pid = bypass::start_agent(&exe, &socket, &self.bypass_policy(pod), &log)?;
-        Ok(())
-    }
-
-    /// The receiver a new container of the pod sends its listener to, or
-    /// `None` when the container does without the bypass. The pod's agent
-    /// starts with its first container that has a seccomp filter to join
-    /// (pods of Unconfined containers never pay for one), and again if it
-    /// is gone.
-    pub(super) fn bypass_receiver(
-        &self,
-        pod_id: &str,
-        container: &ContainerConfig,
-    ) -> Result<Option<Receiver>, LifecycleError> {
-        let Some(pod) = self.pods_mut().get(pod_id).cloned() else {
-            return Ok(None);
-        };
-        if !self.wants_bypass(&pod)? {
-            return Ok(None);
-        }
-        let unconfined_too = pod
-            .config
-            .annotations
-            .get(POD_ANNOTATION)
-            .map(String::as_str)
-            == Some("true");
-        if !unconfined_too && !has_seccomp_profile(container) {
-            return Ok(None);
-        }
-        let receiver = Receiver {
-            socket: agent_socket(&self.runtime_root, pod_id),
-            unconfined_too,
-        };
-        // One start per pod, however many containers are created at once.
-        let _starting = self.bypass_starts.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = self
-            .pods_mut()
-            .get(pod_id)
-            .map(|p| p.bypass_pid)
-            .unwrap_or(0);
-        if pid > 0 && bypass::is_agent_of(&receiver.socket, pid) {
-            return Ok(Some(receiver));
-        }
-        if pid > 0 {
-            tracing::warn!(pod = %pod_id, pid, "the socket bypass agent is gone; starting it again");
-        }
-        let mut started = pod;
-        self.start_bypass(&mut started)?;
-        let pid = started.bypass_pid;
-        if let Err(e) = self.update_pod(pod_id, |p| p.bypass_pid = pid) {
-            self.stop_bypass(pod_id, pid);
-            return Err(e);
-        }
-        Ok(Some(receiver))
-    }
-
-    /// Ends the agents whose pods have no record (a daemon killed while it
-    /// created or removed them).
-    pub(super) fn stop_unknown_agents(&self, pods: &std::collections::HashSet<String>) {
-        let dir = self.runtime_root.join("bypass");
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(prefix) = name.strip_suffix(".sock") else {
-                continue;
-            };
-            if !pods.iter().any(|p| p.starts_with(prefix)) {
-                tracing::info!(pod = %prefix, "ending the socket bypass agent of a pod that is gone");
-                bypass::stop_agent_by_pid_file(&entry.path());
-            }
-        }
-    }
-
-    /// Ends the pod's agent (its containers are stopped by now).
-    pub(super) fn stop_bypass(&self, pod_id: &str, pid: i32) {
-        bypass::stop_agent(&agent_socket(&self.runtime_root, pod_id), pid);
-    }
-
-    /// What the pod's agent has done, for verbose status; `None` without it.
-    pub(super) fn bypass_stats(&self, pod: &PodState) -> Option<serde_json::Value> {
-        if pod.bypass_pid <= 0 {
-            return None;
-        }
-        let socket = agent_socket(&self.runtime_root, &pod.id);
-        Some(match bypass::query_stats(&socket) {
-            Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        })
-    }
-
-    /// Networks the pod's connections keep to its own path: the
-    /// configured ones, the node's pod CIDRs, the pod's own subnets and the
-    /// uplink's addresses.
-    fn bypass_policy(&self, pod: &PodState) -> Policy {
-        let mut keep: Vec<Cidr> = self.config.network.bypass_keep.clone();
-        let own = pod.network.iter().flat_map(|a| a.subnets.iter());
-        let node = self.network.pod_cidrs();
-        keep.extend(
-            own.chain(node.iter())
-                .chain(self.network.uplink_networks().iter())
-                .filter_map(|c| c.parse::<Cidr>().ok()),
-        );
-        keep.dedup();
-        Policy { keep }
-    }
 }
 
 /// Sends the container's `connect` calls to the pod's agent at `receiver`:

@@ -161,7 +161,13 @@ impl Lifecycle {
             None => self.storage.rootfs().create(&state.id, &layers, false),
         }
         .map_err(|e| LifecycleError::Internal(format!("root filesystem: {e}")))?;
-        let (spec_config, volume_images) = self.mount_image_volumes(&state.id, &state.config)?;
+        let (spec_config, volume_images) = super::image_volumes::mount(
+            &self.images,
+            self.storage.rootfs(),
+            &state.id,
+            &state.config,
+            |lease| self.hold_lease(&state.id, lease),
+        )?;
         state.volume_images = volume_images;
         let bundle = self.bundle(&state.id);
         std::fs::create_dir_all(&bundle).map_err(|source| LifecycleError::Io {
@@ -309,7 +315,7 @@ impl Lifecycle {
         self.release_leases(id);
         let removed = self.containers_mut().remove(id);
         if let Some(state) = removed {
-            self.remove_image_volumes(id, &state.config);
+            super::image_volumes::remove(self.storage.rootfs(), id, &state.config);
         }
         let _ = self.storage.rootfs().remove(id);
         let _ = std::fs::remove_dir_all(self.bundle(id));
@@ -965,6 +971,42 @@ fn process_user(spec: &oci_spec::runtime::Spec) -> ProcessUser {
             }
         })
         .unwrap_or_default()
+}
+
+/// The conmon watch, as the lifecycle uses it: which monitors to watch,
+/// and what an exit records.
+impl Lifecycle {
+    /// Watches the monitor of every container that has one (after a
+    /// restart: the previous daemon's), checked to still be that
+    /// container's conmon before its pidfd is opened.
+    pub fn watch_monitors(&self) {
+        let monitors: Vec<(String, i32)> = self
+            .containers_mut()
+            .values()
+            .filter(|c| c.conmon_pid > 0)
+            .map(|c| (c.id.clone(), c.conmon_pid))
+            .collect();
+        for (id, pid) in monitors {
+            if super::oci::is_monitor_of(pid, &id) {
+                self.monitors.watch(&id, pid);
+            }
+        }
+    }
+
+    /// The receiver of monitor exits (once; the daemon records them).
+    pub fn monitor_exits(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<super::MonitorExit>> {
+        self.monitors.take_receiver()
+    }
+
+    /// A watched monitor ended: reaps it if it is this daemon's child, then
+    /// records the exit conmon wrote (the reap comes first, so no zombie is
+    /// left when the exit is announced).
+    pub fn monitor_exited(&self, exit: &super::MonitorExit) {
+        let _ = super::monitors::reaped(exit.pid);
+        self.refresh(&exit.container);
+    }
 }
 
 #[cfg(test)]

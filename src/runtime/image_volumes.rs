@@ -8,7 +8,11 @@ use std::path::{Component, Path, PathBuf};
 
 use ucri_cri_api::v1::{ContainerConfig, Mount};
 
-use super::{Lifecycle, LifecycleError};
+use ucri_storage::rootfs::Rootfs;
+
+use super::error::LifecycleError;
+use crate::image::lease::ImageLease;
+use crate::image::Images;
 
 /// The rootfs id of mount `index` of container `id`.
 pub fn rootfs_id(container: &str, index: usize) -> String {
@@ -33,61 +37,58 @@ pub fn rootfs_ids<'a>(
         .map(move |(n, _)| rootfs_id(container, n))
 }
 
-impl Lifecycle {
-    /// Mounts the image volumes of container `id` and returns its config with
-    /// each of them as a read-only bind of the image's root (or sub-path),
-    /// and the ids of the images they use. On failure the caller's
-    /// [`Lifecycle::remove_image_volumes`] undoes what was mounted.
-    pub(super) fn mount_image_volumes(
-        &self,
-        id: &str,
-        config: &ContainerConfig,
-    ) -> Result<(ContainerConfig, Vec<String>), LifecycleError> {
-        let mut resolved = config.clone();
-        let mut images = Vec::new();
-        for (n, mount) in resolved.mounts.iter_mut().enumerate() {
-            if !is_image_mount(mount) {
-                continue;
-            }
-            let spec = mount
-                .image
-                .as_ref()
-                .map(|i| i.image.clone())
-                .unwrap_or_default();
-            let (image, lease) = self.images.lease(&spec).ok_or_else(|| {
-                LifecycleError::NotFound(format!(
-                    "image volume {}: image {spec:?} not found; pull it first",
-                    mount.container_path
-                ))
-            })?;
-            self.hold_lease(id, lease);
-            let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
-            let root = self
-                .storage
-                .rootfs()
-                .create(&rootfs_id(id, n), &layers, true)
-                .map_err(|e| LifecycleError::Internal(format!("image volume {spec}: {e}")))?;
-            let source = sub_path(&root, &mount.image_sub_path).map_err(|why| {
-                LifecycleError::InvalidArgument(format!(
-                    "image volume {}: {why}",
-                    mount.container_path
-                ))
-            })?;
-            mount.host_path = source.display().to_string();
-            mount.readonly = true;
-            mount.image = None;
-            mount.image_sub_path = String::new();
-            images.push(image.id.to_string());
+/// Mounts the image volumes of container `id` (a root filesystem in
+/// `rootfs` for each, its image leased from `images`; each lease goes to
+/// `hold` at once, so that a failure half-way still ends it with the
+/// container) and returns its config with each of them as a read-only bind
+/// of the image's root (or sub-path), and the ids of the images they use.
+/// On failure the caller's [`remove`] undoes what was mounted.
+pub(super) fn mount(
+    images: &Images,
+    rootfs: &Rootfs,
+    id: &str,
+    config: &ContainerConfig,
+    mut hold: impl FnMut(ImageLease),
+) -> Result<(ContainerConfig, Vec<String>), LifecycleError> {
+    let mut resolved = config.clone();
+    let mut used = Vec::new();
+    for (n, mount) in resolved.mounts.iter_mut().enumerate() {
+        if !is_image_mount(mount) {
+            continue;
         }
-        Ok((resolved, images))
+        let spec = mount
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let (image, lease) = images.lease(&spec).ok_or_else(|| {
+            LifecycleError::NotFound(format!(
+                "image volume {}: image {spec:?} not found; pull it first",
+                mount.container_path
+            ))
+        })?;
+        hold(lease);
+        let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
+        let root = rootfs
+            .create(&rootfs_id(id, n), &layers, true)
+            .map_err(|e| LifecycleError::Internal(format!("image volume {spec}: {e}")))?;
+        let source = sub_path(&root, &mount.image_sub_path).map_err(|why| {
+            LifecycleError::InvalidArgument(format!("image volume {}: {why}", mount.container_path))
+        })?;
+        mount.host_path = source.display().to_string();
+        mount.readonly = true;
+        mount.image = None;
+        mount.image_sub_path = String::new();
+        used.push(image.id.to_string());
     }
+    Ok((resolved, used))
+}
 
-    /// Unmounts and removes the image volumes of container `id`.
-    pub(super) fn remove_image_volumes(&self, id: &str, config: &ContainerConfig) {
-        for rootfs in rootfs_ids(id, config) {
-            if let Err(e) = self.storage.rootfs().remove(&rootfs) {
-                tracing::warn!(container = %id, %rootfs, %e, "cannot remove an image volume");
-            }
+/// Unmounts and removes the image volumes of container `id` from `rootfs`.
+pub(super) fn remove(rootfs: &Rootfs, id: &str, config: &ContainerConfig) {
+    for root in rootfs_ids(id, config) {
+        if let Err(e) = rootfs.remove(&root) {
+            tracing::warn!(container = %id, rootfs = %root, %e, "cannot remove an image volume");
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod bypass;
 mod command;
 mod container;
 pub mod epoch;
+mod error;
 mod events;
 mod image_volumes;
 mod monitors;
@@ -23,7 +24,10 @@ mod stats;
 pub mod streams;
 pub mod userns;
 
+pub use error::LifecycleError;
 pub use monitors::MonitorExit;
+
+use self::monitors::reaped;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,64 +39,6 @@ use crate::storage::Storage;
 
 use self::oci::OciPaths;
 use self::state::{ContainerState, PodState, StateStore};
-
-/// Errors of the lifecycle.
-#[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
-    /// Unknown pod or container (or image).
-    #[error("{0}")]
-    NotFound(String),
-    /// Malformed request.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// Name already taken.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// Wrong state for the operation.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A CRI feature this build does not implement.
-    #[error("{0}")]
-    Unsupported(String),
-    /// An operation ran out of time.
-    #[error("{0}")]
-    Timeout(String),
-    /// The caller went away; the work was stopped.
-    #[error("{0}")]
-    Cancelled(String),
-    /// The OCI runtime or conmon failed.
-    #[error("{0}")]
-    Runtime(String),
-    /// An external program failed.
-    #[error(transparent)]
-    Command(#[from] command::CommandError),
-    /// The OCI runtime or conmon driver failed.
-    #[error(transparent)]
-    Oci(#[from] oci::OciError),
-    /// The sandbox (namespace) driver failed.
-    #[error(transparent)]
-    Sandbox(#[from] sandbox::SandboxError),
-    /// The pod user-namespace driver failed.
-    #[error(transparent)]
-    Userns(#[from] userns::UsernsError),
-    /// The record store failed.
-    #[error(transparent)]
-    State(#[from] state::StateError),
-    /// A file operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// Where.
-        context: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Pod networking failed.
-    #[error("{0}")]
-    Network(#[from] ucri_net::NetError),
-    /// Anything else.
-    #[error("{0}")]
-    Internal(String),
-}
 
 /// Serializes operations on the same pod or container.
 type IdLocks = crate::keyed_locks::KeyedLocks<Mutex<()>>;
@@ -469,17 +415,6 @@ pub fn resources_probe(config: &crate::config::RuntimeConfig) -> crate::cgroups:
     )
 }
 
-/// Reaps `pid` if it has exited; true when it is gone (or not our child).
-fn reaped(pid: i32) -> bool {
-    !matches!(
-        nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        ),
-        Ok(nix::sys::wait::WaitStatus::StillAlive)
-    )
-}
-
 /// Names of the subdirectories of `dir`.
 fn dir_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
     std::fs::read_dir(dir)
@@ -489,13 +424,6 @@ fn dir_names(dir: &std::path::Path) -> std::collections::HashSet<String> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
-}
-
-/// Now, Unix nanoseconds.
-/// Maps an I/O error to a lifecycle error that says where it happened.
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
-    let context = context.into();
-    move |source| LifecycleError::Io { context, source }
 }
 
 /// How long a monitor left by a killed daemon may take to exit once its

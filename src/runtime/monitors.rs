@@ -1,8 +1,9 @@
 //! Each container's conmon, watched through a pidfd: when one exits, the
 //! daemon reaps it at once (it is the daemon's child by the subreaper bit)
 //! and records its container's exit, instead of finding both on the next
-//! sweep of [`Lifecycle::reap_monitors`], which stays, once a second, for
-//! the monitors no pidfd could be opened for.
+//! sweep of `Lifecycle::reap_monitors`, which stays, once a second, for
+//! the monitors no pidfd could be opened for. The `Lifecycle` side (which
+//! monitors to watch, what an exit records) is in `container.rs`.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -11,9 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-
-use super::oci::is_monitor_of;
-use super::{reaped, Lifecycle};
 
 /// A conmon that ended: its container and pid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,34 +144,13 @@ fn wait_for_exits(
     }
 }
 
-impl Lifecycle {
-    /// Watches the monitor of every container that has one (after a
-    /// restart: the previous daemon's), checked to still be that
-    /// container's conmon before its pidfd is opened.
-    pub fn watch_monitors(&self) {
-        let monitors: Vec<(String, i32)> = self
-            .containers_mut()
-            .values()
-            .filter(|c| c.conmon_pid > 0)
-            .map(|c| (c.id.clone(), c.conmon_pid))
-            .collect();
-        for (id, pid) in monitors {
-            if is_monitor_of(pid, &id) {
-                self.monitors.watch(&id, pid);
-            }
-        }
-    }
-
-    /// The receiver of monitor exits (once; the daemon records them).
-    pub fn monitor_exits(&self) -> Option<UnboundedReceiver<MonitorExit>> {
-        self.monitors.take_receiver()
-    }
-
-    /// A watched monitor ended: reaps it if it is this daemon's child, then
-    /// records the exit conmon wrote (the reap comes first, so no zombie is
-    /// left when the exit is announced).
-    pub fn monitor_exited(&self, exit: &MonitorExit) {
-        let _ = reaped(exit.pid);
-        self.refresh(&exit.container);
-    }
+/// Reaps `pid` if it has exited; true when it is gone (or not our child).
+pub(super) fn reaped(pid: i32) -> bool {
+    !matches!(
+        nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ),
+        Ok(nix::sys::wait::WaitStatus::StillAlive)
+    )
 }

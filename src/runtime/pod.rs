@@ -429,6 +429,149 @@ fn pods_whose_netns_vanished<'a>(
     .collect()
 }
 
+/// The pod's socket bypass agent (`bypass.rs` decides what it changes in
+/// a container's spec).
+impl Lifecycle {
+    /// Whether the pod gets the bypass: its own network namespace, the
+    /// daemon runs it, crun runs its containers, and it did not opt out.
+    fn wants_bypass(&self, pod: &PodState) -> Result<bool, LifecycleError> {
+        if !pod.namespaces.network
+            || self.bypass.is_err()
+            || !super::bypass::annotation_allows(&pod.config)?
+        {
+            return Ok(false);
+        }
+        self.runtime_receives_listeners(pod)
+    }
+
+    /// crun hands seccomp listeners to a receiver; runc does not.
+    fn runtime_receives_listeners(&self, pod: &PodState) -> Result<bool, LifecycleError> {
+        let runtime = self.runtime_for(&pod.runtime_handler)?;
+        Ok(runtime
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("crun")))
+    }
+
+    /// Starts the pod's agent; records its pid in `pod`.
+    fn start_bypass(&self, pod: &mut PodState) -> Result<(), LifecycleError> {
+        let socket = super::bypass::agent_socket(&self.runtime_root, &pod.id);
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(super::error::io("creating the bypass dir"))?;
+        }
+        let log = super::sandbox::PodDir::new(&self.runtime_root, &pod.id)
+            .path()
+            .join("bypass.log");
+        let exe = std::env::current_exe().map_err(super::error::io("finding the ucri binary"))?;
+        pod.bypass_pid =
+            ucri_net::bypass::start_agent(&exe, &socket, &self.bypass_policy(pod), &log)?;
+        Ok(())
+    }
+
+    /// The receiver a new container of the pod sends its listener to, or
+    /// `None` when the container does without the bypass. The pod's agent
+    /// starts with its first container that has a seccomp filter to join
+    /// (pods of Unconfined containers never pay for one), and again if it
+    /// is gone.
+    pub(super) fn bypass_receiver(
+        &self,
+        pod_id: &str,
+        container: &ucri_cri_api::v1::ContainerConfig,
+    ) -> Result<Option<super::bypass::Receiver>, LifecycleError> {
+        let Some(pod) = self.pods_mut().get(pod_id).cloned() else {
+            return Ok(None);
+        };
+        if !self.wants_bypass(&pod)? {
+            return Ok(None);
+        }
+        let unconfined_too = pod
+            .config
+            .annotations
+            .get(super::bypass::POD_ANNOTATION)
+            .map(String::as_str)
+            == Some("true");
+        if !unconfined_too && !super::bypass::has_seccomp_profile(container) {
+            return Ok(None);
+        }
+        let receiver = super::bypass::Receiver {
+            socket: super::bypass::agent_socket(&self.runtime_root, pod_id),
+            unconfined_too,
+        };
+        // One start per pod, however many containers are created at once.
+        let _starting = self.bypass_starts.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = self
+            .pods_mut()
+            .get(pod_id)
+            .map(|p| p.bypass_pid)
+            .unwrap_or(0);
+        if pid > 0 && ucri_net::bypass::is_agent_of(&receiver.socket, pid) {
+            return Ok(Some(receiver));
+        }
+        if pid > 0 {
+            tracing::warn!(pod = %pod_id, pid, "the socket bypass agent is gone; starting it again");
+        }
+        let mut started = pod;
+        self.start_bypass(&mut started)?;
+        let pid = started.bypass_pid;
+        if let Err(e) = self.update_pod(pod_id, |p| p.bypass_pid = pid) {
+            self.stop_bypass(pod_id, pid);
+            return Err(e);
+        }
+        Ok(Some(receiver))
+    }
+
+    /// Ends the agents whose pods have no record (a daemon killed while it
+    /// created or removed them).
+    pub(super) fn stop_unknown_agents(&self, pods: &std::collections::HashSet<String>) {
+        let dir = self.runtime_root.join("bypass");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(prefix) = name.strip_suffix(".sock") else {
+                continue;
+            };
+            if !pods.iter().any(|p| p.starts_with(prefix)) {
+                tracing::info!(pod = %prefix, "ending the socket bypass agent of a pod that is gone");
+                ucri_net::bypass::stop_agent_by_pid_file(&entry.path());
+            }
+        }
+    }
+
+    /// Ends the pod's agent (its containers are stopped by now).
+    pub(super) fn stop_bypass(&self, pod_id: &str, pid: i32) {
+        ucri_net::bypass::stop_agent(
+            &super::bypass::agent_socket(&self.runtime_root, pod_id),
+            pid,
+        );
+    }
+
+    /// What the pod's agent has done, for verbose status; `None` without it.
+    pub(super) fn bypass_stats(&self, pod: &PodState) -> Option<serde_json::Value> {
+        if pod.bypass_pid <= 0 {
+            return None;
+        }
+        let socket = super::bypass::agent_socket(&self.runtime_root, &pod.id);
+        Some(match ucri_net::bypass::query_stats(&socket) {
+            Ok(stats) => serde_json::to_value(stats).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        })
+    }
+
+    /// Networks the pod's connections keep to its own path: the
+    /// configured ones, the node's pod CIDRs, the pod's own subnets and the
+    /// uplink's addresses.
+    fn bypass_policy(&self, pod: &PodState) -> ucri_net::bypass::Policy {
+        let mut keep: Vec<ucri_net::bypass::Cidr> = self.config.network.bypass_keep.clone();
+        let own = pod.network.iter().flat_map(|a| a.subnets.iter());
+        let node = self.network.pod_cidrs();
+        keep.extend(
+            own.chain(node.iter())
+                .chain(self.network.uplink_networks().iter())
+                .filter_map(|c| c.parse::<ucri_net::bypass::Cidr>().ok()),
+        );
+        keep.dedup();
+        ucri_net::bypass::Policy { keep }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
