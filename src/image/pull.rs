@@ -8,7 +8,7 @@ use futures::StreamExt;
 use oci_client::client::ClientProtocol;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use serde::Deserialize;
 use ucri_storage::digest::{chain_ids, Digest};
 use ucri_storage::stop::StopFlag;
@@ -238,12 +238,7 @@ impl Images {
         tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     ) -> Result<(), ImageError> {
         let digest = &layer.blob;
-        let text = digest.to_string();
-        let mut stream = session
-            .client
-            .pull_blob_stream(&session.reference, text.as_str())
-            .await
-            .map_err(|e| registry_error(&session.reference, e))?;
+        let mut response = session.fetch_blob(digest).await?;
         let oversized = |sent: u64| {
             ImageError::Corrupt(format!(
                 "blob {digest} from {}: the registry sent {sent} bytes or more, its manifest \
@@ -251,12 +246,17 @@ impl Images {
                 session.reference, layer.size
             ))
         };
-        if let Some(length) = stream.content_length.filter(|&n| n > layer.size) {
+        if let Some(length) = response.content_length().filter(|&n| n > layer.size) {
             return Err(oversized(length));
         }
         let mut received = 0u64;
-        while let Some(chunk) = stream.stream.next().await {
-            let chunk = chunk.map_err(|e| stream_error(digest, e))?;
+        let mut hasher = ucri_storage::digest::Hasher::default();
+        let mut unpacking = true;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| download_error(digest, e))?
+        {
             received += chunk.len() as u64;
             if received > layer.size {
                 let _ = tx
@@ -264,9 +264,23 @@ impl Images {
                     .await;
                 return Err(oversized(received));
             }
-            if tx.send(Ok(chunk)).await.is_err() {
-                break;
+            hasher.update(&chunk);
+            if unpacking && tx.send(Ok(chunk)).await.is_err() {
+                // The unpacker gave up. The rest of the blob tells a corrupt
+                // download (DATA_LOSS) from a layer that is bad as published
+                // (the unpacker's error), when little of it is left.
+                if layer.size - received > VERDICT_MAX {
+                    return Ok(());
+                }
+                unpacking = false;
             }
+        }
+        let (got, _) = hasher.finish();
+        if &got != digest {
+            return Err(ImageError::Corrupt(format!(
+                "blob {digest} from {}: content hashes to {got}",
+                session.reference
+            )));
         }
         Ok(())
     }
@@ -274,6 +288,11 @@ impl Images {
 
 /// Chunks in flight between the network and the unpacker.
 const INGEST_CHUNKS: usize = 64;
+
+/// How much of a blob is still read, only to check its digest, after the
+/// unpacker refused its start: a bad layer as published and a corrupt
+/// download fail with different codes.
+const VERDICT_MAX: u64 = 64 << 20;
 
 /// A blocking `Read` over chunks arriving on a channel.
 struct ChannelReader {
@@ -321,13 +340,14 @@ fn task_error(what: &str, e: tokio::task::JoinError) -> ImageError {
     })
 }
 
-/// One connection to one endpoint, with the protocol that worked.
+/// One connection to one endpoint, with the protocol and credentials that
+/// worked.
 struct Session {
-    client: Client,
     reference: Reference,
     auth: RegistryAuth,
-    /// The same endpoint for manifests, which `oci-client` reads whole
-    /// however long they are.
+    /// The HTTP client for manifests and blobs (`oci-client` reads a
+    /// manifest whole however long it is, and pings again before every blob
+    /// when the registry gave no token); `oci-client` only opens the session.
     http: reqwest::Client,
     scheme: &'static str,
     /// The bearer token the registry gave for pulling, if it gave one.
@@ -371,7 +391,6 @@ impl Session {
                         clients.remember_scheme(registry, scheme);
                     }
                     return Ok(Session {
-                        client,
                         reference,
                         auth,
                         http: clients
@@ -421,14 +440,8 @@ impl Session {
     async fn fetch_manifest(&self, reference: &Reference) -> Result<Vec<u8>, ImageError> {
         let url = manifest_url(self.scheme, reference);
         let request = self
-            .http
-            .get(&url)
+            .authorized_get(&url)
             .header(http::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
-        let request = match (&self.token, &self.auth) {
-            (Some(token), _) | (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, RegistryAuth::Anonymous) => request,
-        };
         let unreachable = |e: reqwest::Error| ImageError::Unavailable(format!("{url}: {e}"));
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
@@ -449,6 +462,48 @@ impl Session {
             })
     }
 
+    /// A GET of `url` with the session's credentials: the bearer token the
+    /// registry gave, else the request's own.
+    fn authorized_get(&self, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.get(url);
+        match (&self.token, &self.auth) {
+            (Some(token), _) | (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, RegistryAuth::Anonymous) => request,
+        }
+    }
+
+    /// GETs blob `digest` with the credentials the session opened with, so
+    /// that a registry that hands out no token is not asked again for each
+    /// blob (`oci-client` pings `/v2/` before every blob when it holds no
+    /// token). Redirects are followed; reqwest drops the credentials on one
+    /// to another host. The caller checks size and digest.
+    async fn fetch_blob(&self, digest: &Digest) -> Result<reqwest::Response, ImageError> {
+        let url = format!(
+            "{}://{}/v2/{}/blobs/{digest}",
+            self.scheme,
+            self.reference.resolve_registry(),
+            self.reference.repository()
+        );
+        let response = self
+            .authorized_get(&url)
+            .send()
+            .await
+            .map_err(|e| ImageError::Unavailable(format!("{url}: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = read_at_most(response, ERROR_BODY_MAX)
+                .await
+                .unwrap_or_default();
+            return Err(status_error(
+                &self.reference,
+                status,
+                &body.unwrap_or_default(),
+            ));
+        }
+        Ok(response)
+    }
+
     /// The image config in memory, verified: at most its declared size and
     /// `[image] config_max`.
     async fn config_blob(&self, digest: &Digest, declared: i64) -> Result<Vec<u8>, ImageError> {
@@ -462,15 +517,13 @@ impl Session {
                 self.reference
             )));
         }
-        let text = digest.to_string();
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.reference, text.as_str())
-            .await
-            .map_err(|e| registry_error(&self.reference, e))?;
+        let mut response = self.fetch_blob(digest).await?;
         let mut out = Vec::new();
-        while let Some(chunk) = stream.stream.next().await {
-            let chunk = chunk.map_err(|e| stream_error(digest, e))?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| download_error(digest, e))?
+        {
             if (out.len() + chunk.len()) as u64 > declared {
                 return Err(ImageError::Corrupt(format!(
                     "config {digest} from {}: more than its declared {declared} bytes",
@@ -623,18 +676,9 @@ fn image_layers(manifest: &Manifest, config: &ImageConfig) -> Result<Vec<ImageLa
         .collect()
 }
 
-/// A failed blob stream: `oci-client` reports digest mismatches as an
-/// `io::Error` wrapping its `DigestError`.
-fn stream_error(digest: &Digest, e: std::io::Error) -> ImageError {
-    let context = format!("downloading {digest}: {e}");
-    let is_digest = e
-        .get_ref()
-        .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>());
-    if is_digest {
-        ImageError::Corrupt(context)
-    } else {
-        ImageError::Unavailable(context)
-    }
+/// A download cut short.
+fn download_error(digest: &Digest, e: reqwest::Error) -> ImageError {
+    ImageError::Unavailable(format!("downloading {digest}: {e}"))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ImageError> {
