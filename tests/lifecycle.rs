@@ -1331,6 +1331,68 @@ fn a_start_cut_short_by_a_crash_is_created_again_at_the_next_start() {
     remove_pod(&e.sb, &pod);
 }
 
+/// A deferred container (CreateContainer left its creation to
+/// StartContainer) that crun has after all is deleted from crun when it is
+/// removed: its process, waiting to be started, does not outlive it. This
+/// is what a daemon killed while conmon ran `crun create` leaves when the
+/// create finishes after the next daemon's recovery looked (the chaos test
+/// found a `crun` process left so). Here the create is run by hand.
+#[test]
+fn removing_a_deferred_container_that_crun_has_ends_its_process() {
+    let e = env("deferred-rm");
+    let pod_cfg = pod_config(&e.sb, "deferred");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("RunPodSandbox");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "c", "sleep 300"),
+        &pod_cfg,
+    )
+    .expect("create");
+    let run = e.sb.runtime_dir();
+    let created = format!(
+        "crun --root={oci} create --bundle {bundle} {id} </dev/null >/dev/null 2>&1",
+        oci = run.join("oci").display(),
+        bundle = run.join("containers").join(&id).display(),
+    );
+    let out = e.sb.run_ucri(&["nsenter", "--", "sh", "-c", &created]);
+    assert!(
+        out.status.success(),
+        "crun create by hand: {}",
+        describe(&out)
+    );
+    let userns = ns_inode(e.sb.holder_pid(), "user");
+    let waiting = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_alive(*pid))
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/ns/user"))
+                    .is_ok_and(|l| l.to_string_lossy().contains(&userns.to_string()))
+            })
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "crun")
+            })
+            .count()
+    };
+    assert_eq!(waiting(), 1, "crun's init waits to be started");
+    remove_container(&e.sb, &id);
+    // The files go on a thread of their own after the record.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting() > 0 || run.join("oci").join(&id).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting process or crun's state outlived the container"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_pod(&e.sb, &pod);
+    remove_pod(&e.sb, &pod);
+}
+
 /// The init of a pod's shared PID namespace is signalled only while its
 /// pid is still that init: after a restart (or a reboot) the remembered pid
 /// may be another process's, and StopPodSandbox leaves that one alone.

@@ -911,6 +911,14 @@ pub(super) fn cri_container_status(c: &ContainerState) -> ContainerStatus {
     }
 }
 
+/// Whether the OCI runtime holds container `state` (`crun_knows`: its
+/// state dir exists). A deferred one normally is not there yet, but a
+/// daemon killed while conmon ran `crun create` leaves one that is: its
+/// process waits to be started, and only `crun delete` ends it.
+fn has_runtime_state(state: &ContainerState, crun_knows: bool) -> bool {
+    state.lost.is_none() && (!state.deferred || crun_knows)
+}
+
 /// What removing a container leaves to delete: crun's state (unless the
 /// runtime dir it lived in was lost), the root filesystem and image
 /// volumes, the bundle, the exit file and attach socket.
@@ -921,7 +929,7 @@ fn delete_container_files(
     state: &ContainerState,
 ) -> Result<(), LifecycleError> {
     let id = &state.id;
-    if state.lost.is_none() && !state.deferred {
+    if has_runtime_state(state, oci.runtime_root.join(id).exists()) {
         oci.runtime(
             &state.runtime,
             &["delete", "--force", id],
@@ -1038,6 +1046,42 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    fn record(deferred: bool, lost: Option<&str>) -> ContainerState {
+        ContainerState {
+            id: "c".into(),
+            pod_id: "p".into(),
+            config: ContainerConfig::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            phase: ContainerPhase::Created,
+            created_at: 1,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            pid: 0,
+            conmon_pid: 0,
+            log_path: String::new(),
+            runtime: PathBuf::from("crun"),
+            oom_killed: false,
+            user: None,
+            volume_images: vec![],
+            lost: lost.map(str::to_owned),
+            deferred,
+            start_error: None,
+        }
+    }
+
+    #[test]
+    fn removal_deletes_what_crun_holds_even_of_a_deferred_record() {
+        assert!(has_runtime_state(&record(false, None), true));
+        assert!(has_runtime_state(&record(false, None), false), "crun says");
+        assert!(!has_runtime_state(&record(true, None), false));
+        // A daemon killed while conmon ran `crun create`: its process waits
+        // to be started, and only `crun delete` ends it.
+        assert!(has_runtime_state(&record(true, None), true));
+        assert!(!has_runtime_state(&record(false, Some("reboot")), true));
     }
 
     #[test]

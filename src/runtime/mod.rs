@@ -269,7 +269,17 @@ impl Lifecycle {
     fn remove_half_started(&self, containers: &[ContainerState]) {
         let deferred = containers.iter().filter(|c| c.deferred && c.lost.is_none());
         for c in deferred {
-            if !self.oci.runtime_root.join(&c.id).exists() {
+            let bundle = self.runtime_root.join("containers").join(&c.id);
+            let state_dir = self.oci.runtime_root.join(&c.id);
+            // A conmon of the previous daemon may still be running `crun
+            // create`: let it finish (or fail) before looking.
+            oci::wait_create_settled(
+                &bundle.join("conmon.pid"),
+                &c.id,
+                &state_dir,
+                LEFT_MONITOR_EXIT,
+            );
+            if !state_dir.exists() {
                 continue;
             }
             tracing::info!(container = %c.id, "deleting the OCI container of a start that was never finished");
@@ -280,7 +290,6 @@ impl Lifecycle {
             ) {
                 tracing::warn!(container = %c.id, %e, "cannot delete a half-started container");
             }
-            let bundle = self.runtime_root.join("containers").join(&c.id);
             oci::wait_monitor_gone(&bundle.join("conmon.pid"), LEFT_MONITOR_EXIT);
             self.oci.forget(&c.id);
         }

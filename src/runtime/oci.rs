@@ -421,6 +421,33 @@ pub fn wait_monitor_gone(pid_file: &std::path::Path, limit: Duration) {
     }
 }
 
+/// Waits (at most `limit`) while the conmon whose pid is in `pid_file`, a
+/// monitor of container `id` left by a killed daemon, may still be running
+/// `crun create`: until crun has `state_dir` for it, or that conmon is gone.
+/// Nothing else signals the end of a create, so this looks every 10 ms.
+pub fn wait_create_settled(
+    pid_file: &std::path::Path,
+    id: &str,
+    state_dir: &Path,
+    limit: Duration,
+) {
+    let Some(pid) = read_pid_file(pid_file) else {
+        return;
+    };
+    let Ok(Some(monitor)) = ucri_rootless::pidfd::Pidfd::open(pid) else {
+        return;
+    };
+    if !is_monitor_of(pid, id) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + limit;
+    while !state_dir.exists() && std::time::Instant::now() < deadline {
+        if monitor.wait_exit(Duration::from_millis(10)) {
+            return;
+        }
+    }
+}
+
 /// The positive pid a pid file holds.
 fn read_pid_file(pid_file: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(pid_file)

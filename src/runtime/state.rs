@@ -153,7 +153,8 @@ pub struct ContainerState {
     /// The OCI runtime has not created it: CreateContainer wrote its root
     /// filesystem and bundle, StartContainer has conmon create and start it
     /// (containerd's split). Nothing runs, and removal asks the OCI runtime
-    /// nothing.
+    /// nothing, unless crun has it after all (a daemon killed while conmon
+    /// ran `crun create`).
     #[serde(default)]
     pub deferred: bool,
     /// Why StartContainer could not create it in the OCI runtime: it reads
