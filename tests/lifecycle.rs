@@ -1517,6 +1517,76 @@ fn unreadable_state_records_are_quarantined_and_what_they_describe_keeps_running
     );
 }
 
+/// Records written before schema versions (no `schema`) and by schema 1
+/// (no `deferred`, no `start_error`) are read by this ucri as what they
+/// meant: the pod is ready, the container runs on and can be stopped and
+/// removed, and a record saved again carries the current schema.
+#[test]
+fn records_of_older_schemas_are_read_and_what_they_describe_keeps_running() {
+    let mut e = env("old-records");
+    let pod_cfg = pod_config(&e.sb, "old");
+    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
+    let id = create(
+        &e.sb,
+        &pod,
+        container_config(&e.image, "runner", "sleep 600"),
+        &pod_cfg,
+    )
+    .expect("create");
+    start(&e.sb, &id).expect("start");
+    let state = e.sb.data_dir().join("state");
+    let container_record = state.join(format!("containers/{id}.json"));
+    let pod_record = state.join(format!("pods/{pod}.json"));
+    let read = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).expect("record")).expect("JSON")
+    };
+    let pid = read(&container_record)["pid"].as_u64().expect("pid") as u32;
+    e.sb.kill_serving_daemon();
+    // Schema 1: the container as CreateContainer created it in crun.
+    let mut older = read(&container_record);
+    let fields = older.as_object_mut().expect("an object");
+    assert_eq!(fields.remove("schema"), Some(serde_json::json!(2)));
+    assert_eq!(fields.remove("deferred"), Some(serde_json::json!(false)));
+    fields.remove("start_error");
+    fields.insert("schema".into(), serde_json::json!(1));
+    std::fs::write(&container_record, serde_json::to_vec(&older).expect("JSON")).expect("write");
+    // Before versions: no schema at all.
+    let mut oldest = read(&pod_record);
+    oldest.as_object_mut().expect("an object").remove("schema");
+    std::fs::write(&pod_record, serde_json::to_vec(&oldest).expect("JSON")).expect("write");
+    e._daemon = e.sb.start_daemon();
+    assert!(process_alive(pid), "the container's process still runs");
+    assert_eq!(
+        status(&e.sb, &id).expect("status").state,
+        ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(
+        pod_status(&e.sb, &pod)
+            .expect("pod status")
+            .status
+            .expect("status")
+            .state,
+        PodSandboxState::SandboxReady as i32
+    );
+    assert!(
+        !state.join("quarantine").exists()
+            || std::fs::read_dir(state.join("quarantine"))
+                .expect("dir")
+                .next()
+                .is_none(),
+        "nothing was set aside"
+    );
+    stop(&e.sb, &id, 10).expect("stop");
+    assert_eq!(
+        read(&container_record)["schema"],
+        serde_json::json!(2),
+        "saved again in the current schema"
+    );
+    remove_container(&e.sb, &id);
+    stop_pod(&e.sb, &pod);
+    remove_pod(&e.sb, &pod);
+}
+
 /// A kill in the middle of RemoveContainer can leave a root filesystem
 /// without its record while the container's record stays: the next start
 /// finishes that removal instead of refusing to start (it failed with "no
@@ -2241,6 +2311,26 @@ fn create_container_uses_the_stored_pod_not_the_requests_copy() {
         !elsewhere.exists(),
         "nothing written where the request pointed"
     );
+    // The request's copy says the pod is privileged; the pod is not, so a
+    // privileged container is refused and nothing of it is made.
+    let mut privileged = container_config(&e.image, "p", "true");
+    privileged
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let before = list_containers(sb, None).len();
+    let refused = create(sb, &pod, privileged, &forged).expect_err("a privileged container");
+    assert!(
+        refused.message().contains("not privileged"),
+        "refused for the stored pod's settings: {refused}"
+    );
+    assert_eq!(
+        list_containers(sb, None).len(),
+        before,
+        "nothing was created"
+    );
     remove_pod(sb, &pod);
 }
 
@@ -2387,6 +2477,15 @@ fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
     let e = env("lc-names");
     let sb = &e.sb;
     let pods_before = sb.runtime_dir().join("pods");
+    // A refusal of bad input names the input, not where ucri keeps things.
+    let names_no_store = |err: &tonic::Status| {
+        let dirs = [sb.data_dir(), sb.runtime_dir()].map(|d| d.display().to_string());
+        assert!(
+            !dirs.iter().any(|d| err.message().contains(d.as_str())),
+            "the message shows a store path: {}",
+            err.message()
+        );
+    };
     for bad in [
         "web\0x".to_owned(),
         "n".repeat(1 << 20),
@@ -2397,6 +2496,7 @@ fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
         let err = run_pod(sb, &config).expect_err("a bad pod name");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().len() < 1024, "the error stays short");
+        names_no_store(&err);
     }
     assert!(
         std::fs::read_dir(&pods_before).map_or(true, |d| d.count() == 0),
@@ -2408,6 +2508,13 @@ fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
     config.metadata.as_mut().expect("metadata").name = "c\0d".into();
     let err = create(sb, &pod, config, &pod_cfg).expect_err("a NUL in the container name");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    names_no_store(&err);
+    let mut config = container_config(&e.image, "huge", "true");
+    config.metadata.as_mut().expect("metadata").name = "c".repeat(1 << 20);
+    let err = create(sb, &pod, config, &pod_cfg).expect_err("a 1 MiB container name");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().len() < 1024, "the error stays short");
+    names_no_store(&err);
 
     // A NUL anywhere else reaches a path, an argument or the environment.
     type Spoil = fn(&mut ContainerConfig);
@@ -2438,6 +2545,7 @@ fn nul_bytes_and_huge_names_are_invalid_arguments_not_internal_errors() {
         let err = create(sb, &pod, config, &pod_cfg).expect_err(what);
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
         assert!(err.message().contains("NUL"), "{what}: {}", err.message());
+        names_no_store(&err);
     }
     assert!(
         list_containers(sb, None).is_empty(),

@@ -1339,3 +1339,46 @@ fn the_bypass_agent_of_a_pod_without_a_record_ends_at_the_next_start() {
         "its socket and pid file are gone"
     );
 }
+
+/// A pod's remembered socket bypass agent is signalled only while that pid
+/// is still its agent: after a restart the pid may be another process's
+/// (here a process of the same user), and StopPodSandbox leaves it alone.
+#[test]
+fn a_remembered_bypass_agent_pid_that_now_names_another_process_is_not_killed() {
+    let mut e = env("net-bypass-reused");
+    let (pod, _) = web_pod_with(
+        &e,
+        &pod_config(&e.sb, "reused"),
+        "x",
+        runtime_default_seccomp,
+    );
+    let record = e.sb.data_dir().join(format!("state/pods/{pod}.json"));
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("pod record")).expect("JSON");
+    let agent = state["bypass_pid"].as_i64().expect("bypass_pid") as i32;
+    assert!(agent > 0, "the pod has an agent");
+    kill_9_daemon(&mut e);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("end the agent");
+    let mut bystander =
+        e.sb.command_as_user("sleep")
+            .arg("300")
+            .spawn()
+            .expect("a bystander process");
+    state["bypass_pid"] = serde_json::json!(bystander.id());
+    std::fs::write(&record, serde_json::to_vec(&state).expect("JSON")).expect("write state");
+    std::os::unix::fs::chown(&record, Some(e.sb.user.uid), Some(e.sb.user.gid))
+        .expect("give the record back");
+    e._daemon = e.sb.start_daemon();
+    stop_pod(&e.sb, &pod);
+    remove_pod(&e.sb, &pod);
+    assert!(
+        process_alive(bystander.id()),
+        "the process that now has the agent's old pid is alive"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

@@ -422,13 +422,12 @@ fn metrics_are_served_as_valid_prometheus_text_and_over_cri() {
     let sb = &e.sb;
     let config = pod_config(sb, "measured");
     let pod = run_pod(sb, &config).expect("RunPodSandbox");
-    let id = create(
-        sb,
-        &pod,
-        container_config(&e.image, "m", "exec sleep 600"),
-        &config,
-    )
-    .expect("create");
+    let mut container = container_config(&e.image, "m", "exec sleep 600");
+    container.envs.push(KeyValue {
+        key: "SECRET_TOKEN".into(),
+        value: "hunter2-metrics".into(),
+    });
+    let id = create(sb, &pod, container, &config).expect("create");
     start(sb, &id).expect("start");
     let missing = status(sb, "no-such-container").expect_err("unknown container");
     assert_eq!(missing.code(), tonic::Code::NotFound);
@@ -444,6 +443,21 @@ fn metrics_are_served_as_valid_prometheus_text_and_over_cri() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         reply.split_once("\r\n\r\n").expect("body").1.to_owned()
     };
+    // Any local user can read the endpoint: it holds counts and latencies,
+    // nothing that names or describes a workload.
+    let pod_name = &config.metadata.as_ref().expect("metadata").name;
+    for secret in [
+        &pod,
+        &id,
+        pod_name,
+        &"hunter2-metrics".to_owned(),
+        &"SECRET_TOKEN".to_owned(),
+    ] {
+        assert!(
+            !text.contains(secret.as_str()),
+            "the public metrics show {secret:?}: {text}"
+        );
+    }
     let samples = parse_prometheus(&text);
     let find = |name: &str, label: &str| {
         samples
