@@ -577,13 +577,80 @@ mod tests {
     use super::*;
 
     mod properties {
-        //! Fuzzing by properties: the metadata check of RunPodSandbox and
-        //! CreateContainer takes any text, and refuses exactly what is too
-        //! long or holds a control character.
+        //! Fuzzing by properties: the request checks of RunPodSandbox and
+        //! CreateContainer take any text, and refuse exactly what is too
+        //! long or holds a control character (metadata) or a NUL (every
+        //! other string of the configs).
         use super::*;
         use proptest::prelude::*;
 
+        /// Text that holds a NUL now and then.
+        fn text() -> impl Strategy<Value = String> {
+            "[a-z/.\\x00 ]{0,12}"
+        }
+
+        fn container(
+            strings: Vec<String>,
+            env_value: Vec<u8>,
+        ) -> ucri_cri_api::v1::ContainerConfig {
+            use ucri_cri_api::v1::{KeyValue, Mount};
+            let at = |n: usize| strings.get(n).cloned().unwrap_or_default();
+            ucri_cri_api::v1::ContainerConfig {
+                command: vec![at(0)],
+                args: vec![at(1), at(2)],
+                working_dir: at(3),
+                log_path: at(4),
+                envs: vec![KeyValue {
+                    key: at(5),
+                    value: env_value,
+                }],
+                mounts: vec![Mount {
+                    container_path: at(6),
+                    host_path: at(7),
+                    ..Default::default()
+                }],
+                labels: std::collections::HashMap::from([(at(8), at(9))]),
+                annotations: std::collections::HashMap::from([(at(10), at(11))]),
+                ..Default::default()
+            }
+        }
+
         proptest! {
+            #[test]
+            fn a_container_config_is_refused_exactly_when_a_string_holds_a_nul(
+                strings in proptest::collection::vec(text(), 12),
+                env_value in proptest::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let config = container(strings.clone(), env_value.clone());
+                let has_nul = strings.iter().any(|s| s.contains('\0')) || env_value.contains(&0);
+                match check_container_strings(&config) {
+                    Ok(()) => prop_assert!(!has_nul),
+                    Err(e) => {
+                        prop_assert!(has_nul);
+                        prop_assert!(matches!(e, LifecycleError::InvalidArgument(_)));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_pod_config_is_refused_exactly_when_a_string_holds_a_nul(
+                strings in proptest::collection::vec(text(), 6),
+            ) {
+                let at = |n: usize| strings[n].clone();
+                let config = ucri_cri_api::v1::PodSandboxConfig {
+                    log_directory: at(0),
+                    dns_config: Some(ucri_cri_api::v1::DnsConfig {
+                        servers: vec![at(1)],
+                        searches: vec![at(2)],
+                        options: vec![at(3)],
+                    }),
+                    labels: std::collections::HashMap::from([(at(4), at(5))]),
+                    ..Default::default()
+                };
+                let has_nul = strings.iter().any(|s| s.contains('\0'));
+                prop_assert_eq!(check_pod_strings(&config).is_err(), has_nul);
+            }
+
             #[test]
             fn metadata_is_refused_exactly_when_too_long_or_controlled(value in "(\\PC|\\PZ|[\\x00-\\x1f\\x7f]){0,300}") {
                 let refused = check_metadata_field("the name", &value).is_err();
