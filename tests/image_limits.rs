@@ -134,6 +134,26 @@ fn blobs_longer_than_declared_are_cut_and_oversized_configs_refused() {
     assert!(sent < SENT_BOUND, "the layer route sent {sent} bytes");
     assert_store_empty(&sb);
 
+    // A Content-Length over the declared size is refused before the body
+    // is read: the message has the length the registry claimed.
+    registry.serve_image(
+        "claimed-layer",
+        "latest",
+        &image,
+        &[(layer_digest.as_str(), Body::Claims(1 << 30))],
+    );
+    assert_refused(
+        pull(&sb, &registry.image("claimed-layer", "latest")),
+        Code::DataLoss,
+        &format!("sent {} bytes or more", 1u64 << 30),
+    );
+    let sent = registry.sent(&format!("/v2/claimed-layer/blobs/{layer_digest}"));
+    assert!(
+        sent < SENT_BOUND,
+        "the claimed layer route sent {sent} bytes"
+    );
+    assert_store_empty(&sb);
+
     let config = image.config.clone();
     registry.serve_image(
         "long-config",

@@ -339,8 +339,11 @@ fn bad_streaming_requests_get_protocol_errors_and_tokens_work_once() {
 
     // Malformed upgrades: no upgrade at all, and a protocol nobody speaks.
     let url = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
-    let plain = raw_http(&url, "");
-    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    // A plain GET (a browser, a curl of the URL) and a plain POST.
+    for method in ["GET", "POST"] {
+        let plain = raw_http(&url, method, "");
+        assert!(plain.starts_with("HTTP/1.1 400"), "{method}: {plain}");
+    }
     assert_eq!(
         stream(&url, Transport::Spdy, options(false, false), None, None)
             .result
@@ -348,10 +351,10 @@ fn bad_streaming_requests_get_protocol_errors_and_tokens_work_once() {
         0
     );
     let url = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
-    let unknown = raw_http(&url, "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v9.channel.k8s.io\r\n");
+    let unknown = raw_http(&url, "POST", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v9.channel.k8s.io\r\n");
     assert!(unknown.starts_with("HTTP/1.1 403"), "{unknown}");
     let url = exec_url(&e.sb, exec_request(&id, &["true"], false, false)).expect("Exec");
-    let garbage = raw_http(&url, "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n");
+    let garbage = raw_http(&url, "POST", "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n");
     assert!(garbage.starts_with("HTTP/1.1 101"), "{garbage}");
 
     // A container that stops under a running exec ends the stream; then it
@@ -394,14 +397,14 @@ fn bad_streaming_requests_get_protocol_errors_and_tokens_work_once() {
     remove_pod(&e.sb, &pod);
 }
 
-/// Sends a bare request to `url` with `headers`, then garbage after the head
+/// Sends a bare `method` request to `url` with `headers`, then garbage after the head
 /// (as a broken client would), and returns what came back.
-fn raw_http(url: &str, headers: &str) -> String {
+fn raw_http(url: &str, method: &str, headers: &str) -> String {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (addr, path) = rest.split_at(rest.find('/').expect("path"));
     block_on(async {
         let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n");
         conn.write_all(request.as_bytes()).await.expect("write");
         let mut answer = vec![0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
