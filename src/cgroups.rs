@@ -279,6 +279,43 @@ pub struct CgroupUsage {
     pub processes: u64,
 }
 
+/// What cgroups the user may control with `config`, seen from here (for
+/// `ucri info` and `system reset`; [`detect_for_daemon`] also prepares a
+/// v2 subtree).
+pub fn probe(config: &crate::config::RuntimeConfig) -> CgroupSupport {
+    let parent = if config.cgroup_parent.is_empty() {
+        format!(
+            "ucri-{}",
+            std::env::var("USER").unwrap_or_else(|_| "user".into())
+        )
+    } else {
+        config.cgroup_parent.clone()
+    };
+    detect(Path::new(CGROUP_ROOT), &parent, own_v2_cgroup().as_deref())
+}
+
+/// Finds what the daemon's user may control (and, on cgroup v2, moves the
+/// daemon into a leaf so its subtree can hold containers), and logs it.
+pub fn detect_for_daemon(config: &crate::config::RuntimeConfig) -> CgroupSupport {
+    let root = Path::new(CGROUP_ROOT);
+    let own = own_v2_cgroup();
+    let mut support = probe(config);
+    if let (CgroupSupport::V2 { .. }, Some(own)) = (&support, &own) {
+        if let Err(e) = prepare_v2(root, own) {
+            support = CgroupSupport::None {
+                reason: format!("cgroup v2: preparing the delegated subtree {own}: {e}"),
+                fix: "run ucri in a cgroup of its own (packaging/ucri.service)".into(),
+            };
+        }
+    }
+    if support.delegated() {
+        tracing::info!(cgroups = %support.describe(), "container resource limits are applied");
+    } else {
+        tracing::warn!(cgroups = %support.describe(), "container resource limits are not applied");
+    }
+    support
+}
+
 /// Finds what the user may control under `root`. `parent_name` is the v1
 /// subtree's name (`ucri-USER`); `own_cgroup` is this process's v2 cgroup
 /// (from /proc/self/cgroup).

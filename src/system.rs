@@ -32,7 +32,7 @@ pub fn reset(config: &Config, force: bool) -> anyhow::Result<i32> {
     };
     let result = remove_everything(&dir, data, &config.node.writable);
     // Containers are gone now; their cgroups (delegated ones, on the host) too.
-    crate::runtime::resources_probe(&config.runtime).remove_all_pods();
+    crate::cgroups::probe(&config.runtime).remove_all_pods();
     lock.release();
     result?;
     std::fs::remove_dir_all(dir.path())

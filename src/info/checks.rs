@@ -510,7 +510,7 @@ fn cni_plugins(config: &Config) -> Check {
 
 /// Whether container limits can apply (a delegated cgroup subtree).
 fn cgroups(config: &Config) -> Check {
-    let support = crate::runtime::resources_probe(&config.runtime);
+    let support = crate::cgroups::probe(&config.runtime);
     match support {
         crate::cgroups::CgroupSupport::None { reason, fix } => Check::bad(
             "cgroups",

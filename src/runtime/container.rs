@@ -1017,6 +1017,59 @@ impl Lifecycle {
     }
 }
 
+/// Lifecycle events (the stream is `events.rs`): what kubelet's evented
+/// PLEG reads, with the pod's status and its containers' statuses.
+impl Lifecycle {
+    /// A new subscription to lifecycle events.
+    pub fn subscribe(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<ucri_cri_api::v1::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    /// Announces a change of container `id`.
+    pub(super) fn emit_container(&self, id: &str, kind: ContainerEventType) {
+        let pod = self
+            .containers_mut()
+            .get(id)
+            .map(|c| c.pod_id.clone())
+            .unwrap_or_default();
+        self.emit(id, &pod, kind);
+    }
+
+    /// Announces a change of pod sandbox `id`.
+    pub(super) fn emit_pod(&self, id: &str, kind: ContainerEventType) {
+        self.emit(id, id, kind);
+    }
+
+    /// Announces a change of `id` (a container of `pod_id`, or the pod).
+    pub(super) fn emit(&self, id: &str, pod_id: &str, kind: ContainerEventType) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let pod_sandbox_status = self
+            .pods_mut()
+            .get(pod_id)
+            .filter(|p| p.created_at != 0)
+            .map(super::pod::cri_pod_status);
+        let containers_statuses = self
+            .containers_of(pod_id)
+            .iter()
+            .filter_map(|c| self.containers_mut().get(c).cloned())
+            .filter(|c| c.created_at != 0)
+            .map(|c| cri_container_status(&c))
+            .collect();
+        self.events
+            .publish(ucri_cri_api::v1::ContainerEventResponse {
+                container_id: id.to_owned(),
+                container_event_type: kind as i32,
+                created_at: now_nanos(),
+                pod_sandbox_status,
+                containers_statuses,
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,58 +5,37 @@
 //! loses old events instead of slowing the runtime down.
 
 use tokio::sync::broadcast;
-use ucri_cri_api::v1::{ContainerEventResponse, ContainerEventType};
-
-use super::{now_nanos, Lifecycle};
+use ucri_cri_api::v1::ContainerEventResponse;
 
 /// Events a subscriber may fall behind by before it loses the oldest.
-pub(super) const BACKLOG: usize = 1024;
+const BACKLOG: usize = 1024;
 
-impl Lifecycle {
-    /// A new subscription to lifecycle events.
-    pub fn subscribe(&self) -> broadcast::Receiver<ContainerEventResponse> {
-        self.events.subscribe()
-    }
+/// The lifecycle's event stream: what changed, to every subscriber.
+#[derive(Debug)]
+pub(super) struct EventBus {
+    sender: broadcast::Sender<ContainerEventResponse>,
+}
 
-    /// Announces a change of container `id`.
-    pub(super) fn emit_container(&self, id: &str, kind: ContainerEventType) {
-        let pod = self
-            .containers_mut()
-            .get(id)
-            .map(|c| c.pod_id.clone())
-            .unwrap_or_default();
-        self.emit(id, &pod, kind);
-    }
-
-    /// Announces a change of pod sandbox `id`.
-    pub(super) fn emit_pod(&self, id: &str, kind: ContainerEventType) {
-        self.emit(id, id, kind);
-    }
-
-    /// Announces a change of `id` (a container of `pod_id`, or the pod).
-    pub(super) fn emit(&self, id: &str, pod_id: &str, kind: ContainerEventType) {
-        if self.events.receiver_count() == 0 {
-            return;
+impl EventBus {
+    /// A stream with no subscriber yet.
+    pub(super) fn new() -> EventBus {
+        EventBus {
+            sender: broadcast::channel(BACKLOG).0,
         }
-        let pod_sandbox_status = self
-            .pods_mut()
-            .get(pod_id)
-            .filter(|p| p.created_at != 0)
-            .map(super::pod::cri_pod_status);
-        let containers_statuses = self
-            .containers_of(pod_id)
-            .iter()
-            .filter_map(|c| self.containers_mut().get(c).cloned())
-            .filter(|c| c.created_at != 0)
-            .map(|c| super::container::cri_container_status(&c))
-            .collect();
-        let event = ContainerEventResponse {
-            container_id: id.to_owned(),
-            container_event_type: kind as i32,
-            created_at: now_nanos(),
-            pod_sandbox_status,
-            containers_statuses,
-        };
-        let _ = self.events.send(event);
+    }
+
+    /// A new subscription.
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<ContainerEventResponse> {
+        self.sender.subscribe()
+    }
+
+    /// Whether anyone listens (an event nobody hears need not be built).
+    pub(super) fn has_subscribers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    /// Sends `event` to every subscriber.
+    pub(super) fn publish(&self, event: ContainerEventResponse) {
+        let _ = self.sender.send(event);
     }
 }

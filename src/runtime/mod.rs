@@ -63,7 +63,7 @@ pub struct Lifecycle {
     orphan_monitors: Mutex<Vec<i32>>,
     /// The previous CPU sample per container or pod, for usage rates.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
-    events: tokio::sync::broadcast::Sender<ucri_cri_api::v1::ContainerEventResponse>,
+    events: events::EventBus,
     /// Whether pods get the socket bypass; `Err` says why not.
     bypass: Result<(), String>,
     /// Each container's leases on the images it is made from.
@@ -96,7 +96,7 @@ impl Lifecycle {
             exec_output_max: config.runtime.exec_sync_output_max,
         };
         oci.prepare()?;
-        let cgroups = resources::detect_cgroups(&config.runtime);
+        let cgroups = crate::cgroups::detect_for_daemon(&config.runtime);
         let bypass = bypass::support(&config);
         if let Err(why) = &bypass {
             tracing::info!(%why, "no socket bypass: pod traffic goes through the uplink helper");
@@ -115,7 +115,7 @@ impl Lifecycle {
             locks: IdLocks::default(),
             cpu_samples: Mutex::new(HashMap::new()),
             orphan_monitors: Mutex::new(Vec::new()),
-            events: tokio::sync::broadcast::channel(events::BACKLOG).0,
+            events: events::EventBus::new(),
             bypass,
             image_leases: Arc::default(),
             cleanups: Mutex::new(HashMap::new()),
@@ -404,24 +404,6 @@ impl Lifecycle {
                 .push(pid);
         }
     }
-}
-
-/// What cgroups the user may control, seen from here (for `ucri info`; the
-/// daemon's own detection also prepares a v2 subtree).
-pub fn resources_probe(config: &crate::config::RuntimeConfig) -> crate::cgroups::CgroupSupport {
-    let parent = if config.cgroup_parent.is_empty() {
-        format!(
-            "ucri-{}",
-            std::env::var("USER").unwrap_or_else(|_| "user".into())
-        )
-    } else {
-        config.cgroup_parent.clone()
-    };
-    crate::cgroups::detect(
-        std::path::Path::new(crate::cgroups::CGROUP_ROOT),
-        &parent,
-        crate::cgroups::own_v2_cgroup().as_deref(),
-    )
 }
 
 /// Names of the subdirectories of `dir`.

@@ -9,29 +9,6 @@ use super::spec::CgroupPlacement;
 use super::state::ContainerState;
 use super::{Lifecycle, LifecycleError};
 use crate::cgroups::{self, CgroupSupport};
-use crate::config::RuntimeConfig;
-
-/// Finds what the daemon's user may control (and, on cgroup v2, moves the
-/// daemon into a leaf so its subtree can hold containers).
-pub fn detect_cgroups(config: &RuntimeConfig) -> CgroupSupport {
-    let root = std::path::Path::new(cgroups::CGROUP_ROOT);
-    let own = cgroups::own_v2_cgroup();
-    let mut support = super::resources_probe(config);
-    if let (CgroupSupport::V2 { .. }, Some(own)) = (&support, &own) {
-        if let Err(e) = cgroups::prepare_v2(root, own) {
-            support = CgroupSupport::None {
-                reason: format!("cgroup v2: preparing the delegated subtree {own}: {e}"),
-                fix: "run ucri in a cgroup of its own (packaging/ucri.service)".into(),
-            };
-        }
-    }
-    if support.delegated() {
-        tracing::info!(cgroups = %support.describe(), "container resource limits are applied");
-    } else {
-        tracing::warn!(cgroups = %support.describe(), "container resource limits are not applied");
-    }
-    support
-}
 
 impl Lifecycle {
     /// What the user may control.
