@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, set-up included: host packages, devices and the
-# test users (packaging/setup-host.sh --test), the lint gates, then every test.
+# test users (packaging/setup-host.sh --test), the lint gates, then every test,
+# then the unit-test tier once more as the unprivileged user ucri-test.
 # Tests start the daemon as the unprivileged user ucri-test, so this runs as
 # root; from an ordinary account it re-runs itself through sudo.
 set -euo pipefail
@@ -35,4 +36,8 @@ awk '/^test result:/ {
   for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) p += $i; if ($(i + 1) ~ /^failed/) f += $i }
 } END { printf "%d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+echo "== the unit tests again, as the unprivileged user ucri-test (packaging/unit-as-user.sh)"
+unit_status=0
+packaging/unit-as-user.sh ucri-test || unit_status=$?
+[ "$status" -ne 0 ] || status=$unit_status
 exit "$status"
