@@ -1311,17 +1311,7 @@ fn a_start_cut_short_by_a_crash_is_created_again_at_the_next_start() {
     )
     .expect("create");
     let run = e.sb.runtime_dir();
-    let created = format!(
-        "crun --root={oci} create --bundle {bundle} {id} </dev/null >/dev/null 2>&1",
-        oci = run.join("oci").display(),
-        bundle = run.join("containers").join(&id).display(),
-    );
-    let out = e.sb.run_ucri(&["nsenter", "--", "sh", "-c", &created]);
-    assert!(
-        out.status.success(),
-        "crun create by hand: {}",
-        describe(&out)
-    );
+    crun_create_by_hand(&e.sb, &id);
     assert!(run.join("oci").join(&id).exists(), "crun has the container");
     e.sb.kill_serving_daemon();
     e._daemon = e.sb.start_daemon();
@@ -1329,6 +1319,24 @@ fn a_start_cut_short_by_a_crash_is_created_again_at_the_next_start() {
     wait_log(&status(&e.sb, &id).expect("status").log_path, "started");
     stop_pod(&e.sb, &pod);
     remove_pod(&e.sb, &pod);
+}
+
+/// Has crun create container `id` from its bundle, in the daemon's
+/// namespaces, as conmon would at StartContainer: its process then waits to
+/// be started.
+fn crun_create_by_hand(sb: &Sandbox, id: &str) {
+    let run = sb.runtime_dir();
+    let created = format!(
+        "crun --root={oci} create --bundle {bundle} {id} </dev/null >/dev/null 2>&1",
+        oci = run.join("oci").display(),
+        bundle = run.join("containers").join(id).display(),
+    );
+    let out = sb.run_ucri(&["nsenter", "--", "sh", "-c", &created]);
+    assert!(
+        out.status.success(),
+        "crun create by hand: {}",
+        describe(&out)
+    );
 }
 
 /// A deferred container (CreateContainer left its creation to
@@ -1350,17 +1358,7 @@ fn removing_a_deferred_container_that_crun_has_ends_its_process() {
     )
     .expect("create");
     let run = e.sb.runtime_dir();
-    let created = format!(
-        "crun --root={oci} create --bundle {bundle} {id} </dev/null >/dev/null 2>&1",
-        oci = run.join("oci").display(),
-        bundle = run.join("containers").join(&id).display(),
-    );
-    let out = e.sb.run_ucri(&["nsenter", "--", "sh", "-c", &created]);
-    assert!(
-        out.status.success(),
-        "crun create by hand: {}",
-        describe(&out)
-    );
+    crun_create_by_hand(&e.sb, &id);
     let userns = ns_inode(e.sb.holder_pid(), "user");
     let waiting = || {
         std::fs::read_dir("/proc")
