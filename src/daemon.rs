@@ -353,7 +353,11 @@ fn watch_uplink_helper(lifecycle: Arc<Lifecycle>) {
         .spawn(move || loop {
             match lifecycle.network().uplink_helper_pidfd() {
                 Some(helper) => {
-                    helper.wait_exit(std::time::Duration::MAX);
+                    // False only when the pidfd cannot be polled: look again
+                    // later instead of at once.
+                    if !helper.wait_exit(std::time::Duration::MAX) {
+                        std::thread::sleep(UPLINK_RETRY);
+                    }
                 }
                 None => std::thread::sleep(UPLINK_RETRY),
             }

@@ -1522,16 +1522,7 @@ fn unreadable_state_records_are_quarantined_and_what_they_describe_keeps_running
 #[test]
 fn records_of_older_schemas_are_read_and_what_they_describe_keeps_running() {
     let mut e = env("old-records");
-    let pod_cfg = pod_config(&e.sb, "old");
-    let pod = run_pod(&e.sb, &pod_cfg).expect("pod");
-    let id = create(
-        &e.sb,
-        &pod,
-        container_config(&e.image, "runner", "sleep 600"),
-        &pod_cfg,
-    )
-    .expect("create");
-    start(&e.sb, &id).expect("start");
+    let (pod, id) = sleeper_in_new_pod(&e, "old");
     let state = e.sb.data_dir().join("state");
     let container_record = state.join(format!("containers/{id}.json"));
     let pod_record = state.join(format!("pods/{pod}.json"));

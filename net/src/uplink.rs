@@ -220,8 +220,8 @@ impl Uplink {
 
     /// A pidfd of the running helper, to wait for its exit on (then
     /// [`Self::supervise`] restarts it). `None` when no helper runs, or it
-    /// cannot be held by a pidfd: the periodic [`Self::supervise`] still
-    /// finds its exit. The liveness check is made again once the pidfd is
+    /// cannot be held by a pidfd: the caller then calls [`Self::supervise`]
+    /// on a timer instead. The liveness check is made again once the pidfd is
     /// open, so that both are about the same process.
     pub fn helper_pidfd(&self) -> Option<ucri_rootless::pidfd::Pidfd> {
         let Liveness::Alive(pid) = self.helper_liveness() else {

@@ -462,22 +462,26 @@ fn reap_failed_monitor(pid_file: &std::path::Path) {
         return;
     };
     let monitor = match ucri_rootless::pidfd::Pidfd::open(pid) {
-        Ok(Some(pidfd)) => pidfd,
+        Ok(Some(pidfd)) => Some(pidfd),
         Ok(None) => return,
         Err(e) => {
-            tracing::warn!(pid, %e, "no pidfd for the monitor of a failed create; the sweep reaps it");
-            return;
+            tracing::debug!(pid, %e, "no pidfd for the monitor of a failed create; waiting for it with waitpid");
+            None
         }
     };
     let _ = std::thread::Builder::new()
         .name("reap-conmon".into())
-        .spawn(move || {
-            if monitor.wait_exit(FAILED_MONITOR_EXIT) {
-                // Exited: reaped here if it is this daemon's child.
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-            } else {
-                tracing::warn!(%pid, "the monitor of a failed create did not exit");
+        .spawn(move || match monitor {
+            Some(monitor) => {
+                if ucri_rootless::pidfd::wait_and_reap(&monitor, pid, FAILED_MONITOR_EXIT).is_none()
+                {
+                    tracing::warn!(%pid, "the monitor of a failed create did not exit");
+                }
+            }
+            // A blocking wait for this daemon's child (ECHILD at once for
+            // any other process).
+            None => {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
             }
         });
 }
